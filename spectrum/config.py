@@ -1,0 +1,781 @@
+"""
+Read a configuration file (YAML or JSON), check it, and build the model.
+
+Checking happens in two passes: L{schema.json <spectrum>} first (shapes,
+types, unknown keys), then the checks a schema cannot express (port ranges,
+address literals, edge ports shared between apps).  Every problem is raised
+as one L{ConfigError} whose text names the place in the file::
+
+    apps[1].ports[0].origin_port: range 40000-40010 has 11 ports, destination has 10
+
+Like the PROXY protocol and SNI parsers, this is pure: no reactor, no I/O
+beyond reading the file named to L{load}.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jsonschema
+import yaml
+from jsonschema.exceptions import ValidationError, best_match
+
+from spectrum.model import (
+    App,
+    Config,
+    Origin,
+    Pool,
+    PortMapping,
+    PortRange,
+    Timeouts,
+)
+
+if TYPE_CHECKING:
+    # Where a value sits in the document: keys and list indexes.
+    _PathPart = str | int
+    _Path = tuple[_PathPart, ...]
+
+DEFAULT_IPS = ("0.0.0.0",)
+
+
+class ConfigError(Exception):
+    """
+    A configuration that cannot be used.
+
+    C{str(error)} is one line, C{"<path>: <message>"}, where the path names
+    the place in the file (C{apps[1].ports[0].origin_port}) or, for problems
+    with the file as a whole, the file itself.
+
+    @ivar path: where the problem is.
+    @ivar message: what it is.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        # One line, whatever the wording underneath produced.
+        self.path = " ".join(path.split())
+        self.message = " ".join(message.split())
+        super().__init__(f"{self.path}: {self.message}")
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def default_config_path() -> str:
+    """
+    The path of the configuration that ships with the package, used when
+    none is given: two loopback apps (SSH and Redis).
+    """
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.yaml")
+
+
+def load(path: str) -> Config:
+    """
+    Read, check and build the configuration in the file C{path}.
+
+    C{.json} files are read as JSON; anything else as YAML (which JSON is
+    nearly a subset of).
+
+    @raise ConfigError: the file cannot be read or decoded, or what it holds
+        is not a valid configuration.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(name, f"cannot read the file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(name, f"not UTF-8 text (byte {e.start})") from None
+    if os.path.splitext(name)[1].lower() == ".json":
+        data = _decode_json(name, text)
+    else:
+        data = _decode_yaml(name, text)
+    return parse(data, source=name)
+
+
+def parse(data: object, source: str | None = None) -> Config:
+    """
+    Check and build the configuration from an already decoded object (a
+    mapping as JSON or YAML would give).
+
+    @param source: where C{data} came from, kept on the L{Config} and used
+        as the path of problems with the whole document.
+
+    @raise ConfigError: C{data} is not a valid configuration.
+    """
+    top = source or "config"
+    if data is None:
+        raise ConfigError(top, "the configuration is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(top, f"expected a mapping at the top, got {_got(data)}")
+    validator = _validator()
+    error = best_match(validator.iter_errors(data))
+    if error is not None:
+        raise ConfigError(_format_path(error.absolute_path, top), _describe(error))
+    return _Builder(data, source).build()
+
+
+# Decoding
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """
+    A safe loader that refuses a key given twice in one mapping, which
+    plain YAML would settle silently by keeping the last.
+    """
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_show(key)}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _decode_yaml(name: str, text: str) -> object:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or e.context or "invalid YAML"
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(name, f"{where}{problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(name, f"invalid YAML: {e}") from None
+
+
+def _decode_json(name: str, text: str) -> object:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in items:
+            if key in result:
+                raise ConfigError(name, f"duplicate key {_show(key)}")
+            result[key] = value
+        return result
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as e:
+        raise ConfigError(name, f"line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+# Schema errors, worded for a person
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    schema = json.loads(resources.files("spectrum").joinpath("schema.json").read_text("utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+_TYPE_NAMES = {
+    "object": "mapping",
+    "array": "list",
+    "string": "string",
+    "integer": "integer",
+    "number": "number",
+    "boolean": "boolean",
+    "null": "null",
+}
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    """
+    A short rendering of a value from the file, as its author wrote it.
+    """
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return "'" + text.replace("\n", "\\n") + "'"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "a " + _type_name(value)
+
+
+def _got(value: object) -> str:
+    if isinstance(value, (str, bool, int, float)):
+        return f"{_type_name(value)} {_show(value)}"
+    return _show(value)
+
+
+def _format_path(parts: Iterable[_PathPart], top: str) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = str(part)
+    return text or top
+
+
+def _describe(error: ValidationError) -> str:
+    keyword = error.validator
+    value = error.instance
+    schema = error.schema if isinstance(error.schema, dict) else {}
+
+    if keyword in ("type", "pattern", "anyOf", "enum"):
+        # A hint in the schema says it better than the keyword can.
+        hinted: ValidationError | None = error
+        while hinted is not None:
+            if isinstance(hinted.schema, dict) and "x-message" in hinted.schema:
+                return str(hinted.schema["x-message"]).format(value=_show(value))
+            hinted = hinted.parent
+
+    if keyword == "additionalProperties":
+        known = list(schema.get("properties", {}))
+        extra = [key for key in value if key not in known]
+        if len(extra) == 1:
+            close = difflib.get_close_matches(str(extra[0]), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            return f"unknown key {_show(extra[0])}{hint}"
+        return "unknown keys " + ", ".join(_show(key) for key in extra)
+    if keyword == "required":
+        missing = [key for key in error.validator_value if key not in value]
+        return "missing key " + ", ".join(_show(key) for key in missing)
+    if keyword == "oneOf" and all(set(branch) == {"required"} for branch in error.validator_value):
+        keys = [key for branch in error.validator_value for key in branch["required"]]
+        if error.context:
+            return "needs " + " or ".join(keys)
+        return "give only one of " + ", ".join(keys)
+    if keyword == "type":
+        expected = error.validator_value
+        if isinstance(expected, str):
+            expected = [expected]
+        names = " or ".join(_TYPE_NAMES.get(t, t) for t in expected)
+        return f"expected {names}, got {_got(value)}"
+    if keyword == "enum":
+        choices = ", ".join(_show(choice) for choice in error.validator_value)
+        return f"expected one of {choices}; got {_show(value)}"
+    if keyword == "minimum":
+        return f"must be at least {error.validator_value}, got {_show(value)}"
+    if keyword == "maximum":
+        return f"must be at most {error.validator_value}, got {_show(value)}"
+    if keyword == "exclusiveMinimum":
+        return f"must be more than {error.validator_value}, got {_show(value)}"
+    if keyword == "minItems":
+        count = error.validator_value
+        return f"needs at least {count} item{'s' if count != 1 else ''}"
+    if keyword == "minLength":
+        return "must not be empty"
+    if keyword == "pattern":
+        return f"{_show(value)} is not in the expected form"
+    return str(error.message)
+
+
+# Semantic checks and building
+
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_RANGE = re.compile(r"^([0-9]+)(?:-([0-9]+))?$")
+_URL = re.compile(
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://"
+    r"(?P<host>\[[^\]/]*\]|[^:/\[\]@?#]*)"
+    r"(?::(?P<port>[^/?#]*))?/?$"
+)
+
+
+def _is_hostname(name: str, wildcard: bool = False) -> bool:
+    """
+    Whether C{name} (lower case, no trailing dot) is a hostname per RFC 1123;
+    the last label may not be all digits, so a mistyped IPv4 literal is not
+    taken for a name.  With C{wildcard}, a leading C{*.} label is allowed.
+    """
+    if wildcard and name.startswith("*."):
+        name = name[2:]
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if labels[-1].isdigit():
+        return False
+    return all(_LABEL.match(label) for label in labels)
+
+
+def _hostnames_overlap(a: str, b: str) -> bool:
+    """
+    Whether one ClientHello could name both C{a} and C{b} (C{*.x} covers
+    one label in front of C{x}).
+    """
+    if a == b:
+        return True
+    for pattern, name in ((a, b), (b, a)):
+        if pattern.startswith("*.") and not name.startswith("*."):
+            head, _, rest = name.partition(".")
+            if head and rest == pattern[2:]:
+                return True
+    return False
+
+
+def _addresses_overlap(a: str, b: str) -> bool:
+    """
+    Whether binding edge addresses C{a} and C{b} (normalized literals) on one
+    port would collide: the wildcard of a family covers that family, and
+    C{::} covers both.
+    """
+    if a == b or "::" in (a, b):
+        return True
+    if "0.0.0.0" in (a, b):
+        return ":" not in a and ":" not in b
+    return False
+
+
+class _Bound(NamedTuple):
+    """
+    An edge address and port range that an app binds.
+    """
+
+    protocol: str
+    ip: str
+    edge: PortRange
+    app: str
+    hostnames: tuple[str, ...]
+
+
+class _Builder:
+    """
+    Turn schema-valid data into a L{Config}, making the checks the schema
+    cannot; the first problem found, in file order, is raised.
+    """
+
+    def __init__(self, data: dict[str, Any], source: str | None) -> None:
+        self.data = data
+        self.source = source
+        # What earlier apps bind.
+        self.bound: list[_Bound] = []
+        self.names: dict[str, _Path] = {}
+        self.ids: dict[str, _Path] = {}
+
+    def fail(self, path: Sequence[_PathPart], message: str) -> ConfigError:
+        return ConfigError(_format_path(path, self.source or "config"), message)
+
+    def build(self) -> Config:
+        zone = self.data.get("zone", {})
+        zone_name = zone.get("name")
+        if zone_name is not None:
+            zone_name = self.hostname(("zone", "name"), zone_name)
+        apps = tuple(self.app(("apps", index), raw) for index, raw in enumerate(self.data.get("apps", [])))
+        return Config(
+            apps=apps,
+            zone_id=zone.get("id", "local"),
+            zone_name=zone_name,
+            source=self.source,
+        )
+
+    # Leaves
+
+    def hostname(self, path: _Path, name: str, wildcard: bool = False) -> str:
+        folded = name.lower().removesuffix(".")
+        if not _is_hostname(folded, wildcard):
+            raise self.fail(path, f"{_show(name)} is not a valid hostname")
+        return folded
+
+    def address(self, path: _Path, text: str, names: bool) -> str:
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            pass
+        if names:
+            folded = text.lower().removesuffix(".")
+            if _is_hostname(folded):
+                return folded
+            raise self.fail(path, f"{_show(text)} is neither an IP address nor a valid hostname")
+        raise self.fail(path, f"{_show(text)} is not an IP address")
+
+    def port_range(self, path: _Path, value: float | str) -> PortRange:
+        if isinstance(value, (int, float)):
+            port = int(value)
+            return PortRange(port, port)
+        match = _RANGE.match(value)
+        if match is None:
+            raise self.fail(path, f"{_show(value)} is not a port or a range like 1000-2000")
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        for port in (first, last):
+            if not 1 <= port <= 65535:
+                raise self.fail(path, f"port {port} is outside 1-65535")
+        if first > last:
+            raise self.fail(path, f"range {value} is backwards; write {last}-{first}")
+        return PortRange(first, last)
+
+    def origin_range(self, path: _Path, value: float | str, edge: PortRange) -> PortRange:
+        origin = self.port_range(path, value)
+        if len(origin) != len(edge):
+            raise self.fail(
+                path,
+                f"range {origin} has {len(origin)} port{'s' if len(origin) != 1 else ''}, destination has {len(edge)}",
+            )
+        return origin
+
+    # The app
+
+    def app(self, path: _Path, raw: dict[str, Any]) -> App:
+        name = raw["name"]
+        if name in self.names:
+            raise self.fail(
+                path + ("name",),
+                f"duplicate app name {_show(name)} (also {_format_path(self.names[name], 'config')})",
+            )
+        self.names[name] = path
+
+        protocol, implied = self.protocol(path, raw)
+        ports = self.ports(path, raw, implied)
+        ips = tuple(self.ips(path, raw))
+        dns = raw.get("dns")
+        dns_name = self.hostname(path + ("dns", "name"), dns["name"], wildcard=True) if dns else None
+        hostnames: list[str] = [dns_name] if dns_name else []
+        for index, sni in enumerate(raw.get("sni", [])):
+            host = self.hostname(path + ("sni", index), sni, wildcard=True)
+            if host not in hostnames:
+                hostnames.append(host)
+
+        pool, ports = self.pool(path, raw, name, protocol, ports)
+        self.edge(path, raw, name, protocol, ips, ports, tuple(hostnames))
+
+        app_id = raw.get("id") or hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
+        id_path = path + (("id",) if "id" in raw else ("name",))
+        if app_id in self.ids:
+            raise self.fail(
+                id_path,
+                f"id {_show(app_id)} is already used by {_format_path(self.ids[app_id][:2], 'config')}",
+            )
+        self.ids[app_id] = id_path
+
+        timeouts = raw.get("timeouts", {})
+        for key, seconds in timeouts.items():
+            if math.isnan(seconds):
+                # The schema's minimum lets NaN through: it compares false.
+                raise self.fail(path + ("timeouts", key), "expected seconds, got nan")
+        defaults = Timeouts()
+        return App(
+            name=name,
+            protocol=protocol,
+            ips=ips,
+            ports=ports,
+            pool=pool,
+            dns_name=dns_name,
+            dns_type=dns.get("type", "CNAME") if dns else "CNAME",
+            hostnames=tuple(hostnames),
+            tls="off",
+            proxy_protocol="off",
+            ip_firewall=raw.get("ip_firewall", True),
+            timeouts=Timeouts(
+                connect=float(timeouts.get("connect", defaults.connect)),
+                idle=float(timeouts.get("idle", defaults.idle)),
+                handshake=float(timeouts.get("handshake", defaults.handshake)),
+            ),
+            origin_tries=int(raw.get("origin_tries", 3)),
+            id=app_id,
+        )
+
+    def protocol(self, path: _Path, raw: dict[str, Any]) -> tuple[str, PortRange | None]:
+        """
+        The protocol, and the edge ports when it has them (C{tcp/22}).
+        """
+        text = raw["protocol"].lower()
+        protocol, _, ports = text.partition("/")
+        if not ports:
+            return protocol, None
+        return protocol, self.port_range(path + ("protocol",), ports)
+
+    def ports(self, path: _Path, raw: dict[str, Any], implied: PortRange | None) -> tuple[PortMapping, ...]:
+        if implied is not None:
+            if "ports" in raw:
+                raise self.fail(
+                    path + ("ports",),
+                    f"protocol {_show(raw['protocol'])} already gives the edge ports;"
+                    f" remove ports or use protocol '{raw['protocol'].partition('/')[0]}'",
+                )
+            origin = None
+            if "origin_port" in raw:
+                origin = self.origin_range(path + ("origin_port",), raw["origin_port"], implied)
+            return (PortMapping(implied, origin),)
+
+        if "origin_port" in raw:
+            raise self.fail(
+                path + ("origin_port",),
+                "goes with a protocol like 'tcp/22'; with ports, give origin_port in each of ports[]",
+            )
+        if "ports" not in raw:
+            raise self.fail(
+                path,
+                "no edge ports; give ports, or a protocol with ports like 'tcp/22'",
+            )
+        mappings: list[PortMapping] = []
+        for index, item in enumerate(raw["ports"]):
+            where = path + ("ports", index)
+            edge = self.port_range(where + ("destination_port",), item["destination_port"])
+            for other, earlier in enumerate(mappings):
+                if edge.first <= earlier.edge.last and earlier.edge.first <= edge.last:
+                    port = max(edge.first, earlier.edge.first)
+                    raise self.fail(
+                        where + ("destination_port",),
+                        f"{port} is already in {_format_path(path + ('ports', other), '')}",
+                    )
+            origin = None
+            if "origin_port" in item:
+                origin = self.origin_range(where + ("origin_port",), item["origin_port"], edge)
+            mappings.append(PortMapping(edge, origin))
+        return tuple(mappings)
+
+    def ips(self, path: _Path, raw: dict[str, Any]) -> Iterable[str]:
+        if "ips" not in raw:
+            return DEFAULT_IPS
+        result: list[str] = []
+        for index, text in enumerate(raw["ips"]):
+            where = path + ("ips", index)
+            ip = self.address(where, text, names=False)
+            for earlier in result:
+                if _addresses_overlap(ip, earlier):
+                    raise self.fail(where, f"{ip} overlaps {earlier}, given before it")
+            result.append(ip)
+        return result
+
+    def edge(
+        self,
+        path: _Path,
+        raw: dict[str, Any],
+        name: str,
+        protocol: str,
+        ips: tuple[str, ...],
+        ports: tuple[PortMapping, ...],
+        hostnames: tuple[str, ...],
+    ) -> None:
+        """
+        Refuse an edge address and port that an earlier app already has,
+        unless both apps can be told apart by hostname.
+        """
+        for index, mapping in enumerate(ports):
+            if "ports" in raw:
+                where = path + ("ports", index, "destination_port")
+            else:
+                where = path + ("protocol",)
+            for ip in ips:
+                for other in self.bound:
+                    problem = self.clash(protocol, ip, mapping.edge, hostnames, other)
+                    if problem:
+                        raise self.fail(where, problem)
+        for mapping in ports:
+            for ip in ips:
+                self.bound.append(_Bound(protocol, ip, mapping.edge, name, hostnames))
+
+    @staticmethod
+    def clash(
+        protocol: str,
+        ip: str,
+        edge: PortRange,
+        hostnames: tuple[str, ...],
+        other: _Bound,
+    ) -> str | None:
+        """
+        Why binding C{edge} on C{ip} collides with an earlier app, if it does.
+        """
+        if other.protocol != protocol or not _addresses_overlap(ip, other.ip):
+            return None
+        if edge.first > other.edge.last or other.edge.first > edge.last:
+            return None
+        port = max(edge.first, other.edge.first)
+        used = f"{port} on {ip} is already used by app {_show(other.app)}"
+        if protocol == "udp":
+            return f"{used}; UDP apps cannot share an edge port"
+        if not hostnames or not other.hostnames:
+            return f"{used}; apps may share an edge port only when each has distinct hostnames (dns.name, sni)"
+        for host in hostnames:
+            for other_host in other.hostnames:
+                if host == other_host:
+                    return f"{used} with the same hostname {_show(host)}"
+                if _hostnames_overlap(host, other_host):
+                    return f"{used}, whose hostname {_show(other_host)} overlaps {_show(host)}"
+        return None
+
+    # Origins
+
+    def pool(
+        self,
+        path: _Path,
+        raw: dict[str, Any],
+        name: str,
+        protocol: str,
+        ports: tuple[PortMapping, ...],
+    ) -> tuple[Pool, tuple[PortMapping, ...]]:
+        """
+        The pool, and the port mappings (an C{origin_direct} URL with a port
+        range sets the mapping's origin range).
+        """
+        if "origin_pool" in raw:
+            spec = raw["origin_pool"]
+            where = path + ("origin_pool",)
+            origins: list[Origin] = []
+            seen: dict[str, int] = {}
+            for index, item in enumerate(spec["origins"]):
+                here = where + ("origins", index)
+                if item["name"] in seen:
+                    raise self.fail(
+                        here + ("name",),
+                        f"duplicate origin name {_show(item['name'])} (also origins[{seen[item['name']]}])",
+                    )
+                seen[item["name"]] = index
+                address = self.address(here + ("address",), item["address"], names=True)
+                port = item.get("port")
+                if port is not None:
+                    port = int(port)
+                    self.agree(here + ("port",), path, raw, port, ports)
+                origins.append(
+                    Origin(
+                        name=item["name"],
+                        address=address,
+                        port=port,
+                        weight=float(item.get("weight", 1.0)),
+                        enabled=item.get("enabled", True),
+                    )
+                )
+            pool = Pool(
+                name=spec.get("name", name),
+                origins=tuple(origins),
+                load_balancing=spec.get("load_balancing", "round_robin"),
+            )
+            return pool, ports
+
+        origins = []
+        url_range: tuple[PortRange, _Path] | None = None
+        for index, url in enumerate(raw["origin_direct"]):
+            here = path + ("origin_direct", index)
+            origin, span = self.direct(here, url, protocol)
+            if any(existing.name == origin.name for existing in origins):
+                raise self.fail(here, f"{_show(url)} is given twice")
+            if span is None:
+                assert origin.port is not None
+                self.agree(here, path, raw, origin.port, ports)
+            elif url_range is None:
+                url_range = (span, here)
+            elif span != url_range[0]:
+                raise self.fail(
+                    here,
+                    f"port range {span} differs from {url_range[0]} in {_format_path(url_range[1], '')}",
+                )
+            origins.append(origin)
+        if url_range is not None:
+            span, here = url_range
+            if len(origins) != sum(1 for o in origins if o.port is None):
+                raise self.fail(here, "give every origin_direct URL a port range, or none")
+            if len(ports) != 1:
+                raise self.fail(here, "a port range here needs exactly one edge port range")
+            mapping = ports[0]
+            if mapping.origin is not None and mapping.origin != span:
+                raise self.fail(
+                    here,
+                    f"port range {span} conflicts with origin port {mapping.origin};"
+                    " give the origin ports in one place",
+                )
+            if len(span) != len(mapping.edge):
+                raise self.fail(
+                    here,
+                    f"range {span} has {len(span)} ports, destination has {len(mapping.edge)}",
+                )
+            ports = (PortMapping(mapping.edge, span),)
+        return Pool(name=name, origins=tuple(origins)), ports
+
+    def direct(self, path: _Path, url: str, protocol: str) -> tuple[Origin, PortRange | None]:
+        """
+        One C{origin_direct} URL: the origin, and its port range when the URL
+        gives a range rather than a port.
+        """
+        match = _URL.match(url)
+        if match is None or (not match.group("host").startswith("[") and ":" in (match.group("port") or "")):
+            if url.count(":") > 2 and "[" not in url:
+                raise self.fail(
+                    path,
+                    f"{_show(url)}: an IPv6 address needs brackets, as in '{protocol}://[2001:db8::1]:22'",
+                )
+            raise self.fail(path, f"{_show(url)} is not a URL like '{protocol}://192.0.2.1:22'")
+        scheme = match.group("scheme").lower()
+        if scheme != protocol:
+            raise self.fail(
+                path,
+                f"scheme {_show(scheme)} does not match the app's protocol {protocol}",
+            )
+        host = match.group("host")
+        if host.startswith("["):
+            try:
+                address = str(ipaddress.IPv6Address(host[1:-1]))
+            except ValueError:
+                raise self.fail(path, f"{_show(host)} is not an IPv6 address") from None
+            shown = f"[{address}]"
+        elif not host:
+            raise self.fail(path, f"{_show(url)} has no host")
+        else:
+            try:
+                address = str(ipaddress.IPv4Address(host))
+            except ValueError:
+                address = self.hostname(path, host)
+            shown = address
+        port_text = match.group("port")
+        if not port_text:
+            raise self.fail(path, f"{_show(url)} has no port; add one, as in ':22'")
+        span = self.port_range(path, port_text)
+        name = f"{shown}:{span}"
+        if len(span) == 1:
+            return Origin(name=name, address=address, port=span.first), None
+        return Origin(name=name, address=address, port=None), span
+
+    def agree(
+        self,
+        where: _Path,
+        path: _Path,
+        raw: dict[str, Any],
+        port: int,
+        ports: tuple[PortMapping, ...],
+    ) -> None:
+        """
+        Refuse an origin's own port that contradicts an origin port given in
+        the app's port mappings.
+        """
+        for index, mapping in enumerate(ports):
+            if mapping.origin is None or mapping.origin == PortRange(port, port):
+                continue
+            place = path + ("ports", index, "origin_port") if "ports" in raw else path + ("origin_port",)
+            raise self.fail(
+                where,
+                f"port {port} conflicts with {_format_path(place, '')} {mapping.origin}; give the port in one place",
+            )

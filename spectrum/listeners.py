@@ -1,0 +1,97 @@
+"""
+Listening sockets for app edge ports.
+
+One listener per (protocol, edge address, edge port). The listener holds a
+factory whose runtime can be swapped in place, so a reload that moves a port
+between apps, or changes an app, never closes the listening socket.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.interfaces import IListeningPort
+
+from spectrum.proxy.tcp import EdgeFactory
+from spectrum.runtime import AppRuntime
+
+#: Accept queue length for edge ports: an edge takes bursts of new clients.
+BACKLOG = 1024
+
+
+class _EdgePort(tcp.Port):
+    """
+    A TCP port where an IPv6 address means IPv6 only, so C{0.0.0.0} and
+    C{::} can both be listed for one app without colliding.
+    """
+
+    def createInternetSocket(self) -> socket.socket:
+        sock = super().createInternetSocket()
+        if self.addressFamily == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return sock
+
+
+class Listener:
+    """
+    One bound edge address and port, and the factory behind it.
+    """
+
+    def __init__(self, protocol: str, ip: str, port: int, factory: Any, listening: IListeningPort) -> None:
+        self.protocol = protocol
+        self.ip = ip
+        self.port = port
+        self.factory = factory
+        self.listening = listening
+
+    @property
+    def runtime(self) -> AppRuntime:
+        return self.factory.runtime
+
+    def retarget(self, runtime: AppRuntime) -> None:
+        """
+        Send the next connections to C{runtime}.
+        """
+        self.factory.runtime = runtime
+
+    def stop(self) -> Any:
+        """
+        Stop accepting; open connections are not touched.
+        """
+        return self.listening.stopListening()
+
+    def bound_port(self) -> int:
+        return self.listening.getHost().port
+
+
+def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime) -> Listener:
+    """
+    Bind C{ip}:C{port} for C{protocol} and serve it with C{runtime}.
+
+    @raise twisted.internet.error.CannotListenError: the address is taken or
+        not available.
+    """
+    if protocol != "tcp":
+        raise ValueError(f"no listener for protocol {protocol!r}")
+    factory = EdgeFactory(runtime)
+    if isinstance(reactor, _ReactorWithPorts):
+        edge_port = _EdgePort(port, factory, BACKLOG, ip, reactor)
+        edge_port.startListening()
+        listening: IListeningPort = edge_port
+    else:
+        # Test reactors (MemoryReactor) record listenTCP calls.
+        listening = reactor.listenTCP(port, factory, backlog=BACKLOG, interface=ip)
+    return Listener(protocol, ip, port, factory, listening)
+
+
+try:
+    from twisted.internet.posixbase import PosixReactorBase as _ReactorWithPorts
+except ImportError:  # pragma: no cover - non-POSIX
+    _ReactorWithPorts = type("_NoReactor", (), {})  # type: ignore[assignment,misc]
+
+
+def is_ipv6(ip: str) -> bool:
+    return isIPv6Address(ip)

@@ -1,0 +1,394 @@
+"""
+The TCP relay: a client connection at the edge, joined to one origin.
+
+The client is not read until an origin has accepted; each transport is then
+registered as the other's streaming producer, so a slow reader on either side
+pauses the writer on the other and memory per connection stays bounded by the
+transports' buffers. EOF is propagated as a half-close both ways.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, List, Optional
+
+from twisted.internet import error as ierror
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from spectrum import status as S
+from spectrum.model import Origin, PortMapping
+from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
+from spectrum.runtime import AppRuntime
+
+
+def normalize_ip(host: str) -> str:
+    """
+    An IPv4-mapped IPv6 address (a v4 client on a dual-stack socket) as the
+    IPv4 address it is; other addresses unchanged.
+    """
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+def _connect_failure_status(reason: Failure) -> int:
+    if reason.check(ierror.ConnectionRefusedError):
+        return S.ORIGIN_REFUSED
+    if reason.check(ierror.TimeoutError, ierror.TCPTimedOutError):
+        return S.ORIGIN_CONNECT_TIMEOUT
+    return S.ORIGIN_UNREACHABLE
+
+
+def _lost_status(reason: Failure, origin_side: bool) -> Optional[int]:
+    """
+    The status a connection closed with C{reason} gets, or L{None} for a
+    clean close.
+    """
+    if reason.check(ierror.ConnectionDone):
+        return None
+    if not origin_side:
+        return S.CLIENT_ERROR
+    code = getattr(reason.value, "osError", None)
+    if code is None and reason.value.args:
+        code = reason.value.args[0]
+    if code == errno.EPIPE:
+        return S.ORIGIN_BROKEN_PIPE
+    if code == errno.ETIMEDOUT:
+        return S.ORIGIN_TIMEOUT
+    if reason.check(ierror.ConnectionLost) or code == errno.ECONNRESET:
+        return S.ORIGIN_RESET
+    return S.ORIGIN_ERROR
+
+
+@implementer(IHalfCloseableProtocol)
+class OriginProtocol(Protocol):
+    """
+    The origin leg: moves the origin's bytes to the client and counts them.
+    """
+
+    __slots__ = ("edge", "origin", "received", "_write", "_read_closed", "_write_closed")
+
+    def __init__(self, edge: EdgeProtocol, origin: Origin) -> None:
+        self.edge = edge
+        self.origin = origin
+        self.received = 0
+        self._read_closed = False
+        self._write_closed = False
+
+    def connectionMade(self) -> None:
+        self._write = self.edge.transport.write
+        self.edge.origin_connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._write(data)
+        self.received += len(data)
+
+    def readConnectionLost(self) -> None:
+        self._read_closed = True
+        self.edge.transport.loseWriteConnection()
+        if self._write_closed:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self._write_closed = True
+        if self._read_closed:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.edge.origin_lost(reason)
+
+
+class _OriginFactory(ClientFactory):
+    noisy = False
+
+    def __init__(self, edge: EdgeProtocol, origin: Origin) -> None:
+        self.edge = edge
+        self.origin = origin
+
+    def buildProtocol(self, addr: Any) -> OriginProtocol:
+        return OriginProtocol(self.edge, self.origin)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.edge.origin_failed(self.origin, reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class EdgeProtocol(Protocol):
+    """
+    The client leg, and the one that runs the connection: edge checks, origin
+    choice with retries, the idle timer and the record.
+    """
+
+    log = Logger()
+
+    def __init__(self, runtime: AppRuntime) -> None:
+        self.runtime = runtime
+        self.reactor = runtime.reactor
+        self.origin_leg: Optional[OriginProtocol] = None
+        self.received = 0
+        self.record: Optional[ConnectionRecord] = None
+        self._write: Any = None
+        self._candidates: List[Origin] = []
+        self._pending: Any = None
+        self._mapping: Optional[PortMapping] = None
+        self._connect_status = S.NO_HEALTHY_ORIGIN
+        self._client_gone = False
+        self._origin_gone = False
+        self._read_closed = False
+        self._write_closed = False
+        self._status: Optional[int] = None
+        self._reason = ""
+        self._idle_call: Any = None
+        self._idle_mark = -1
+        self._idle_quiet = 0
+        self._finished = False
+
+    # client side -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        # Read nothing until an origin has accepted.
+        transport.pauseProducing()
+        peer = transport.getPeer()
+        host = transport.getHost()
+        runtime = self.runtime
+        app = runtime.app
+        self.record = record = ConnectionRecord(
+            application=app.name,
+            app_id=app.id,
+            client_ip=normalize_ip(peer.host),
+            client_port=peer.port,
+            edge_ip=normalize_ip(host.host),
+            edge_port=host.port,
+            connect_time=self.reactor.seconds(),
+        )
+        runtime.opened(self)
+        refusal = runtime.check(record)
+        if refusal is not None:
+            self._status = refusal
+            self._reason = record.reason
+            self._origin_gone = True
+            self._finish(CLIENT_FILTERED)
+            transport.loseConnection()
+            return
+        self._candidates = runtime.balancer.candidates(record.client_ip, app.origin_tries)
+        try:
+            self._mapping = app.mapping_for(host.port)
+        except KeyError:
+            self._mapping = None
+        self._try_next()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._write(data)
+        self.received += len(data)
+
+    def readConnectionLost(self) -> None:
+        self._read_closed = True
+        leg = self.origin_leg
+        if leg is not None:
+            leg.transport.loseWriteConnection()
+        if self._write_closed:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self._write_closed = True
+        if self._read_closed:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
+        self._client_gone = True
+        if self._status is None:
+            self._status = _lost_status(reason, origin_side=False)
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            if hasattr(pending, "stopConnecting"):
+                try:
+                    pending.stopConnecting()
+                except ierror.NotConnectingError:
+                    pass
+            else:
+                pending.cancel()
+            self._origin_gone = True
+        leg = self.origin_leg
+        if leg is not None and not self._origin_gone:
+            leg.transport.loseConnection()
+        elif self.origin_leg is None:
+            self._origin_gone = True
+        self._maybe_finish()
+
+    # origin side -----------------------------------------------------------
+
+    def _try_next(self) -> None:
+        if not self._candidates:
+            self._status = self._connect_status
+            self._origin_gone = True
+            self._finish(ORIGIN_ERROR)
+            self.transport.loseConnection()
+            return
+        origin = self._candidates.pop(0)
+        edge_port = self.record.edge_port
+        mapped = self._mapping.origin_port(edge_port) if self._mapping else None
+        port = mapped or origin.port or edge_port
+        self.record.origin_name = origin.name
+        self.record.origin_ip = origin.address
+        self.record.origin_port = port
+        timeout = self.runtime.app.timeouts.connect or None
+        factory = _OriginFactory(self, origin)
+        address = origin.address
+        if isIPAddress(address) or isIPv6Address(address):
+            self._pending = self.reactor.connectTCP(address, port, factory, timeout=timeout or 120)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, address, port, timeout=timeout or 120)
+            d = endpoint.connect(factory)
+            self._pending = d
+
+            def failed(reason: Failure) -> None:
+                if not reason.check(CancelledError, ierror.ConnectingCancelledError):
+                    factory.clientConnectionFailed(None, reason)
+
+            d.addErrback(failed)
+
+    def origin_failed(self, origin: Origin, reason: Failure) -> None:
+        """
+        A connect attempt failed: try the next origin, or give up.
+        """
+        self._pending = None
+        if self._client_gone:
+            self._origin_gone = True
+            self._maybe_finish()
+            return
+        self._connect_status = _connect_failure_status(reason)
+        self._reason = f"{origin.name}: {reason.getErrorMessage()}"
+        self.log.debug(
+            "{app}: origin {origin} failed: {error}",
+            app=self.runtime.app.name,
+            origin=origin.name,
+            error=reason.getErrorMessage(),
+        )
+        self._try_next()
+
+    def origin_connected(self, leg: OriginProtocol) -> None:
+        """
+        An origin accepted: wire the two legs together and start reading.
+        """
+        self._pending = None
+        if self._client_gone:
+            leg.transport.loseConnection()
+            return
+        self.origin_leg = leg
+        client = self.transport
+        origin_transport = leg.transport
+        for transport in (client, origin_transport):
+            transport.setTcpNoDelay(True)
+            transport.setTcpKeepAlive(True)
+        self._write = origin_transport.write
+        # Each side's buffer filling up pauses reading on the other.
+        origin_transport.registerProducer(client, True)
+        client.registerProducer(origin_transport, True)
+        origin_address = origin_transport.getPeer()
+        self.record.origin_ip = normalize_ip(origin_address.host)
+        self.runtime.balancer.connection_opened(leg.origin)
+        self._reason = ""
+        self.runtime.recorders(CONNECT, self.record)
+        idle = self.runtime.app.timeouts.idle
+        if idle:
+            self._idle_call = self.reactor.callLater(idle / 2.0, self._idle_check, idle / 2.0)
+        client.resumeProducing()
+
+    def origin_lost(self, reason: Failure) -> None:
+        self._origin_gone = True
+        if self._status is None:
+            self._status = _lost_status(reason, origin_side=True)
+            if self._status is not None:
+                self._reason = reason.getErrorMessage()
+        if not self._client_gone:
+            self.transport.loseConnection()
+        if self.origin_leg is not None:
+            self.runtime.balancer.connection_closed(self.origin_leg.origin)
+        self._maybe_finish()
+
+    # timers and the end ----------------------------------------------------
+
+    def _idle_check(self, interval: float) -> None:
+        # No per-chunk timer resets: compare the byte counters every half
+        # period and close after two quiet halves in a row.
+        leg = self.origin_leg
+        total = self.received + (leg.received if leg is not None else 0)
+        if total != self._idle_mark:
+            self._idle_mark = total
+            self._idle_quiet = 0
+        else:
+            self._idle_quiet += 1
+            if self._idle_quiet >= 2:
+                self._idle_call = None
+                self.abort(S.IDLE_TIMEOUT, "idle timeout", graceful=True)
+                return
+        self._idle_call = self.reactor.callLater(interval, self._idle_check, interval)
+
+    def abort(self, status: int, reason: str, graceful: bool = False) -> None:
+        """
+        Close both legs now, recording C{status}.
+        """
+        if self._status is None:
+            self._status = status
+            self._reason = reason
+        close = "loseConnection" if graceful else "abortConnection"
+        if not self._client_gone:
+            getattr(self.transport, close)()
+        leg = self.origin_leg
+        if leg is not None and not self._origin_gone:
+            getattr(leg.transport, close)()
+
+    def buffered(self) -> int:
+        """
+        Bytes written to either leg and not yet sent (for tests and stats).
+        """
+        total = 0
+        transports = [self.transport]
+        if self.origin_leg is not None:
+            transports.append(self.origin_leg.transport)
+        for transport in transports:
+            total += len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        return total
+
+    def _maybe_finish(self) -> None:
+        if self._client_gone and self._origin_gone:
+            self._finish(DISCONNECT)
+
+    def _finish(self, kind: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        record = self.record
+        record.client_bytes = self.received
+        if self.origin_leg is not None:
+            record.origin_bytes = self.origin_leg.received
+        record.status = S.NORMAL if self._status is None else self._status
+        record.reason = self._reason
+        record.disconnect_time = self.reactor.seconds()
+        self.runtime.recorders(kind, record)
+        self.runtime.closed(self)
+
+
+class EdgeFactory(ServerFactory):
+    """
+    Builds an L{EdgeProtocol} for each client on one edge address and port.
+    """
+
+    noisy = False
+
+    def __init__(self, runtime: AppRuntime) -> None:
+        self.runtime = runtime
+
+    def buildProtocol(self, addr: Any) -> EdgeProtocol:
+        return EdgeProtocol(self.runtime)

@@ -1,0 +1,260 @@
+"""
+SpectrumService: the listeners of every app, built from the model and
+reconciled against a new one on reload.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Callable, Dict, List, Set, Tuple
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from spectrum import status as S
+from spectrum.config import ConfigError, load
+from spectrum.listeners import Listener, listen
+from spectrum.model import App, Config
+from spectrum.record import Recorders
+from spectrum.runtime import AppRuntime
+
+ListenerKey = Tuple[str, str, int]
+
+
+class ListenError(Exception):
+    """
+    An edge address and port could not be bound; C{str()} is one line that
+    names the app and the address.
+    """
+
+
+def desired_listeners(config: Config) -> Dict[ListenerKey, App]:
+    """
+    Every (protocol, edge address, edge port) the config asks for, and the
+    app that serves it.
+    """
+    wanted: Dict[ListenerKey, App] = {}
+    for app in config.apps:
+        for ip in app.ips:
+            for port in app.edge_ports():
+                wanted[(app.protocol, ip, port)] = app
+    return wanted
+
+
+class SpectrumService(MultiService):
+    """
+    The whole proxy: a listener per app edge address and port, reloaded in
+    place, drained on stop.
+
+    @ivar drain_timeout: seconds that open connections get to finish at stop
+        before they are closed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        drain_timeout: float = 10.0,
+        loader: Callable[[str], Config] = load,
+        handle_sighup: bool = False,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.config = config
+        self.drain_timeout = drain_timeout
+        self.loader = loader
+        self.recorders = Recorders()
+        self.runtimes: Dict[str, AppRuntime] = {}
+        self.listeners: Dict[ListenerKey, Listener] = {}
+        #: runtimes of removed apps whose connections are still open
+        self.retired: Set[AppRuntime] = set()
+        #: called with each new AppRuntime, so later stages (firewall,
+        #: analytics) can attach their checks
+        self.runtime_hooks: List[Callable[[AppRuntime], None]] = []
+        self.handle_sighup = handle_sighup
+        self._previous_sighup: Any = None
+
+    # building and reconciling ---------------------------------------------
+
+    def _new_runtime(self, app: App) -> AppRuntime:
+        runtime = AppRuntime(app, self.recorders, self.reactor)
+        for hook in self.runtime_hooks:
+            hook(runtime)
+        return runtime
+
+    def apply(self, config: Config) -> None:
+        """
+        Make the listeners match C{config}: bind what is new, retarget what
+        moved, stop what is gone, update the rest in place.
+
+        Nothing changes unless every new address binds.
+
+        @raise ListenError: an address could not be bound.
+        """
+        wanted = desired_listeners(config)
+        fresh: Dict[str, AppRuntime] = {}
+
+        def runtime_for(app: App) -> AppRuntime:
+            runtime = self.runtimes.get(app.name) or fresh.get(app.name)
+            if runtime is None:
+                runtime = fresh[app.name] = self._new_runtime(app)
+            return runtime
+
+        bound: Dict[ListenerKey, Listener] = {}
+        for key, app in wanted.items():
+            if key in self.listeners:
+                continue
+            protocol, ip, port = key
+            try:
+                bound[key] = listen(self.reactor, protocol, ip, port, runtime_for(app))
+            except (CannotListenError, OSError) as e:
+                for listener in bound.values():
+                    listener.stop()
+                raise ListenError(_listen_error(config, app, ip, port, e)) from None
+
+        # Everything bound: commit.
+        for app in config.apps:
+            existing = self.runtimes.get(app.name)
+            if existing is not None:
+                existing.update(app)
+        self.runtimes.update(fresh)
+        for key, listener in list(self.listeners.items()):
+            app = wanted.get(key)
+            if app is None:
+                listener.stop()
+                del self.listeners[key]
+                self.log.info(
+                    "stopped listening on {ip}:{port} ({protocol})",
+                    ip=key[1],
+                    port=key[2],
+                    protocol=key[0],
+                )
+            elif listener.runtime.app.name != app.name:
+                listener.retarget(self.runtimes[app.name])
+        for key, listener in bound.items():
+            self.listeners[key] = listener
+            self.log.info(
+                "{app}: listening on {ip}:{port} ({protocol})",
+                app=listener.runtime.app.name,
+                ip=key[1],
+                port=listener.bound_port(),
+                protocol=key[0],
+            )
+        names = {app.name for app in config.apps}
+        for name in list(self.runtimes):
+            if name not in names:
+                runtime = self.runtimes.pop(name)
+                self._retire(runtime)
+        self.config = config
+
+    def _retire(self, runtime: AppRuntime) -> None:
+        if not runtime.connections:
+            return
+        self.retired.add(runtime)
+        self.log.info(
+            "{app}: removed; {count} open connections continue",
+            app=runtime.app.name,
+            count=len(runtime.connections),
+        )
+        runtime.when_idle().addCallback(lambda _: self.retired.discard(runtime))
+
+    def reload(self) -> bool:
+        """
+        Read the config file again and apply it; a bad file is logged and
+        the running config stays.
+        """
+        source = self.config.source
+        if source is None:
+            self.log.warn("reload asked for, but the config came from no file")
+            return False
+        try:
+            config = self.loader(source)
+            self.apply(config)
+        except (ConfigError, ListenError) as e:
+            self.log.error("reload of {source} refused, old config kept: {error}", source=source, error=str(e))
+            return False
+        self.log.info("reloaded {source}: {count} apps", source=source, count=len(config.apps))
+        return True
+
+    # lifecycle -------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        # Bind before privileges are dropped, so edge ports below 1024 work.
+        try:
+            self.apply(self.config)
+        except ListenError as e:
+            # One line and exit status 1, not a traceback out of twistd.
+            self.log.critical("{error}", error=str(e))
+            raise SystemExit(f"spectrum: {e}") from None
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.listeners and self.config.apps:
+            self.apply(self.config)
+        if self.handle_sighup:
+            self.install_sighup()
+
+    def install_sighup(self) -> None:
+        """
+        Reload on SIGHUP (the handler hands over to the reactor thread).
+        """
+
+        def handler(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload)
+
+        self._previous_sighup = signal.signal(signal.SIGHUP, handler)
+
+    def all_runtimes(self) -> List[AppRuntime]:
+        return list(self.runtimes.values()) + list(self.retired)
+
+    def open_connections(self) -> int:
+        return sum(len(runtime.connections) for runtime in self.all_runtimes())
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """
+        Stop accepting, let open connections finish for C{drain_timeout}
+        seconds, then close what is left.
+        """
+        yield super().stopService()
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        stops = [listener.stop() for listener in self.listeners.values()]
+        self.listeners.clear()
+        yield DeferredList([d for d in stops if isinstance(d, Deferred)])
+        runtimes = self.all_runtimes()
+        count = sum(len(runtime.connections) for runtime in runtimes)
+        if not count:
+            return
+        self.log.info(
+            "draining {count} open connections for up to {timeout}s",
+            count=count,
+            timeout=self.drain_timeout,
+        )
+        drained = DeferredList([runtime.when_idle() for runtime in runtimes], consumeErrors=True)
+        deadline = self.reactor.callLater(self.drain_timeout, drained.cancel)
+        yield drained
+        if deadline.active():
+            deadline.cancel()
+        left = self.open_connections()
+        if left:
+            self.log.info("closing {count} connections still open at the drain deadline", count=left)
+            for runtime in self.all_runtimes():
+                runtime.abort_all(S.SHUTDOWN, "closed at shutdown")
+
+
+def _listen_error(config: Config, app: App, ip: str, port: int, error: Exception) -> str:
+    index = config.apps.index(app)
+    why = getattr(error, "socketError", None) or error
+    text = getattr(why, "strerror", None) or str(why)
+    return f"apps[{index}] ({app.name}): cannot listen on {ip}:{port}: {text}"

@@ -1,0 +1,55 @@
+"""
+C{twistd spectrum}: command-line options and the service they make.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.python import usage
+
+from spectrum.config import ConfigError, default_config_path, load
+from spectrum.model import Config
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd spectrum}.
+    """
+
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Run the spectrum edge proxy. Without --config it runs the embedded "
+        "default config (loopback ports, in-memory store)."
+    )
+    optParameters = [
+        ["config", "c", None, "Configuration file (YAML or JSON)."],
+        ["drain-timeout", None, "10", "Seconds open connections get to finish at stop.", float],
+    ]
+
+    config: Optional[Config] = None
+
+    def postOptions(self) -> None:
+        path = self["config"] or default_config_path()
+        try:
+            self.config = load(path)
+        except ConfigError as e:
+            # One line naming the place in the file; nothing has been bound.
+            raise SystemExit(f"spectrum: {e}") from None
+        if self["drain-timeout"] < 0:
+            raise usage.UsageError("--drain-timeout must be 0 or more seconds")
+
+
+def makeService(options: Options):  # type: ignore[no-untyped-def]
+    """
+    The service for C{options}: a L{spectrum.service.SpectrumService}.
+    """
+    from spectrum.service import SpectrumService
+
+    assert options.config is not None
+    service = SpectrumService(
+        options.config,
+        drain_timeout=options["drain-timeout"],
+        handle_sighup=True,
+    )
+    return service

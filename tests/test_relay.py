@@ -1,0 +1,421 @@
+"""
+The TCP relay on real loopback sockets: bytes, backpressure, half-close,
+failover, balancing, port ranges, timeouts, reload and drain.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from spectrum import status as S
+from spectrum.model import Config, Origin, Timeouts
+
+from conftest import free_port, free_port_range
+from relaykit import (
+    OriginFactory,
+    Proxy,
+    connect_client,
+    listen_origin,
+    make_app,
+    sha,
+    sleep,
+)
+
+MB = 1024 * 1024
+#: The most the proxy may hold for one connection while a reader is paused:
+#: two transport buffers' worth of Twisted's 64 KiB high-water mark, plus one
+#: read, both ways.
+BUFFER_BOUND = 256 * 1024
+
+
+def origin_at(port: int, name: str = "o", host: str = "127.0.0.1", weight: float = 1.0) -> Origin:
+    return Origin(name=name, address=host, port=port, weight=weight)
+
+
+def edge_protocols(proxy: Proxy) -> list:
+    return [c for runtime in proxy.service.all_runtimes() for c in runtime.connections]
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_and_record() -> None:
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("echo", [origin_at(port.getHost().port, "one")]))
+    try:
+        client = await connect_client(proxy.port())
+        client.transport.write(b"hello spectrum")
+        await sleep(0.2)
+        client.transport.loseWriteConnection()
+        received = await client.done
+        assert received == b"hello spectrum"
+        await sleep(0.1)
+        assert proxy.kinds() == ["connect", "disconnect"]
+        event = proxy.events[-1][1]
+        assert event["Status"] == S.NORMAL
+        assert event["ClientBytes"] == 14 and event["OriginBytes"] == 14
+        assert event["OriginName"] == "one" and event["ClientIP"] == "127.0.0.1"
+        assert event["EdgePort"] == proxy.port()
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_10mb_each_way_with_paused_reader_bounded_buffers() -> None:
+    upload = bytes(range(256)) * (10 * MB // 256)
+    download = bytes(reversed(range(256))) * (10 * MB // 256)
+    origin = OriginFactory(echo=False, greeting=download)
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("bulk", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        # The client reads nothing for a while: the origin's 10 MB must wait
+        # in the origin's own socket, not in the proxy.
+        client.transport.pauseProducing()
+        await sleep(0.3)
+        server = origin.connections[0]
+        # And the origin reads nothing while the client uploads.
+        server.transport.pauseProducing()
+        client.transport.write(upload)
+        client.transport.loseWriteConnection()
+        peaks = []
+        for _ in range(10):
+            await sleep(0.1)
+            peaks.append(sum(edge.buffered() for edge in edge_protocols(proxy)))
+        assert peaks and max(peaks) > 0, "nothing was in flight; the test did not load the proxy"
+        assert max(peaks) < BUFFER_BOUND, f"proxy buffered {max(peaks)} bytes"
+        assert len(server.received) < 10 * MB
+        server.transport.resumeProducing()
+        client.transport.resumeProducing()
+        # The origin saw the client's EOF and closes once its 10 MB are
+        # sent; the client gets everything.
+        received = await client.done
+        assert sha(received) == sha(download)
+        await sleep(0.2)
+        assert sha(origin.closed[0]) == sha(upload)
+        event = proxy.events[-1][1]
+        assert event["ClientBytes"] == len(upload)
+        assert event["OriginBytes"] == len(download)
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_half_close_reply_after_eof() -> None:
+    reply = b"the answer " * 5000
+    origin = OriginFactory(echo=False, reply_after_eof=reply)
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("half", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        client.transport.write(b"question")
+        client.transport.loseWriteConnection()
+        received = await client.done
+        assert received == reply
+        assert origin.eofs == 1
+        assert origin.closed == [b"question"]
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusing_origin_is_skipped() -> None:
+    dead = free_port()
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("failover", [origin_at(dead, "dead"), origin_at(port.getHost().port, "live")]))
+    try:
+        for _ in range(4):
+            client = await connect_client(proxy.port())
+            client.transport.write(b"ping")
+            client.transport.loseWriteConnection()
+            assert await client.done == b"ping"
+        connects = [event for kind, event in proxy.events if kind == "connect"]
+        assert [event["OriginName"] for event in connects] == ["live"] * 4
+        assert origin.accepted == 4
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_all_origins_refuse() -> None:
+    proxy = Proxy(make_app("down", [origin_at(free_port(), "a"), origin_at(free_port(), "b")]))
+    try:
+        client = await connect_client(proxy.port())
+        started = time.monotonic()
+        assert await client.done == b""
+        assert time.monotonic() - started < 1.0
+        await sleep(0.05)
+        kind, event = proxy.events[-1]
+        assert kind == "originError"
+        assert event["Status"] == S.ORIGIN_REFUSED
+        assert "refused" in event["Reason"].lower()
+    finally:
+        await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_timeout_then_next_origin() -> None:
+    # A listening socket whose accept queue is full never completes a
+    # handshake: the connect times out and the next origin is tried.
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(black_hole.getsockname())
+        fillers.append(s)
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    app = make_app(
+        "slow",
+        [origin_at(black_hole.getsockname()[1], "hole"), origin_at(port.getHost().port, "live")],
+        timeouts=Timeouts(connect=0.5),
+    )
+    proxy = Proxy(app)
+    try:
+        started = time.monotonic()
+        client = await connect_client(proxy.port())
+        client.transport.write(b"x")
+        client.transport.loseWriteConnection()
+        assert await client.done == b"x"
+        elapsed = time.monotonic() - started
+        assert 0.4 < elapsed < 2.0, elapsed
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+        for s in fillers:
+            s.close()
+        black_hole.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_weighted_round_robin_3000_connections() -> None:
+    factories = [OriginFactory() for _ in range(3)]
+    ports = [listen_origin(f) for f in factories]
+    weights = [1, 2, 3]
+    origins = [origin_at(p.getHost().port, f"o{i}", weight=w) for i, (p, w) in enumerate(zip(ports, weights))]
+    proxy = Proxy(make_app("rr", origins))
+    try:
+        total = 3000
+        for _ in range(total // 100):
+            clients = await defer.gatherResults(
+                [defer.Deferred.fromCoroutine(connect_client(proxy.port())) for _ in range(100)]
+            )
+            for c in clients:
+                c.transport.loseConnection()
+            await defer.gatherResults([c.done for c in clients])
+        await sleep(0.2)
+        counts = [f.accepted for f in factories]
+        assert sum(counts) == total
+        for count, weight in zip(counts, weights):
+            expected = total * weight / sum(weights)
+            assert abs(count - expected) <= 0.02 * expected, counts
+    finally:
+        await proxy.stop()
+        for p in ports:
+            await p.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hash_keeps_a_client_on_one_origin() -> None:
+    factories = [OriginFactory() for _ in range(4)]
+    ports = [listen_origin(f) for f in factories]
+    origins = [origin_at(p.getHost().port, f"o{i}") for i, p in enumerate(ports)]
+    proxy = Proxy(make_app("hash", origins, load_balancing="hash"))
+    try:
+        seen = collections.defaultdict(set)
+        for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"):
+            for _ in range(5):
+                client = await connect_client(proxy.port(), bind=address)
+                client.transport.loseConnection()
+                await client.done
+        await sleep(0.1)
+        for kind, event in proxy.events:
+            if kind == "connect":
+                seen[event["ClientIP"]].add(event["OriginName"])
+        assert len(seen) == 6
+        assert all(len(names) == 1 for names in seen.values()), seen
+        assert len({next(iter(names)) for names in seen.values()}) > 1, "every client on one origin"
+    finally:
+        await proxy.stop()
+        for p in ports:
+            await p.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_range_maps_offset_by_offset() -> None:
+    edge = free_port_range(20)
+    first_origin = free_port_range(20)
+    factories = {}
+    ports = []
+    for offset in range(20):
+        factory = OriginFactory(echo=False, greeting=str(first_origin + offset).encode())
+        factories[offset] = factory
+        ports.append(listen_origin(factory, first_origin + offset))
+    app = make_app(
+        "range",
+        [Origin(name="o", address="127.0.0.1")],
+        edge_port=edge,
+        edge_last=edge + 19,
+        origin_first=first_origin,
+    )
+    proxy = Proxy(app)
+    try:
+        assert len(proxy.service.listeners) == 20
+        for offset in range(20):
+            client = await connect_client(edge + offset)
+            await sleep(0.05)
+            client.transport.loseConnection()
+            assert await client.done == str(first_origin + offset).encode()
+    finally:
+        await proxy.stop()
+        for p in ports:
+            await p.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_timeout_closes_quiet_connection() -> None:
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("idle", [origin_at(port.getHost().port)], timeouts=Timeouts(connect=2, idle=0.4)))
+    try:
+        client = await connect_client(proxy.port())
+        # Activity keeps it open past the idle period.
+        for _ in range(4):
+            client.transport.write(b".")
+            await sleep(0.15)
+        started = time.monotonic()
+        assert await client.done == b"...."
+        quiet = time.monotonic() - started
+        assert 0.25 <= quiet <= 0.8, quiet
+        await sleep(0.05)
+        assert proxy.events[-1][1]["Status"] == S.IDLE_TIMEOUT
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_origin_by_hostname_and_ipv6() -> None:
+    origin4 = OriginFactory(echo=False, greeting=b"v4")
+    port4 = listen_origin(origin4)
+    try:
+        origin6 = OriginFactory(echo=False, greeting=b"v6")
+        port6 = listen_origin(origin6, host="::1")
+    except Exception:
+        pytest.skip("no IPv6 loopback on this machine")
+    proxy = Proxy(
+        make_app("byname", [Origin(name="n", address="localhost", port=port4.getHost().port)]),
+        make_app("v6", [Origin(name="six", address="::1", port=port6.getHost().port)], ips=("::1",)),
+    )
+    try:
+        client = await connect_client(proxy.port("byname"))
+        await sleep(0.1)
+        client.transport.loseConnection()
+        assert await client.done == b"v4"
+        client = await connect_client(proxy.port("v6"), host="::1")
+        await sleep(0.1)
+        client.transport.loseConnection()
+        assert await client.done == b"v6"
+        connect = [e for k, e in proxy.events if k == "connect" and e["Application"] == "v6"][0]
+        assert connect["ClientIP"] == "::1" and connect["OriginIP"] == "::1"
+    finally:
+        await proxy.stop()
+        await port4.stopListening()
+        await port6.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconcile_add_remove_change_keeps_open_connection() -> None:
+    a, b = OriginFactory(greeting=b"A"), OriginFactory(greeting=b"B")
+    pa, pb = listen_origin(a), listen_origin(b)
+    keep = make_app("keep", [origin_at(pa.getHost().port, "a")])
+    gone = make_app("gone", [origin_at(pa.getHost().port, "a")])
+    proxy = Proxy(keep, gone)
+    try:
+        keep_port, gone_port = proxy.port("keep"), proxy.port("gone")
+        open_client = await connect_client(gone_port)
+        await sleep(0.1)
+        # keep's pool changes to origin b; gone is removed; fresh is added.
+        keep2 = make_app("keep", [origin_at(pb.getHost().port, "b")], edge_port=keep_port)
+        fresh = make_app("fresh", [origin_at(pb.getHost().port, "b")])
+        proxy.service.apply(Config(apps=(keep2, fresh)))
+        assert proxy.port("keep") == keep_port
+        await sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", gone_port), timeout=1).close()
+        # The connection to the removed app still works.
+        open_client.transport.write(b"still here")
+        await sleep(0.1)
+        assert bytes(open_client.received) == b"Astill here"
+        client = await connect_client(keep_port)
+        await sleep(0.1)
+        client.transport.loseConnection()
+        assert await client.done == b"B"
+        client = await connect_client(proxy.port("fresh"))
+        await sleep(0.1)
+        client.transport.loseConnection()
+        assert await client.done == b"B"
+        open_client.transport.loseConnection()
+        await open_client.done
+    finally:
+        await proxy.stop()
+        await pa.stopListening()
+        await pb.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_drains_then_closes_at_deadline() -> None:
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("drain", [origin_at(port.getHost().port)]), drain_timeout=0.5)
+    try:
+        client = await connect_client(proxy.port())
+        await sleep(0.1)
+        started = time.monotonic()
+        stopping = proxy.stop()
+        # Still relaying during the drain.
+        client.transport.write(b"during drain")
+        await sleep(0.1)
+        assert bytes(client.received) == b"during drain"
+        await stopping
+        assert 0.4 <= time.monotonic() - started < 2.0
+        await client.done
+        await sleep(0.05)
+        assert proxy.events[-1][1]["Status"] == S.SHUTDOWN
+    finally:
+        await port.stopListening()
+
+
+def test_apply_rolls_back_when_a_port_is_taken() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        proxy = Proxy(make_app("first", [origin_at(1)]))
+        try:
+            before = dict(proxy.service.listeners)
+            clash = make_app("clash", [origin_at(1)], edge_port=taken.getsockname()[1])
+            other = make_app("other", [origin_at(1)], edge_port=free_port())
+            from spectrum.service import ListenError
+
+            with pytest.raises(ListenError, match=r"apps\[\d\] \(clash\): cannot listen on 127.0.0.1:\d+"):
+                proxy.service.apply(Config(apps=(other, clash)))
+            assert proxy.service.listeners == before
+            assert set(proxy.service.runtimes) == {"first"}
+        finally:
+            proxy.service.stopService()
+    finally:
+        taken.close()
