@@ -64,7 +64,7 @@ class Listener:
         return self.listening.stopListening()
 
     def bound_port(self) -> int:
-        return self.listening.getHost().port
+        return self.listening.getHost().port  # type: ignore[attr-defined]
 
 
 def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime) -> Listener:

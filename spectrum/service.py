@@ -127,8 +127,8 @@ class SpectrumService(MultiService):
                 existing.update(app)
         self.runtimes.update(fresh)
         for key, listener in list(self.listeners.items()):
-            app = wanted.get(key)
-            if app is None:
+            wanted_app = wanted.get(key)
+            if wanted_app is None:
                 listener.stop()
                 del self.listeners[key]
                 self.log.info(
@@ -137,8 +137,8 @@ class SpectrumService(MultiService):
                     port=key[2],
                     protocol=key[0],
                 )
-            elif listener.runtime.app.name != app.name:
-                listener.retarget(self.runtimes[app.name])
+            elif listener.runtime.app.name != wanted_app.name:
+                listener.retarget(self.runtimes[wanted_app.name])
         for key, listener in bound.items():
             self.listeners[key] = listener
             self.log.info(

@@ -4,7 +4,7 @@ C{twistd spectrum}: command-line options and the service they make.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.python import usage
 
@@ -40,7 +40,7 @@ class Options(usage.Options):
             raise usage.UsageError("--drain-timeout must be 0 or more seconds")
 
 
-def makeService(options: Options):  # type: ignore[no-untyped-def]
+def makeService(options: Options) -> Any:
     """
     The service for C{options}: a L{spectrum.service.SpectrumService}.
     """

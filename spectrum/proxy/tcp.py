@@ -56,8 +56,9 @@ def _lost_status(reason: Failure, origin_side: bool) -> Optional[int]:
     if not origin_side:
         return S.CLIENT_ERROR
     code = getattr(reason.value, "osError", None)
-    if code is None and reason.value.args:
-        code = reason.value.args[0]
+    args = getattr(reason.value, "args", ())
+    if code is None and args:
+        code = args[0]
     if code == errno.EPIPE:
         return S.ORIGIN_BROKEN_PIPE
     if code == errno.ETIMEDOUT:
@@ -74,6 +75,8 @@ class OriginProtocol(Protocol):
     """
 
     __slots__ = ("edge", "origin", "received", "_write", "_read_closed", "_write_closed")
+
+    transport: Any
 
     def __init__(self, edge: EdgeProtocol, origin: Origin) -> None:
         self.edge = edge
@@ -127,13 +130,15 @@ class EdgeProtocol(Protocol):
     """
 
     log = Logger()
+    transport: Any
+    #: set in connectionMade, before anything else can happen
+    record: ConnectionRecord
 
     def __init__(self, runtime: AppRuntime) -> None:
         self.runtime = runtime
         self.reactor = runtime.reactor
         self.origin_leg: Optional[OriginProtocol] = None
         self.received = 0
-        self.record: Optional[ConnectionRecord] = None
         self._write: Any = None
         self._candidates: List[Origin] = []
         self._pending: Any = None
