@@ -9,9 +9,12 @@ import socket
 import subprocess
 import time
 import uuid
-from typing import Optional
+from typing import Any, Dict, List, Optional
+
+from twisted.internet import defer
 
 from conftest import free_port, require_program
+from relaykit import sleep
 
 
 class RedisServer:
@@ -30,7 +33,7 @@ class RedisServer:
         """
         return f"redis://127.0.0.1:{self.port}/0?prefix={prefix or 't' + uuid.uuid4().hex[:12]}"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             [
                 self.program,
@@ -80,3 +83,36 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             s.sendall(b"".join(parts))
             return s.recv(65536)
+
+
+class Recorder:
+    """
+    A store listener that keeps what it was told.
+    """
+
+    def __init__(self) -> None:
+        self.changes: List[tuple] = []
+        self.resyncs = 0
+        self._waiters: List[defer.Deferred] = []
+
+    def changed(self, kind: str, id: str, doc: Optional[Dict[str, Any]]) -> None:
+        self.changes.append((kind, id, doc))
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+    async def wait_for(self, count: int, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.changes) < count:
+            assert time.monotonic() < deadline, f"only {self.changes} of {count} changes arrived"
+            await sleep(0.01)
+
+
+async def until_available(store: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not store.available:
+        assert time.monotonic() < deadline, "the store never became available"
+        await sleep(0.01)

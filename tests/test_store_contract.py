@@ -9,16 +9,16 @@ Each test gets C{make}, which opens another handle on the same shared state
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, List
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 
 from spectrum.store.interface import APPS, RULES, IStore, StoreUnavailable
 from spectrum.store.memory import MemoryStore
 
-from rediskit import RedisServer
+from rediskit import Recorder, RedisServer, until_available
 from relaykit import sleep
 
 
@@ -27,39 +27,6 @@ def redis_server() -> Any:
     server = RedisServer().start()
     yield server
     server.kill()
-
-
-class Recorder:
-    """
-    A store listener that keeps what it was told.
-    """
-
-    def __init__(self) -> None:
-        self.changes: List[tuple] = []
-        self.resyncs = 0
-        self._waiters: List[defer.Deferred] = []
-
-    def changed(self, kind: str, id: str, doc: Optional[Dict[str, Any]]) -> None:
-        self.changes.append((kind, id, doc))
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def resync(self) -> None:
-        self.resyncs += 1
-
-    async def wait_for(self, count: int, timeout: float = 2.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.changes) < count:
-            assert time.monotonic() < deadline, f"only {self.changes} of {count} changes arrived"
-            await sleep(0.01)
-
-
-async def until_available(store: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not store.available:
-        assert time.monotonic() < deadline, "the store never became available"
-        await sleep(0.01)
 
 
 @pytest_twisted.async_yield_fixture(params=["memory", "redis"])
