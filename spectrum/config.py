@@ -401,7 +401,20 @@ class _Builder:
             zone_id=zone.get("id", "local"),
             zone_name=zone_name,
             source=self.source,
+            store=self.store(("store",), self.data.get("store", "memory")),
+            node=self.data.get("node"),
+            workers=self.data.get("workers", 1),
         )
+
+    def store(self, path: _Path, url: str) -> str:
+        if url != "memory":
+            from spectrum.store.url import StoreURLError, parse_url
+
+            try:
+                parse_url(url)
+            except StoreURLError as e:
+                raise self.fail(path, str(e)) from None
+        return url
 
     # Leaves
 

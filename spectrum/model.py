@@ -156,6 +156,12 @@ class Config:
     zone_id: str = "local"
     zone_name: Optional[str] = None
     source: Optional[str] = None
+    #: "memory" or a Redis URL (see L{spectrum.store.url})
+    store: str = "memory"
+    #: this node's name in per-node figures; L{None}: the host name
+    node: Optional[str] = None
+    #: processes sharing the listening ports
+    workers: int = 1
 
     def app(self, name: str) -> App:
         """
