@@ -81,6 +81,8 @@ class SpectrumService(MultiService):
         self.runtime_hooks: List[Callable[[AppRuntime], None]] = []
         self.handle_sighup = handle_sighup
         self._previous_sighup: Any = None
+        #: a worker of C{workers: N}: share edge ports with the others
+        self.reuse_port = False
 
     # building and reconciling ---------------------------------------------
 
@@ -114,7 +116,7 @@ class SpectrumService(MultiService):
                 continue
             protocol, ip, port = key
             try:
-                bound[key] = listen(self.reactor, protocol, ip, port, runtime_for(app))
+                bound[key] = listen(self.reactor, protocol, ip, port, runtime_for(app), reuse_port=self.reuse_port)
             except (CannotListenError, OSError) as e:
                 for listener in bound.values():
                     listener.stop()

@@ -1,6 +1,7 @@
 """
-The store contract: one suite, run against the embedded memory store and
-against a real redis-server on loopback.
+The store contract: one suite, run against the embedded memory store, the
+workers' shared view of it over a Unix socket, and a real redis-server on
+loopback.
 
 Each test gets C{make}, which opens another handle on the same shared state
 (another node, for Redis; the same object, for memory).
@@ -16,7 +17,8 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from spectrum.store.interface import APPS, RULES, IStore, StoreUnavailable
-from spectrum.store.memory import MemoryStore
+from spectrum.store.memory import MAX_EVENTS, MemoryStore
+from spectrum.store.shared import SharedStore, StoreServerFactory
 
 from rediskit import Recorder, RedisServer, until_available
 from relaykit import sleep
@@ -29,14 +31,25 @@ def redis_server() -> Any:
     server.kill()
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "redis"])
+@pytest_twisted.async_yield_fixture(params=["memory", "shared", "redis"])
 async def make(request: Any) -> AsyncIterator[Callable[[str], Any]]:
     stores: List[Any] = []
+    served = None
     if request.param == "memory":
         shared = MemoryStore(node="a", reactor=reactor)
 
         def factory(node: str) -> Any:
             return shared
+
+    elif request.param == "shared":
+        # The workers' view of the supervisor's memory store.
+        path = str(request.getfixturevalue("tmp_path") / "store.sock")
+        served = reactor.listenUNIX(path, StoreServerFactory(MemoryStore(node="supervisor", reactor=reactor)))
+
+        def factory(node: str) -> Any:
+            store = SharedStore(path, node=node, reactor=reactor)
+            stores.append(store)
+            return store
 
     else:
         from spectrum.store.redis import RedisStore
@@ -60,6 +73,8 @@ async def make(request: Any) -> AsyncIterator[Callable[[str], Any]]:
     yield open_
     for store in stores:
         await store.stop()
+    if served is not None:
+        await served.stopListening()
 
 
 @pytest_twisted.ensureDeferred
@@ -129,12 +144,12 @@ async def test_counts_per_node_and_minute(make: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_recent_events_bounded_newest_first(make: Any) -> None:
     a = await make("a")
-    a.max_events = 5
-    await a.add_events([{"n": i} for i in range(4)])
-    await a.add_events([{"n": i} for i in range(4, 8)])
+    await a.add_events([{"n": i} for i in range(600)])
+    await a.add_events([{"n": i} for i in range(600, MAX_EVENTS + 5)])
     b = await make("b")
-    assert await b.recent_events(3) == [{"n": 7}, {"n": 6}, {"n": 5}]
-    assert await b.recent_events(100) == [{"n": i} for i in range(7, 2, -1)]
+    assert await b.recent_events(3) == [{"n": MAX_EVENTS + 4}, {"n": MAX_EVENTS + 3}, {"n": MAX_EVENTS + 2}]
+    kept = await b.recent_events(MAX_EVENTS * 2)
+    assert kept == [{"n": i} for i in range(MAX_EVENTS + 4, 4, -1)]
 
 
 @pytest_twisted.ensureDeferred
