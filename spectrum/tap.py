@@ -24,7 +24,10 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "Configuration file (YAML or JSON)."],
-        ["drain-timeout", None, "10", "Seconds open connections get to finish at stop.", float],
+        ["drain-timeout", None, 10.0, "Seconds open connections get to finish at stop.", float],
+        ["workers", None, None, "Processes sharing the edge ports (overrides workers: in the config).", int],
+        ["worker", None, None, "(internal) Run as worker N of a supervisor.", int],
+        ["store-socket", None, None, "(internal) The supervisor's store socket, for a worker."],
     ]
 
     config: Optional[Config] = None
@@ -38,6 +41,8 @@ class Options(usage.Options):
             raise SystemExit(f"spectrum: {e}") from None
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must be 0 or more seconds")
+        if self["workers"] is not None and not 1 <= self["workers"] <= 256:
+            raise usage.UsageError("--workers must be a number from 1 to 256")
 
 
 def makeService(options: Options) -> Any:
@@ -47,9 +52,36 @@ def makeService(options: Options) -> Any:
     from spectrum.service import SpectrumService
 
     assert options.config is not None
+    config = options.config
+    workers = options["workers"] or config.workers
+    if options["worker"] is None and workers > 1:
+        from spectrum.supervisor import make_supervisor
+
+        return make_supervisor(config, workers, options["drain-timeout"])
     service = SpectrumService(
-        options.config,
+        config,
         drain_timeout=options["drain-timeout"],
         handle_sighup=True,
     )
+    _add_store(service, config, options)
     return service
+
+
+def _add_store(service: Any, config: Config, options: Options) -> None:
+    from spectrum.cluster import Cluster, node_name
+    from spectrum.store import make_store
+
+    worker = options["worker"]
+    node = node_name(config, worker)
+    if worker is not None:
+        from spectrum.workers import ParentWatch
+
+        service.reuse_port = True
+        ParentWatch(service.reactor).setServiceParent(service)
+    if options["store-socket"]:
+        from spectrum.store.shared import SharedStore
+
+        store = SharedStore(options["store-socket"], node=node, reactor=service.reactor)
+    else:
+        store = make_store(config.store, node=node, reactor=service.reactor)
+    Cluster(store, reactor=service.reactor).setServiceParent(service)
