@@ -105,6 +105,28 @@ def load(path: str) -> Config:
     return parse(data, source=name)
 
 
+def read(path: str) -> object:
+    """
+    The decoded document in the file C{path} (JSON by extension, else YAML),
+    not yet checked: what L{load} hands to L{parse}.
+
+    @raise ConfigError: the file cannot be read or decoded.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(name, f"cannot read the file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(name, f"not UTF-8 text (byte {e.start})") from None
+    if os.path.splitext(name)[1].lower() == ".json":
+        return _decode_json(name, text)
+    return _decode_yaml(name, text)
+
+
 def parse(data: object, source: str | None = None) -> Config:
     """
     Check and build the configuration from an already decoded object (a
