@@ -1,5 +1,5 @@
 """
-The admin site: a Cloudflare-shaped v4 JSON API, Prometheus C{/metrics} and
-a browser page, served by twisted.web on C{admin.listen} (loopback by
-default).
+The admin listener: twisted.web resources for operators (Prometheus
+C{/metrics} so far; the JSON API and its authentication are built on the
+same site).
 """
