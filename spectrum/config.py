@@ -35,6 +35,7 @@ from spectrum.geo import GeoIPError, open_database
 from spectrum.model import (
     AccessRule,
     AdminSettings,
+    AdminToken,
     AnalyticsSettings,
     App,
     Config,
@@ -496,7 +497,21 @@ class _Builder:
     def admin(self) -> AdminSettings | None:
         if "admin" not in self.data:
             return None
-        settings = AdminSettings(**self.data["admin"])
+        raw = dict(self.data["admin"])
+        tokens = tuple(
+            AdminToken(**dict(spec, token_file=self.relative(spec["token_file"]) if "token_file" in spec else None))
+            for spec in raw.pop("tokens", [])
+        )
+        seen: dict[str, int] = {}
+        for index, token in enumerate(tokens):
+            if token.name in seen:
+                raise self.fail(("admin", "tokens", index, "name"), f"duplicate token name {_show(token.name)}")
+            seen[token.name] = index
+            if token.token is not None and len(token.token.strip()) < 16:
+                raise self.fail(("admin", "tokens", index, "token"), "a token needs at least 16 characters")
+        if "state_file" in raw:
+            raw["state_file"] = self.relative(raw["state_file"])
+        settings = AdminSettings(tokens=tokens, **raw)
         from twisted.internet.endpoints import serverFromString
 
         try:

@@ -18,6 +18,8 @@ from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import attr
 
+from spectrum.model import AdminToken
+
 READ = "read"
 EDIT = "edit"
 PERMISSIONS = (READ, EDIT)
@@ -61,22 +63,7 @@ class AuthError(Exception):
         self.message = message
 
 
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class TokenSpec:
-    """
-    A token as configured: exactly one of C{token}, C{token_env} and
-    C{token_file} is set.
-    """
-
-    name: str
-    permissions: str = READ
-    token: Optional[str] = attr.ib(default=None, repr=False)
-    token_env: Optional[str] = None
-    token_file: Optional[str] = None
-    email: Optional[str] = None
-
-
-def resolve(specs: Sequence[TokenSpec], environ: Mapping[str, str] = os.environ) -> Tuple[Token, ...]:
+def resolve(specs: Sequence[AdminToken], environ: Mapping[str, str] = os.environ) -> Tuple[Token, ...]:
     """
     The tokens named by C{specs}, read from the config, the environment or
     their files.

@@ -173,12 +173,39 @@ class AdminState:
             if not isinstance(raw, dict):
                 # parse() words this error.
                 return parse(raw, source=path)
-            config = parse(self.compose(base=raw), source=path)
+            try:
+                config = parse(self.compose(base=raw), source=path)
+            except ConfigError as e:
+                raise self._blame(e, len(raw.get("apps") or [])) from None
             self.base = raw
             self.base_source = path
             return config
 
         return load
+
+    def _blame(self, error: ConfigError, file_apps: int) -> ConfigError:
+        """
+        A config error in an app the API made, named as such (its place in
+        the composed document means nothing to the file's author).
+        """
+        index = _api_app_index(error.path)
+        if index is None or index < file_apps:
+            return error
+        entries = list(self.apps.values())
+        if index - file_apps >= len(entries):
+            return error
+        name = entries[index - file_apps]["app"].get("name")
+        return ConfigError(
+            f"{self.path}: app {name!r} made through the admin API",
+            describe_error(error, index),
+        )
+
+
+def _api_app_index(path: str) -> Optional[int]:
+    if not path.startswith("apps["):
+        return None
+    number = path[5:].split("]", 1)[0]
+    return int(number) if number.isdigit() else None
 
 
 def describe_error(error: ConfigError, index: int) -> str:
