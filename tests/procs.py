@@ -384,3 +384,56 @@ def greeting(port: int) -> bytes:
         return client.read_line()
     finally:
         client.close()
+
+
+# real peers ---------------------------------------------------------------
+
+
+class Program:
+    """
+    A real server program (sshd, redis-server...) run in the foreground as
+    a subprocess, its output in a log file.
+    """
+
+    def __init__(self, command: Sequence[str], log_path: Any) -> None:
+        self.command = list(command)
+        self.log_path = os.fspath(log_path)
+        self._log: IO[bytes] = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def poll(self) -> Optional[int]:
+        return self.process.poll()
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """
+        SIGTERM, and SIGKILL if it does not exit within C{timeout} seconds.
+        """
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(5)
+        finally:
+            self._log.close()
+
+
+def start_program(command: Sequence[str], log_path: Any, port: int, timeout: float = 15.0) -> Program:
+    """
+    Start C{command} and wait until it accepts on 127.0.0.1:C{port}.
+    """
+    program = Program(command, log_path)
+    try:
+        wait_for_port(port, timeout=timeout, process=program)
+    except BaseException:
+        program.stop()
+        raise AssertionError(f"{command[0]} did not start:\n{program.log()}") from None
+    return program
