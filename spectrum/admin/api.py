@@ -284,6 +284,7 @@ class AdminAPI(Resource):
         app = zone + r"/spectrum/apps/(?P<app>[^/]+)"
         rules = r"/firewall/access_rules/rules"
         self.routes: List[Tuple[re.Pattern[str], Dict[str, Handler]]] = [
+            (r"/zones", {"GET": self.list_zones}),
             (zone + r"/spectrum/apps", {"GET": self.list_apps, "POST": self.create_app}),
             (app, {"GET": self.get_app, "PUT": self.update_app, "DELETE": self.delete_app}),
             (r"/user" + rules, {"GET": self.list_rules, "POST": self.create_rule}),
@@ -362,6 +363,13 @@ class AdminAPI(Resource):
             raise ApiError(404, NO_ROUTE, f"no route for {path}")
         except ApiError as e:
             return error_body(e.status, e.code, e.message)
+
+    # zones -----------------------------------------------------------------------
+
+    def list_zones(self, call: Call) -> Any:
+        config = self.service.config
+        zone = {"id": config.zone_id, "name": config.zone_name, "status": "active"}
+        return paginate([zone], call)
 
     # apps ----------------------------------------------------------------------
 
