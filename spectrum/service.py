@@ -6,7 +6,7 @@ reconciled against a new one on reload.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -14,9 +14,13 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from spectrum import status as S
+from spectrum.admin.site import AdminService, admin_root
+from spectrum.analytics import Analytics
 from spectrum.config import ConfigError, load
+from spectrum.eventlog import EventLog
 from spectrum.listeners import Listener, listen
 from spectrum.model import App, Config
+from spectrum.protection import Protection
 from spectrum.record import Recorders
 from spectrum.runtime import AppRuntime
 
@@ -61,6 +65,7 @@ class SpectrumService(MultiService):
         drain_timeout: float = 10.0,
         loader: Callable[[str], Config] = load,
         handle_sighup: bool = False,
+        admin_state: Any = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -80,9 +85,26 @@ class SpectrumService(MultiService):
         #: analytics) can attach their checks
         self.runtime_hooks: List[Callable[[AppRuntime], None]] = []
         self.handle_sighup = handle_sighup
+        #: the config document and what the admin API made (AdminState)
+        self.admin_state = admin_state
         self._previous_sighup: Any = None
         #: a worker of C{workers: N}: share edge ports with the others
         self.reuse_port = False
+        #: called with each config that apply() commits
+        self.config_hooks: List[Callable[[Config], None]] = []
+        # Edge protection (access rules, geo, limits), analytics, the event
+        # log and the admin site attach themselves through the hooks above.
+        self.protection = Protection(config, reactor)
+        self.protection.install(self)
+        self.analytics = Analytics(reactor, config.analytics.window_minutes)
+        self.analytics.install(self)
+        self.event_log = EventLog(config.events, reactor)
+        self.event_log.install(self)
+        self.admin: Optional[AdminService] = None
+        if config.admin is not None:
+            root = admin_root(self.analytics, self.protection.firewall, service=self)
+            self.admin = AdminService(config.admin, root, reactor)
+            self.admin.setServiceParent(self)
 
     # building and reconciling ---------------------------------------------
 
@@ -156,6 +178,8 @@ class SpectrumService(MultiService):
                 runtime = self.runtimes.pop(name)
                 self._retire(runtime)
         self.config = config
+        for hook in self.config_hooks:
+            hook(config)
 
     def _retire(self, runtime: AppRuntime) -> None:
         if not runtime.connections:
@@ -190,20 +214,26 @@ class SpectrumService(MultiService):
 
     def privilegedStartService(self) -> None:
         # Bind before privileges are dropped, so edge ports below 1024 work.
-        try:
-            self.apply(self.config)
-        except ListenError as e:
-            # One line and exit status 1, not a traceback out of twistd.
-            self.log.critical("{error}", error=str(e))
-            raise SystemExit(f"spectrum: {e}") from None
+        self._apply_or_exit()
         super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
         if not self.listeners and self.config.apps:
-            self.apply(self.config)
+            # C{twist} (python -m twisted) has no privileged start.
+            self._apply_or_exit()
         if self.handle_sighup:
             self.install_sighup()
+
+    def _apply_or_exit(self) -> None:
+        try:
+            self.apply(self.config)
+        except ListenError as e:
+            # One line and exit status 1, not a traceback out of twistd.
+            # twistd prints the SystemExit text (through its log once
+            # logging has started), so logging it as well would show the
+            # operator the same error twice.
+            raise SystemExit(f"spectrum: {e}") from None
 
     def install_sighup(self) -> None:
         """

@@ -31,11 +31,31 @@ class Options(usage.Options):
     ]
 
     config: Optional[Config] = None
+    #: the admin API's state (apps and rules it made), when there is an admin
+    admin_state: Any = None
+
+    def _with_admin_state(self, path: str, config: Config) -> Config:
+        """
+        The config with the apps the admin API made (kept in its state file)
+        added to the file's.
+        """
+        from spectrum.admin.state import AdminState, StateError, default_state_file
+
+        assert config.admin is not None
+        state = AdminState(config.admin.state_file or default_state_file(path))
+        try:
+            state.load()
+        except StateError as e:
+            raise SystemExit(f"spectrum: {e}") from None
+        self.admin_state = state
+        return state.loader()(path)
 
     def postOptions(self) -> None:
         path = self["config"] or default_config_path()
         try:
             self.config = load(path)
+            if self.config.admin is not None:
+                self.config = self._with_admin_state(path, self.config)
         except ConfigError as e:
             # One line naming the place in the file; nothing has been bound.
             raise SystemExit(f"spectrum: {e}") from None
@@ -62,6 +82,7 @@ def makeService(options: Options) -> Any:
         config,
         drain_timeout=options["drain-timeout"],
         handle_sighup=True,
+        **_admin_arguments(options),
     )
     _add_store(service, config, options)
     return service
@@ -85,3 +106,8 @@ def _add_store(service: Any, config: Config, options: Options) -> None:
     else:
         store = make_store(config.store, node=node, reactor=service.reactor)
     Cluster(store, reactor=service.reactor).setServiceParent(service)
+def _admin_arguments(options: Options) -> Any:
+    state = options.admin_state
+    if state is None:
+        return {}
+    return {"admin_state": state, "loader": state.loader()}
