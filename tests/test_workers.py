@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from nodekit import EchoOrigin, Node, app_config, echo_once, listening_sockets, wait_port
 
 from conftest import free_port
+from nodekit import EchoOrigin, Node, app_config, echo_once, listening_sockets, wait_port
 
 
 @pytest.fixture
