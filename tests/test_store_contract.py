@@ -139,6 +139,10 @@ async def test_counts_per_node_and_minute(make: Any) -> None:
     assert buckets["a"] == {minute - 1: {"game/connect": 2, "game/bytes": 100}, minute: {"game/connect": 1}}
     assert buckets["b"] == {minute: {"game/connect": 5, "game/bytes": 7}}
     assert await a.minutes(minute + 1, minute + 5) == {}
+    # Totals only (a correction with no minute to file it under).
+    await b.add_counts("b", None, {"game/connect": 10})
+    assert (await a.totals())["b"] == {"game/connect": 15, "game/bytes": 7}
+    assert (await a.minutes(minute - 1, minute))["b"] == {minute: {"game/connect": 5, "game/bytes": 7}}
 
 
 @pytest_twisted.ensureDeferred

@@ -97,10 +97,11 @@ class IStore(Interface):
 
     # analytics ----------------------------------------------------------
 
-    def add_counts(node: str, minute: int, counts: Dict[str, int]) -> Any:
+    def add_counts(node: str, minute: Optional[int], counts: Dict[str, int]) -> Any:
         """
         Add C{counts} to C{node}'s running totals and to its bucket for
-        C{minute} (minutes since the epoch).
+        C{minute} (minutes since the epoch); with C{minute} L{None}, to the
+        totals only.
         """
 
     def totals() -> Any:

@@ -97,13 +97,15 @@ class MemoryStore:
 
     # analytics -----------------------------------------------------------
 
-    def add_counts(self, node: str, minute: int, counts: Dict[str, int]) -> Deferred[None]:
+    def add_counts(self, node: str, minute: Optional[int], counts: Dict[str, int]) -> Deferred[None]:
         totals = self._totals.setdefault(node, {})
         buckets = self._minutes.setdefault(node, {})
-        bucket = buckets.setdefault(minute, {})
         for name, value in counts.items():
             totals[name] = totals.get(name, 0) + value
-            bucket[name] = bucket.get(name, 0) + value
+        if minute is not None:
+            bucket = buckets.setdefault(minute, {})
+            for name, value in counts.items():
+                bucket[name] = bucket.get(name, 0) + value
         oldest = int(self.reactor.seconds() // 60) - self.retention_minutes
         for old in [m for m in buckets if m < oldest]:
             del buckets[old]

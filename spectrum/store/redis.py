@@ -63,11 +63,12 @@ return n
 
 _ADD_COUNTS = """
 redis.call('SADD', KEYS[3], ARGV[1])
+local bucket = #KEYS[2] > 0
 for i = 3, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  if bucket then redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
 end
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+if bucket then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 return 1
 """
 
@@ -446,13 +447,14 @@ class RedisStore:
         message = json.dumps({"kind": kind, "id": id, "doc": None, "node": self.node})
         return self._eval(_DELETE, [self._kind(kind), self.channel], [id, message]).addCallback(lambda n: int(n) == 1)
 
-    def add_counts(self, node: str, minute: int, counts: Dict[str, int]) -> Deferred[None]:
+    def add_counts(self, node: str, minute: Optional[int], counts: Dict[str, int]) -> Deferred[None]:
         if not counts:
             return succeed(None)
         args: List[Any] = [node, self.retention_minutes * 60]
         for name, value in counts.items():
             args += [name, int(value)]
-        keys = [self._keys["totals"] + node, f"{self._keys['minute']}{node}:{minute}", self._keys["nodes"]]
+        bucket = "" if minute is None else f"{self._keys['minute']}{node}:{minute}"
+        keys = [self._keys["totals"] + node, bucket, self._keys["nodes"]]
         return self._eval(_ADD_COUNTS, keys, args).addCallback(lambda _: None)
 
     def totals(self) -> Deferred[Dict[str, Dict[str, int]]]:

@@ -209,7 +209,7 @@ class SharedStore:
     def delete(self, kind: str, id: str) -> Deferred[Any]:
         return self._call("delete", _kind(kind), id)
 
-    def add_counts(self, node: str, minute: int, counts: Dict[str, int]) -> Deferred[Any]:
+    def add_counts(self, node: str, minute: Optional[int], counts: Dict[str, int]) -> Deferred[Any]:
         return self._call("add_counts", node, minute, counts)
 
     def totals(self) -> Deferred[Any]:
