@@ -12,14 +12,31 @@ import tempfile
 from typing import Any, Optional
 
 from twisted.application.internet import UNIXServer
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from spectrum.cluster import Cluster, node_name
+from spectrum.cluster import node_name
 from spectrum.model import Config
 from spectrum.store import make_store
 from spectrum.store.shared import StoreServerFactory
 from spectrum.workers import WorkerSupervisor, worker_argv
+
+
+class StoreService(Service):
+    """
+    Starts and stops the supervisor's store handle.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.store.stop()
 
 
 class Supervisor(MultiService):
@@ -30,11 +47,11 @@ class Supervisor(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, workers: WorkerSupervisor, cluster: Cluster, tmpdir: Optional[str]) -> None:
+    def __init__(self, config: Config, workers: WorkerSupervisor, store: StoreService, tmpdir: Optional[str]) -> None:
         super().__init__()
         self.config = config
         self.workers = workers
-        self.cluster = cluster
+        self.store = store
         self.tmpdir = tmpdir
         self._previous_sighup: Any = None
 
@@ -78,7 +95,7 @@ def make_supervisor(config: Config, count: int, drain_timeout: float, reactor: A
     if config.source is None:
         raise SystemExit("spectrum: workers need a config file (--config)")
     store = make_store(config.store, node=node_name(config), reactor=reactor)
-    cluster = Cluster(store, reactor=reactor)
+    holder = StoreService(store)
     tmpdir = None
     socket_path = None
     if config.store == "memory":
@@ -90,8 +107,8 @@ def make_supervisor(config: Config, count: int, drain_timeout: float, reactor: A
         reactor=reactor,
         stop_timeout=drain_timeout + 5,
     )
-    service = Supervisor(config, workers, cluster, tmpdir)
-    cluster.setServiceParent(service)
+    service = Supervisor(config, workers, holder, tmpdir)
+    holder.setServiceParent(service)
     if socket_path is not None:
         # Before the workers, so their first connection attempt finds it.
         UNIXServer(socket_path, StoreServerFactory(store), mode=0o600).setServiceParent(service)

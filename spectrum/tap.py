@@ -78,6 +78,8 @@ def makeService(options: Options) -> Any:
         from spectrum.supervisor import make_supervisor
 
         return make_supervisor(config, workers, options["drain-timeout"])
+    if options["worker"]:
+        config = _worker_config(config, options["worker"])
     service = SpectrumService(
         config,
         drain_timeout=options["drain-timeout"],
@@ -86,6 +88,22 @@ def makeService(options: Options) -> Any:
     )
     _add_store(service, config, options)
     return service
+
+
+def _worker_config(config: Config, worker: int) -> Config:
+    """
+    Worker N > 0 of C{workers: N}: the admin site runs in worker 0 only,
+    and each worker writes an event log of its own (C{events.w1.jsonl}).
+    """
+    import os
+
+    import attr
+
+    events = config.events
+    if events is not None:
+        stem, ext = os.path.splitext(events.path)
+        events = attr.evolve(events, path=f"{stem}.w{worker}{ext}")
+    return attr.evolve(config, admin=None, events=events)
 
 
 def _add_store(service: Any, config: Config, options: Options) -> None:
@@ -105,7 +123,9 @@ def _add_store(service: Any, config: Config, options: Options) -> None:
         store = SharedStore(options["store-socket"], node=node, reactor=service.reactor)
     else:
         store = make_store(config.store, node=node, reactor=service.reactor)
-    Cluster(store, reactor=service.reactor).setServiceParent(service)
+    Cluster(store, reactor=service.reactor).attach(service)
+
+
 def _admin_arguments(options: Options) -> Any:
     state = options.admin_state
     if state is None:
