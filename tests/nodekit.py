@@ -145,13 +145,13 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 def listening_sockets(port: int) -> int:
     """
-    How many TCP sockets listen on 127.0.0.1:C{port} (SO_REUSEPORT lets
-    several).
+    How many TCP sockets listen on 127.0.0.1:C{port} or 0.0.0.0:C{port}
+    (SO_REUSEPORT lets several).
     """
-    wanted = f"0100007F:{port:04X}"
+    wanted = (f"0100007F:{port:04X}", f"00000000:{port:04X}")
     count = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[1] == wanted and fields[3] == "0A":
+        if fields[1] in wanted and fields[3] == "0A":
             count += 1
     return count

@@ -73,3 +73,58 @@ def test_workers_option_overrides_the_config(tmp_path: Path, origin: EchoOrigin)
         assert echo_once(port) == b"ping"
     finally:
         assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_workers_share_rules_apps_and_figures(tmp_path: Path, origin: EchoOrigin) -> None:
+    """
+    With the memory store, the supervisor holds it and the workers share it:
+    the admin API (worker 0's) sees both workers' traffic, and a rule or an
+    app made through it applies in every worker.
+    """
+    from test_cluster import ClusterNode, settled, wait_until
+
+    node = ClusterNode(tmp_path, "edge", "memory", origin)
+    node.process.config_path.write_text(node.process.config_path.read_text() + "workers: 2\n")
+    node.start()
+    try:
+        node.process.wait_log(r"\[worker 1\].*store: in step")
+        node.ready()
+        deadline = time.monotonic() + 10
+        while listening_sockets(node.edge) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = settled(node)["count"]
+        for i in range(60):
+            assert echo_once(node.edge, b"%d" % i) == b"%d" % i
+        wait_until(lambda: node.summary()["count"] >= before + 120, 5.0, "figures of both workers")
+        assert node.summary()["count"] == before + 120
+        nodes = node.api("GET", "/zones/local/spectrum/cluster")["nodes"]
+        # The kernel spread the connections over both workers.
+        assert set(nodes) == {"edge-w0", "edge-w1"}
+        assert all(nodes[w]["echo"]["events"].get("connect", 0) > 0 for w in nodes), nodes
+
+        # A rule made through the API refuses clients in both workers.
+        node.api("POST", "/user/firewall/access_rules/rules",
+                 {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.1"}})  # fmt: skip
+        time.sleep(0.5)
+        refused = 0
+        for _ in range(30):
+            try:
+                refused += echo_once(node.edge, b"x") == b""
+            except OSError:
+                refused += 1
+        assert refused == 30
+
+        # An app made through the API listens in both workers.
+        port = free_port()
+        node.api("POST", "/zones/local/spectrum/apps",
+                 {"protocol": f"tcp/{port}", "origin_direct": [f"tcp://127.0.0.1:{origin.port}"],
+                  "dns": {"type": "CNAME", "name": "made.example.com"}, "ip_firewall": False})  # fmt: skip
+        deadline = time.monotonic() + 3
+        while listening_sockets(port) < 2:
+            assert time.monotonic() < deadline, "the app made through the API does not listen in both workers"
+            time.sleep(0.05)
+        assert echo_once(port, b"new app") == b"new app"
+    finally:
+        status = node.stop()
+    assert status in (0, -signal.SIGTERM), node.process.log()
