@@ -551,6 +551,7 @@ class _Builder:
             max_connections=limits.get("max_connections", 0),
             per_ip_connections=limits.get("per_ip_connections", 0),
             per_ip_rate=float(rate),
+            per_ip_rate_scope=limits.get("per_ip_rate_scope", "node"),
         )
 
     def store(self, path: _Path, url: str) -> str:

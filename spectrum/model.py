@@ -114,6 +114,9 @@ class Limits:
     max_connections: int = 0
     per_ip_connections: int = 0
     per_ip_rate: float = 0.0
+    #: "node": each node counts alone; "cluster": the nodes sharing a store
+    #: count together (see L{spectrum.cluster.ClusterRate})
+    per_ip_rate_scope: str = "node"
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
