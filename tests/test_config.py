@@ -500,3 +500,13 @@ def test_store_node_workers() -> None:
 )
 def test_bad_store_node_workers(key: str, value: object, message: str) -> None:
     assert error_of({"apps": [], key: value}).startswith(message)
+
+
+def test_per_ip_rate_scope() -> None:
+    data = seed()
+    data["apps"][0]["limits"] = {"per_ip_rate": 5, "per_ip_rate_scope": "cluster"}
+    assert parse(data).apps[0].limits.per_ip_rate_scope == "cluster"
+    data["apps"][0]["limits"] = {"per_ip_rate": 5}
+    assert parse(data).apps[0].limits.per_ip_rate_scope == "node"
+    data["apps"][0]["limits"] = {"per_ip_rate_scope": "planet"}
+    assert error_of(data).startswith("apps[0].limits.per_ip_rate_scope: ")
