@@ -628,8 +628,8 @@ class Cluster(Service):
                 self._apply(kind, changes)
         yield self._recover_counts()
         self.synced = True
-        self.log.info("store: in step ({rules} rules, {apps} apps from the store)", rules=len(self.known[RULES]),
-                      apps=len(self.known[APPS]))  # fmt: skip
+        self.log.info("store: {node} in step ({rules} rules, {apps} apps from the store)", node=self.node,
+                      rules=len(self.known[RULES]), apps=len(self.known[APPS]))  # fmt: skip
 
     @inlineCallbacks
     def _recover_counts(self) -> Any:

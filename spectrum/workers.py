@@ -14,10 +14,9 @@ the admin site) and restarts a worker that dies.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -31,34 +30,21 @@ RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 10.0
 
-_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[^ ]* ")
-
 #: twistd, run by this Python (C{python -m twisted} is C{twist}, not twistd).
 TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
 
 
 class _WorkerProtocol(ProcessProtocol):
     """
-    One worker process: its output goes to the supervisor's log, its end to
-    the supervisor.
+    One worker process. Its output goes straight to the supervisor's own
+    stdout and stderr (inherited descriptors): relaying every log line
+    through the supervisor would cost it a core under load.
     """
-
-    log = Logger()
 
     def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
         self.ended: Deferred[None] = Deferred()
-        self._partial = {1: b"", 2: b""}
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        lines = (self._partial.get(fd, b"") + data).split(b"\n")
-        self._partial[fd] = lines.pop()
-        for line in lines:
-            if line.strip():
-                # The worker's own timestamp is one too many.
-                text = _STAMP.sub("", line.decode("utf-8", "replace").rstrip())
-                self.log.info("[worker {index}] {line}", index=self.index, line=text)
 
     def processEnded(self, reason: Failure) -> None:
         self.supervisor._ended(self, reason)
@@ -67,7 +53,8 @@ class _WorkerProtocol(ProcessProtocol):
 
 class WorkerSupervisor(Service):
     """
-    Runs C{count} copies of C{argv} (each with C{--worker INDEX} appended)
+    Runs C{count} copies of C{argv} (a list, to which C{--worker INDEX} is
+    appended, or a function of the index)
     and restarts one that exits, with backoff.
     """
 
@@ -76,7 +63,7 @@ class WorkerSupervisor(Service):
     def __init__(
         self,
         count: int,
-        argv: List[str],
+        argv: Union[List[str], Callable[[int], List[str]]],
         reactor: Any = None,
         stop_timeout: float = 15.0,
         env: Optional[Dict[str, str]] = None,
@@ -108,8 +95,8 @@ class WorkerSupervisor(Service):
         if self._stopping:
             return
         protocol = _WorkerProtocol(self, index)
-        argv = [*self.argv, "--worker", str(index)]
-        self.reactor.spawnProcess(protocol, argv[0], argv, env=self.env, childFDs={0: "w", 1: "r", 2: "r"})
+        argv = self.argv(index) if callable(self.argv) else [*self.argv, "--worker", str(index)]
+        self.reactor.spawnProcess(protocol, argv[0], argv, env=self.env, childFDs={0: "w", 1: 1, 2: 2})
         self.workers[index] = protocol
         self.started_at[index] = self.reactor.seconds()
         self.log.info("worker {index} started (pid {pid})", index=index, pid=protocol.transport.pid)
@@ -181,15 +168,39 @@ def _signal(worker: _WorkerProtocol, signum: int) -> None:
         pass
 
 
-def worker_argv(source: str, drain_timeout: float, store_socket: Optional[str]) -> List[str]:
+def worker_argv(
+    source: str, drain_timeout: float, store_socket: Optional[str], argv: Optional[List[str]] = None
+) -> Callable[[int], List[str]]:
     """
-    The command line of a worker: this Python running C{twistd spectrum}.
+    The command line of worker N: this Python running C{twistd -n
+    spectrum}. When the supervisor's twistd was given C{--logfile FILE},
+    worker N logs to C{FILE.wN} (twistd rotates its log file, which
+    several processes cannot share); otherwise to the supervisor's stdout.
     """
-    argv = [*TWISTD, "-n", "--pidfile=", "spectrum", "--config", source]
-    argv += ["--drain-timeout", str(drain_timeout)]
-    if store_socket:
-        argv += ["--store-socket", store_socket]
-    return argv
+    logfile = _logfile(sys.argv if argv is None else argv)
+
+    def build(index: int) -> List[str]:
+        command = [*TWISTD, "-n", "--pidfile="]
+        if logfile and logfile != "-":
+            command.append(f"--logfile={logfile}.w{index}")
+        command += ["spectrum", "--config", source, "--drain-timeout", str(drain_timeout)]
+        if store_socket:
+            command += ["--store-socket", store_socket]
+        return [*command, "--worker", str(index)]
+
+    return build
+
+
+def _logfile(argv: List[str]) -> Optional[str]:
+    # twistd's options come before the plugin name.
+    for i, arg in enumerate(argv):
+        if arg == "spectrum":
+            break
+        if arg.startswith("--logfile="):
+            return arg.split("=", 1)[1]
+        if arg in ("--logfile", "-l") and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
 
 
 class ParentWatch(Service):

@@ -61,7 +61,7 @@ class ClusterNode:
     def ready(self) -> None:
         wait_port(self.edge)
         wait_port(self.admin)
-        self.process.wait_log(r"store: in step")
+        self.process.wait_log(r"store: \S+ in step")
 
     def api(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
         request = urllib.request.Request(
@@ -205,8 +205,8 @@ def test_redis_killed_while_traffic_flows(tmp_path: Path, redis: RedisServer, or
         redis.start()  # empty: it kept nothing
         a.process.wait_log(r"reachable again")
         b.process.wait_log(r"reachable again")
-        a.process.wait_log(r"store: in step", count=2)
-        b.process.wait_log(r"store: in step", count=2)
+        a.process.wait_log(r"store: \S+ in step", count=2)
+        b.process.wait_log(r"store: \S+ in step", count=2)
         time.sleep(0.5)
         stop.set()
         flow.join()

@@ -87,7 +87,7 @@ def test_workers_share_rules_apps_and_figures(tmp_path: Path, origin: EchoOrigin
     node.process.config_path.write_text(node.process.config_path.read_text() + "workers: 2\n")
     node.start()
     try:
-        node.process.wait_log(r"\[worker 1\].*store: in step")
+        node.process.wait_log(r"store: edge-w1 in step")
         node.ready()
         deadline = time.monotonic() + 10
         while listening_sockets(node.edge) < 2:
@@ -128,3 +128,17 @@ def test_workers_share_rules_apps_and_figures(tmp_path: Path, origin: EchoOrigin
     finally:
         status = node.stop()
     assert status in (0, -signal.SIGTERM), node.process.log()
+
+
+def test_worker_command_lines() -> None:
+    from spectrum.workers import TWISTD, worker_argv
+
+    build = worker_argv("/etc/s.yaml", 10.0, "/tmp/x/store.sock", ["twistd", "-n", "spectrum", "--workers", "2"])
+    assert build(1) == [*TWISTD, "-n", "--pidfile=", "spectrum", "--config", "/etc/s.yaml", "--drain-timeout",
+                        "10.0", "--store-socket", "/tmp/x/store.sock", "--worker", "1"]  # fmt: skip
+    # A log file of its own per worker: twistd rotates the file it writes.
+    build = worker_argv("/etc/s.yaml", 5.0, None, ["twistd", "--logfile", "/var/log/s.log", "spectrum"])
+    assert build(0)[len(TWISTD) : len(TWISTD) + 3] == ["-n", "--pidfile=", "--logfile=/var/log/s.log.w0"]
+    assert "--store-socket" not in build(0)
+    build = worker_argv("/etc/s.yaml", 5.0, None, ["twistd", "-l", "-", "spectrum"])
+    assert not any(a.startswith("--logfile") for a in build(0))
