@@ -193,3 +193,43 @@ async def test_rediss_verifies_the_server(tls_files: Any) -> None:
         await bad.stop()
         process.kill()
         process.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_finds_the_master(tmp_path: Any) -> None:
+    """
+    C{redis+sentinel://}: the store asks a real Sentinel for the master.
+    """
+    from spectrum.store.redis import RedisStore
+
+    program = require_program("redis-server")
+    master = RedisServer().start()
+    sentinel_port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds mymaster 1000\n"
+    )
+    sentinel = subprocess.Popen(
+        [program, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    a = RedisStore(f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0", node="a", reactor=reactor)
+    b = RedisStore(f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0", node="b", reactor=reactor)
+    seen = Recorder()
+    b.listen(seen)
+    try:
+        await sleep(0.3)
+        a.start()
+        b.start()
+        await until_available(a, timeout=10)
+        await until_available(b, timeout=10)
+        await a.put(RULES, "via-sentinel", {"mode": "block"})
+        await seen.wait_for(1)
+        # It really is the master's data.
+        assert b"via-sentinel" in master.command("HKEYS", "spectrum:docs:rules")
+    finally:
+        await a.stop()
+        await b.stop()
+        sentinel.kill()
+        sentinel.wait()
+        master.kill()
