@@ -47,7 +47,9 @@ class Supervisor(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, workers: WorkerSupervisor, store: StoreService, tmpdir: Optional[str]) -> None:
+    def __init__(
+        self, config: Config, workers: WorkerSupervisor, store: Optional[StoreService], tmpdir: Optional[str]
+    ) -> None:
         super().__init__()
         self.config = config
         self.workers = workers
@@ -94,11 +96,13 @@ def make_supervisor(config: Config, count: int, drain_timeout: float, reactor: A
         reactor = _reactor
     if config.source is None:
         raise SystemExit("spectrum: workers need a config file (--config)")
-    store = make_store(config.store, node=node_name(config), reactor=reactor)
-    holder = StoreService(store)
+    # With Redis the workers connect to it themselves; the supervisor holds
+    # the store only for the memory store, which it serves to them.
+    holder: Optional[StoreService] = None
     tmpdir = None
     socket_path = None
     if config.store == "memory":
+        holder = StoreService(make_store("memory", node=node_name(config), reactor=reactor))
         tmpdir = tempfile.mkdtemp(prefix="spectrum-store-")
         socket_path = os.path.join(tmpdir, "store.sock")
     workers = WorkerSupervisor(
@@ -108,9 +112,9 @@ def make_supervisor(config: Config, count: int, drain_timeout: float, reactor: A
         stop_timeout=drain_timeout + 5,
     )
     service = Supervisor(config, workers, holder, tmpdir)
-    holder.setServiceParent(service)
-    if socket_path is not None:
+    if holder is not None and socket_path is not None:
+        holder.setServiceParent(service)
         # Before the workers, so their first connection attempt finds it.
-        UNIXServer(socket_path, StoreServerFactory(store), mode=0o600).setServiceParent(service)
+        UNIXServer(socket_path, StoreServerFactory(holder.store), mode=0o600).setServiceParent(service)
     workers.setServiceParent(service)
     return service

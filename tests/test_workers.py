@@ -75,15 +75,21 @@ def test_workers_option_overrides_the_config(tmp_path: Path, origin: EchoOrigin)
         assert node.stop() in (0, -signal.SIGTERM), node.log()
 
 
-def test_workers_share_rules_apps_and_figures(tmp_path: Path, origin: EchoOrigin) -> None:
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_workers_share_rules_apps_and_figures(tmp_path: Path, origin: EchoOrigin, kind: str) -> None:
     """
-    With the memory store, the supervisor holds it and the workers share it:
-    the admin API (worker 0's) sees both workers' traffic, and a rule or an
-    app made through it applies in every worker.
+    The workers share state: with the memory store the supervisor holds it
+    and serves it to them, with Redis they use Redis. The admin API (worker
+    0's) sees both workers' traffic, and a rule or an app made through it
+    applies in every worker.
     """
     from test_cluster import ClusterNode, settled, wait_until
 
-    node = ClusterNode(tmp_path, "edge", "memory", origin)
+    from rediskit import RedisServer
+
+    redis = RedisServer().start() if kind == "redis" else None
+    store = redis.url() if redis is not None else "memory"
+    node = ClusterNode(tmp_path, "edge", store, origin)
     node.process.config_path.write_text(node.process.config_path.read_text() + "workers: 2\n")
     node.start()
     try:
@@ -127,6 +133,8 @@ def test_workers_share_rules_apps_and_figures(tmp_path: Path, origin: EchoOrigin
         assert echo_once(port, b"new app") == b"new app"
     finally:
         status = node.stop()
+        if redis is not None:
+            redis.kill()
     assert status in (0, -signal.SIGTERM), node.process.log()
 
 
