@@ -105,9 +105,12 @@ apps:
       origins: [{{name: nginx, address: 127.0.0.1, port: {origin}}}]
 """
         )
-    log = open(os.path.join(tmp, f"spectrum-{workers}.log"), "wb")
+    log = open(os.path.join(tmp, f"spectrum-{workers}.out"), "wb")
+    # A log file in the temporary directory (each worker writes FILE.wN).
+    # Never --logfile=/dev/null: twistd rotates its log file by renaming it.
+    logfile = os.path.join(tmp, f"spectrum-{workers}.log")
     process = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "spectrum", "--config", conf],
+        [*TWISTD, "-n", "--pidfile=", f"--logfile={logfile}", "spectrum", "--config", conf],
         cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=ROOT),
         stdout=log,

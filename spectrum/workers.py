@@ -96,10 +96,10 @@ class WorkerSupervisor(Service):
             return
         protocol = _WorkerProtocol(self, index)
         argv = self.argv(index) if callable(self.argv) else [*self.argv, "--worker", str(index)]
-        self.reactor.spawnProcess(protocol, argv[0], argv, env=self.env, childFDs={0: "w", 1: 1, 2: 2})
+        process = self.reactor.spawnProcess(protocol, argv[0], argv, env=self.env, childFDs={0: "w", 1: 1, 2: 2})
         self.workers[index] = protocol
         self.started_at[index] = self.reactor.seconds()
-        self.log.info("worker {index} started (pid {pid})", index=index, pid=protocol.transport.pid)
+        self.log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
 
     def _ended(self, protocol: _WorkerProtocol, reason: Failure) -> None:
         index = protocol.index
@@ -162,8 +162,11 @@ class WorkerSupervisor(Service):
 
 
 def _signal(worker: _WorkerProtocol, signum: int) -> None:
+    transport = worker.transport
+    if transport is None:
+        return
     try:
-        worker.transport.signalProcess(signum)
+        transport.signalProcess(signum)
     except Exception:  # already gone
         pass
 
@@ -175,13 +178,14 @@ def worker_argv(
     The command line of worker N: this Python running C{twistd -n
     spectrum}. When the supervisor's twistd was given C{--logfile FILE},
     worker N logs to C{FILE.wN} (twistd rotates its log file, which
-    several processes cannot share); otherwise to the supervisor's stdout.
+    several processes cannot share); otherwise (and for /dev/null, which
+    twistd would rename when it rotates) to the supervisor's stdout.
     """
     logfile = _logfile(sys.argv if argv is None else argv)
 
     def build(index: int) -> List[str]:
         command = [*TWISTD, "-n", "--pidfile="]
-        if logfile and logfile != "-":
+        if logfile and logfile not in ("-", os.devnull):
             command.append(f"--logfile={logfile}.w{index}")
         command += ["spectrum", "--config", source, "--drain-timeout", str(drain_timeout)]
         if store_socket:

@@ -77,10 +77,11 @@ class _StoreConnection(NetstringReceiver):
                 raise ValueError(f"no call {call!r}")
         except (ValueError, KeyError, TypeError) as e:
             self.log.warn("shared store: bad request from a worker: {error}", error=str(e))
-            self.transport.loseConnection()
+            if self.transport is not None:
+                self.transport.loseConnection()
             return
         d = maybeDeferred(getattr(self.factory.store, call), *args)
-        d.addCallbacks(self._result, self._error, (number,), None, (number,))
+        d.addCallbacks(self._result, self._error, callbackArgs=(number,), errbackArgs=(number,))
 
     def _result(self, result: Any, number: int) -> None:
         self.sendString(json.dumps({"id": number, "result": result}).encode())
@@ -183,7 +184,7 @@ class SharedStore:
                 except Exception:
                     self.log.failure("store listener {listener!r} failed", listener=listener)
             return
-        d = self._pending.pop(message.get("id"), None)
+        d = self._pending.pop(message.get("id", -1), None)
         if d is None:
             return
         if "error" in message:
