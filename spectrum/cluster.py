@@ -51,6 +51,10 @@ FLUSH_INTERVAL = 1.0
 MAX_PENDING_MINUTES = 60
 #: Events kept while the store is out of reach.
 MAX_PENDING_EVENTS = 1000
+#: Events sent per push: the store keeps the newest 1,000 of the whole
+#: cluster and the API shows 100, so a busy node sends its newest only
+#: (every event is in the node's own event log, C{events.path}).
+EVENTS_PER_PUSH = 100
 #: Separates the parts of a flat counter name (never in app or origin names
 #: that a person types).
 SEP = "\x1f"
@@ -719,7 +723,7 @@ class Cluster(Service):
         for old in sorted(self._history)[:-MAX_PENDING_MINUTES]:
             del self._history[old]
         if self.events_pending:
-            events, self.events_pending = self.events_pending, []
+            events, self.events_pending = self.events_pending[-EVENTS_PER_PUSH:], []
             try:
                 yield self.store.add_events(events)
             except Exception:
