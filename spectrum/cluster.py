@@ -368,7 +368,19 @@ class Cluster(Service):
         # After the protection's checks (installed first): an address over
         # the cluster's per_ip_rate is refused after the local limits.
         service.runtime_hooks.append(lambda runtime: runtime.checks.append(self.rate.check))
+        # A reload whose access_rules changed replaces the firewall's rules
+        # with the file's: put the store's back.
+        service.config_hooks.append(lambda config: self._reapply_rules())
         self.setServiceParent(service)
+
+    def _reapply_rules(self) -> None:
+        protection = getattr(self.service, "protection", None)
+        if protection is None or not self.known[RULES]:
+            return
+        present = {rule.id for rule in protection.firewall.rules}
+        missing = {id: doc for id, doc in self.known[RULES].items() if id not in present}
+        if missing:
+            self._apply(RULES, missing)
 
     def startService(self) -> None:
         super().startService()

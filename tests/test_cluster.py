@@ -202,6 +202,13 @@ def test_redis_killed_while_traffic_flows(tmp_path: Path, redis: RedisServer, or
             with pytest.raises(ConnectionError):
                 blocked_client(node.edge)
         served_during = len(results)
+        # The API still changes the node it is asked; the change reaches the
+        # others once Redis is back.
+        during = a.api(
+            "POST",
+            "/user/firewall/access_rules/rules",
+            {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.3"}, "notes": "during the outage"},
+        )
         redis.start()  # empty: it kept nothing
         a.process.wait_log(r"reachable again")
         b.process.wait_log(r"reachable again")
@@ -218,8 +225,13 @@ def test_redis_killed_while_traffic_flows(tmp_path: Path, redis: RedisServer, or
         wait_until(lambda: a.summary()["count"] >= expected, 5.0, "figures after Redis returned")
         assert a.summary()["count"] == expected
         wait_until(lambda: b.summary() == a.summary(), 3.0, "B's figures agreeing with A's")
-        # The rule is in the (restarted, empty) Redis again: seeded back.
-        assert rule["id"] in redis.command("HKEYS", "outage:docs:rules").decode()
+        # Both rules are in the (restarted, empty) Redis: seeded back, and B
+        # has the one made during the outage.
+        stored = redis.command("HKEYS", "outage:docs:rules").decode()
+        assert rule["id"] in stored and during["id"] in stored
+        wait_until(lambda: len(b.api("GET", "/user/firewall/access_rules/rules")) == 2, 2.0, "B's rules")
+        with pytest.raises(ConnectionError):
+            blocked_client(b.edge, "127.0.0.3")
         # Logged once per outage, not per reconnect attempt.
         assert a.process.log().count("connection lost") == 1
     finally:
@@ -228,15 +240,15 @@ def test_redis_killed_while_traffic_flows(tmp_path: Path, redis: RedisServer, or
     assert all(s in (0, -signal.SIGTERM) for s in statuses)
 
 
-def blocked_client(port: int) -> None:
+def blocked_client(port: int, source: str = "127.0.0.2") -> None:
     """
-    Connect from 127.0.0.2 (blocked); raises ConnectionError when refused.
+    Connect from C{source} (blocked); raises ConnectionError when refused.
     """
     import socket
 
     with socket.socket() as s:
         s.settimeout(3)
-        s.bind(("127.0.0.2", 0))
+        s.bind((source, 0))
         s.connect(("127.0.0.1", port))
         try:
             s.sendall(b"knock")
