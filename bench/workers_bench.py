@@ -134,6 +134,27 @@ def wrk(port: int, duration: float, connections: int) -> float:
     return rate
 
 
+def cpu_seconds(pid: int) -> float:
+    """
+    User plus system CPU seconds used by C{pid} and its children (the
+    workers), from /proc.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                pids += [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+    return total
+
+
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -157,6 +178,7 @@ def main() -> None:
     nginx = start_nginx(tmp, origin)
     results: Dict[str, List[float]] = {"direct": []}
     results.update({f"workers: {n}": [] for n in settings})
+    cpu: Dict[str, List[float]] = {f"workers: {n}": [] for n in settings}
     try:
         for run in range(args.runs):
             results["direct"].append(wrk(origin, args.duration, args.connections))
@@ -165,7 +187,13 @@ def main() -> None:
                 proxy = start_spectrum(tmp, port, origin, n)
                 try:
                     wrk(port, 1.0, args.connections)  # warm-up
-                    results[f"workers: {n}"].append(wrk(port, args.duration, args.connections))
+                    used = cpu_seconds(proxy.pid)
+                    rate = wrk(port, args.duration, args.connections)
+                    used = cpu_seconds(proxy.pid) - used
+                    results[f"workers: {n}"].append(rate)
+                    # CPU milliseconds per connection: the same work spread
+                    # over more cores when workers help.
+                    cpu[f"workers: {n}"].append(1000 * used / max(1.0, rate * args.duration))
                 finally:
                     stop(proxy)
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
@@ -177,12 +205,14 @@ def main() -> None:
         f"Connection: close; nginx origin; {os.cpu_count()} CPUs; median of {args.runs}, min-max)\n"
     )
     base = statistics.median(results[f"workers: {settings[0]}"])
-    print(f"{'setting':<12} {'conn/s':>10} {'min-max':>19} {'vs workers: ' + str(settings[0]):>16}")
+    print(f"{'setting':<12} {'conn/s':>10} {'min-max':>19} {'vs workers: ' + str(settings[0]):>16} {'CPU ms/conn':>12}")
     for name, rates in results.items():
         median = statistics.median(rates)
         spread = f"{min(rates):.0f}-{max(rates):.0f}"
         ratio = "" if name == "direct" else f"{median / base:.2f}x"
-        print(f"{name:<12} {median:>10.0f} {spread:>19} {ratio:>16}")
+        used = f"{statistics.median(cpu[name]):.2f}" if name in cpu else ""
+        print(f"{name:<12} {median:>10.0f} {spread:>19} {ratio:>16} {used:>12}")
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
