@@ -351,14 +351,16 @@ def _hostnames_overlap(a: str, b: str) -> bool:
 def _addresses_overlap(a: str, b: str) -> bool:
     """
     Whether binding edge addresses C{a} and C{b} (normalized literals) on one
-    port would collide: the wildcard of a family covers that family, and
-    C{::} covers both.
+    port would collide: the wildcard of a family covers that family. The
+    listeners bind IPv6 addresses IPv6-only, so C{::} leaves IPv4 alone.
     """
-    if a == b or "::" in (a, b):
+    if a == b:
         return True
-    if "0.0.0.0" in (a, b):
-        return ":" not in a and ":" not in b
-    return False
+    v6a, v6b = ":" in a, ":" in b
+    if v6a != v6b:
+        return False
+    wildcard = "::" if v6a else "0.0.0.0"
+    return wildcard in (a, b)
 
 
 class _Bound(NamedTuple):
