@@ -435,10 +435,16 @@ class Firewall:
         """
         Add C{rule}; one without an id gets a new random one.
 
-        @return: the rule as stored (with its id).
+        @return: the rule as stored (with its id, its value in canonical form).
+        @raise RuleError: its mode, target or value is not usable.
         @raise DuplicateRule: a rule with this id, or this target, value and
             scope, is already there.
         """
+        if rule.mode not in MODES or rule.target not in TARGETS:
+            raise RuleError(f"{rule.mode} {rule.target} is not a rule (modes: whitelist, block)")
+        value = canonical_value(rule.target, rule.value)
+        if value != rule.value:
+            rule = attr.evolve(rule, value=value)
         if not rule.id:
             rule = attr.evolve(rule, id=uuid.uuid4().hex)
         if rule.id in self._rules:
