@@ -150,3 +150,25 @@ async def test_curl_metrics_from_twistd(tmp_path) -> None:
 
 def _key(name: str, origin: str, **labels: str) -> Tuple[str, Tuple[Tuple[str, str], ...]]:
     return name, tuple(sorted(dict(labels, app="mail", origin=origin).items()))
+
+
+def test_admin_listen_failure_is_one_line() -> None:
+    from twisted.web.resource import Resource
+
+    from spectrum.admin.site import AdminListenError, AdminService
+    from spectrum.model import AdminSettings
+
+    taken = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+    port = taken.getHost().port
+    service = AdminService(AdminSettings(listen=f"tcp:{port}:interface=127.0.0.1"), Resource(), reactor)
+    try:
+        try:
+            service.startService()
+        except AdminListenError as e:
+            text = str(e)
+        else:
+            raise AssertionError("bound a taken port")
+        assert text.startswith(f"admin.listen: cannot listen on 'tcp:{port}:interface=127.0.0.1': ")
+        assert "\n" not in text and "in use" in text
+    finally:
+        taken.stopListening()
