@@ -30,9 +30,17 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError, best_match
 
+from spectrum.firewall import RuleError, make_rule
+from spectrum.geo import GeoIPError, open_database
 from spectrum.model import (
+    AccessRule,
+    AdminSettings,
+    AnalyticsSettings,
     App,
     Config,
+    EventLogSettings,
+    GeoIPFiles,
+    Limits,
     Origin,
     Pool,
     PortMapping,
@@ -398,11 +406,113 @@ class _Builder:
         if zone_name is not None:
             zone_name = self.hostname(("zone", "name"), zone_name)
         apps = tuple(self.app(("apps", index), raw) for index, raw in enumerate(self.data.get("apps", [])))
+        geoip = self.geoip()
         return Config(
             apps=apps,
             zone_id=zone.get("id", "local"),
             zone_name=zone_name,
             source=self.source,
+            access_rules=self.access_rules(geoip),
+            geoip=geoip,
+            admin=self.admin(),
+            events=self.events(),
+            analytics=AnalyticsSettings(**self.data.get("analytics", {})),
+        )
+
+    # Edge protection and observability
+
+    def relative(self, text: str) -> str:
+        """
+        A path from the file, made absolute against the file's directory.
+        """
+        base = os.path.dirname(os.path.abspath(self.source)) if self.source else os.getcwd()
+        return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
+
+    def geoip(self) -> GeoIPFiles:
+        raw = self.data.get("geoip", {})
+        files: dict[str, str] = {}
+        for key in ("country_db", "asn_db"):
+            if key in raw:
+                path = self.relative(raw[key])
+                try:
+                    open_database(path).close()
+                except GeoIPError as e:
+                    raise self.fail(("geoip", key), str(e)) from None
+                files[key] = path
+        return GeoIPFiles(**files)
+
+    def access_rules(self, geoip: GeoIPFiles) -> tuple[AccessRule, ...]:
+        rules: list[AccessRule] = []
+        seen: dict[str, int] = {}
+        for index, raw in enumerate(self.data.get("access_rules", [])):
+            path: _Path = ("access_rules", index)
+            app = raw.get("app")
+            if app is not None and app not in self.names:
+                raise self.fail(path + ("app",), f"no app is named {_show(app)}")
+            target = raw["configuration"]["target"]
+            try:
+                rule = make_rule(
+                    raw["mode"], target, raw["configuration"]["value"], raw.get("notes", ""), app, raw.get("id")
+                )
+            except RuleError as e:
+                raise self.fail(path + ("configuration", "value"), str(e)) from None
+            if target == "country" and geoip.country_db is None:
+                raise self.fail(path + ("configuration", "target"), "country rules need geoip.country_db")
+            if target == "asn" and geoip.asn_db is None:
+                raise self.fail(path + ("configuration", "target"), "asn rules need geoip.asn_db")
+            for earlier in rules:
+                if (earlier.target, earlier.value, earlier.app) == (rule.target, rule.value, rule.app):
+                    raise self.fail(
+                        path,
+                        f"{rule.target} {rule.value} is already in access_rules[{rules.index(earlier)}]"
+                        + (f" for app {_show(app)}" if app else ""),
+                    )
+            if rule.id in seen:
+                raise self.fail(path + ("id",), f"id {rule.id} is already used by access_rules[{seen[rule.id]}]")
+            seen[rule.id] = index
+            rules.append(rule)
+        return tuple(rules)
+
+    def admin(self) -> AdminSettings | None:
+        if "admin" not in self.data:
+            return None
+        settings = AdminSettings(**self.data["admin"])
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            # Parsing needs no reactor; listening happens at start.
+            serverFromString(None, settings.listen)
+        except (ValueError, TypeError) as e:
+            raise self.fail(
+                ("admin", "listen"),
+                f"{_show(settings.listen)} is not a server endpoint like 'tcp:8080:interface=127.0.0.1' ({e})",
+            ) from None
+        return settings
+
+    def events(self) -> EventLogSettings | None:
+        raw = self.data.get("events")
+        if raw is None:
+            return None
+        path = self.relative(raw["path"])
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            raise self.fail(("events", "path"), f"directory '{directory}' does not exist")
+        if os.path.isdir(path):
+            raise self.fail(("events", "path"), f"'{path}' is a directory; name a file")
+        settings = dict(raw, path=path)
+        if math.isnan(settings.get("flush_interval", 1.0)):
+            raise self.fail(("events", "flush_interval"), "expected seconds, got nan")
+        return EventLogSettings(**settings)
+
+    def limits(self, path: _Path, raw: dict[str, Any]) -> Limits:
+        limits = raw.get("limits", {})
+        rate = limits.get("per_ip_rate", 0)
+        if math.isnan(rate) or math.isinf(rate):
+            raise self.fail(path + ("limits", "per_ip_rate"), f"expected connections per second, got {rate}")
+        return Limits(
+            max_connections=limits.get("max_connections", 0),
+            per_ip_connections=limits.get("per_ip_connections", 0),
+            per_ip_rate=float(rate),
         )
 
     # Leaves
@@ -509,6 +619,7 @@ class _Builder:
             ),
             origin_tries=int(raw.get("origin_tries", 3)),
             id=app_id,
+            limits=self.limits(path, raw),
         )
 
     def protocol(self, path: _Path, raw: dict[str, Any]) -> tuple[str, PortRange | None]:

@@ -100,6 +100,23 @@ class Timeouts:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class Limits:
+    """
+    Limits on an app's clients, checked at the edge before any origin
+    connection is opened; 0 means no limit.
+
+    @ivar max_connections: open connections of the app at once.
+    @ivar per_ip_connections: open connections from one client address.
+    @ivar per_ip_rate: new connections per second from one client address
+        (a token bucket holding one second's worth, at least one).
+    """
+
+    max_connections: int = 0
+    per_ip_connections: int = 0
+    per_ip_rate: float = 0.0
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class App:
     """
     One Spectrum application: edge addresses and ports, and the pool behind.
@@ -125,6 +142,7 @@ class App:
     timeouts: Timeouts = Timeouts()
     origin_tries: int = 3
     id: str = ""
+    limits: Limits = Limits()
 
     def mapping_for(self, edge_port: int) -> PortMapping:
         """
@@ -145,6 +163,67 @@ class App:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class AccessRule:
+    """
+    One IP access rule, in Cloudflare's terms (see L{spectrum.firewall}).
+
+    @ivar mode: C{whitelist} or C{block}.
+    @ivar target: C{ip}, C{ip6}, C{ip_range}, C{asn} or C{country}.
+    @ivar value: the canonical form: an address, a network with its prefix
+        length, C{AS64500}, or an upper-case country code (C{XX}: unknown).
+    @ivar app: the name of the one app this rule applies to; L{None} for all.
+    @ivar id: 32 hex digits; stable for a rule from the config.
+    """
+
+    mode: str
+    target: str
+    value: str
+    notes: str = ""
+    app: Optional[str] = None
+    id: str = ""
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class GeoIPFiles:
+    """
+    MaxMind DB files to look clients up in (absolute paths, or L{None}).
+    """
+
+    country_db: Optional[str] = None
+    asn_db: Optional[str] = None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class AdminSettings:
+    """
+    The admin listener (a Twisted server endpoint description).
+    """
+
+    listen: str = "tcp:8080:interface=127.0.0.1"
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class EventLogSettings:
+    """
+    The JSON-lines event log: where, when it rotates, how often it is written.
+    """
+
+    path: str
+    max_bytes: int = 100 * 1024 * 1024
+    max_files: int = 5
+    flush_interval: float = 1.0
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class AnalyticsSettings:
+    """
+    How many minutes of per-minute analytics buckets are kept.
+    """
+
+    window_minutes: int = 60
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class Config:
     """
     A whole, validated configuration.
@@ -156,6 +235,11 @@ class Config:
     zone_id: str = "local"
     zone_name: Optional[str] = None
     source: Optional[str] = None
+    access_rules: Tuple[AccessRule, ...] = ()
+    geoip: GeoIPFiles = GeoIPFiles()
+    admin: Optional[AdminSettings] = None
+    events: Optional[EventLogSettings] = None
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     def app(self, name: str) -> App:
         """

@@ -6,7 +6,7 @@ reconciled against a new one on reload.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -14,9 +14,13 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from spectrum import status as S
+from spectrum.admin.site import AdminService, admin_root
+from spectrum.analytics import Analytics
 from spectrum.config import ConfigError, load
+from spectrum.eventlog import EventLog
 from spectrum.listeners import Listener, listen
 from spectrum.model import App, Config
+from spectrum.protection import Protection
 from spectrum.record import Recorders
 from spectrum.runtime import AppRuntime
 
@@ -81,6 +85,21 @@ class SpectrumService(MultiService):
         self.runtime_hooks: List[Callable[[AppRuntime], None]] = []
         self.handle_sighup = handle_sighup
         self._previous_sighup: Any = None
+        #: called with each config that apply() commits
+        self.config_hooks: List[Callable[[Config], None]] = []
+        # Edge protection (access rules, geo, limits), analytics, the event
+        # log and the admin site attach themselves through the hooks above.
+        self.protection = Protection(config, reactor)
+        self.protection.install(self)
+        self.analytics = Analytics(reactor, config.analytics.window_minutes)
+        self.analytics.install(self)
+        self.event_log = EventLog(config.events, reactor)
+        self.event_log.install(self)
+        self.admin: Optional[AdminService] = None
+        if config.admin is not None:
+            root = admin_root(self.analytics, self.protection.firewall)
+            self.admin = AdminService(config.admin, root, reactor)
+            self.admin.setServiceParent(self)
 
     # building and reconciling ---------------------------------------------
 
@@ -154,6 +173,8 @@ class SpectrumService(MultiService):
                 runtime = self.runtimes.pop(name)
                 self._retire(runtime)
         self.config = config
+        for hook in self.config_hooks:
+            hook(config)
 
     def _retire(self, runtime: AppRuntime) -> None:
         if not runtime.connections:

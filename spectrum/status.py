@@ -8,6 +8,9 @@ NORMAL = 200  # normal closure
 INVALID_SNI = 400  # the ClientHello named no app on this port
 FIREWALL = 403  # refused by an access rule
 IDLE_TIMEOUT = 408  # spectrum: closed after timeouts.idle without a byte
+PER_IP_RATE = 429  # spectrum: refused, the client's address is over limits.per_ip_rate
+PER_IP_CONNECTIONS = 430  # spectrum: refused, the client's address has limits.per_ip_connections open
+MAX_CONNECTIONS = 431  # spectrum: refused, the app has limits.max_connections open
 CLIENT_TLS_FAILED = 443  # the client's TLS handshake failed
 ORIGIN_RESET = 444  # the origin reset an established connection
 ORIGIN_TIMEOUT = 445  # an established origin connection timed out
@@ -27,6 +30,9 @@ DESCRIPTIONS = {
     INVALID_SNI: "invalid SNI",
     FIREWALL: "refused by an access rule",
     IDLE_TIMEOUT: "idle timeout",
+    PER_IP_RATE: "over the per-address connection rate",
+    PER_IP_CONNECTIONS: "too many connections from this address",
+    MAX_CONNECTIONS: "too many connections to this app",
     CLIENT_TLS_FAILED: "client TLS handshake failed",
     ORIGIN_RESET: "origin reset the connection",
     ORIGIN_TIMEOUT: "origin connection timed out",

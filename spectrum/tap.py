@@ -24,7 +24,7 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "Configuration file (YAML or JSON)."],
-        ["drain-timeout", None, "10", "Seconds open connections get to finish at stop.", float],
+        ["drain-timeout", None, 10.0, "Seconds open connections get to finish at stop.", float],
     ]
 
     config: Optional[Config] = None

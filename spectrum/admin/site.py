@@ -1,0 +1,96 @@
+"""
+The admin site and the service that listens for it.
+
+For now the site serves only C{/metrics}; the JSON API and its
+authentication attach to L{admin_root}'s resource tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from spectrum.admin.metrics import metrics_resource
+from spectrum.analytics import Analytics
+from spectrum.model import AdminSettings
+
+
+class AdminListenError(Exception):
+    """
+    The admin listener could not be bound; C{str()} is one line.
+    """
+
+
+def admin_root(analytics: Analytics, firewall: Optional[Any] = None) -> Resource:
+    """
+    The admin resource tree: C{/metrics}.
+    """
+    root = Resource()
+    root.putChild(b"metrics", metrics_resource(analytics, firewall))
+    return root
+
+
+class AdminService(Service):
+    """
+    Listens on C{admin.listen} (bound before privileges are dropped) and
+    serves C{root}.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: AdminSettings, root: Resource, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.settings = settings
+        self.site = Site(root)
+        self.site.noisy = False
+        self.site.displayTracebacks = False
+        self.port: Any = None
+
+    def _listen(self) -> None:
+        if self.port is not None:
+            return
+        endpoint = serverFromString(self.reactor, self.settings.listen)
+        results: List[Any] = []
+        endpoint.listen(self.site).addBoth(results.append)
+        if not results:  # pragma: no cover - every stream endpoint here is synchronous
+            raise AdminListenError(f"admin.listen: {self.settings.listen!r} did not bind at once")
+        result = results[0]
+        if isinstance(result, Failure):
+            why = getattr(result.value, "socketError", None) or result.value
+            text = getattr(why, "strerror", None) or str(why)
+            raise AdminListenError(f"admin.listen: cannot listen on {self.settings.listen!r}: {text}")
+        self.port = result
+        self.log.info("admin: listening on {address}", address=self.port.getHost())
+
+    def privilegedStartService(self) -> None:
+        try:
+            self._listen()
+        except AdminListenError as e:
+            # One line and exit status 1, not a traceback out of twistd.
+            self.log.critical("{error}", error=str(e))
+            raise SystemExit(f"spectrum: {e}") from None
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._listen()
+        super().startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+    def bound_port(self) -> int:
+        return self.port.getHost().port

@@ -1,0 +1,208 @@
+"""
+The event log: one JSON line per connection event (connect, disconnect,
+clientFiltered, tlsError, originError) with Cloudflare's Spectrum log field
+names, appended to C{events.path} and rotated by size.
+
+Events are buffered in memory and written on a timer (C{flush_interval}),
+or at once when the buffer holds L{MAX_BUFFERED} lines, so the data plane
+pays a C{json.dumps} per event and a write system call per flush, not per
+event. Rotation happens between lines: a file never holds more than
+C{max_bytes} (unless one line alone is longer), C{path.1} is the newest
+rotated file and at most C{max_files} rotated files are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.logfile import LogFile
+
+from spectrum.model import EventLogSettings
+from spectrum.record import ConnectionRecord
+
+#: Lines held before a write is forced, whatever the timer says.
+MAX_BUFFERED = 2000
+
+
+class EventLogError(Exception):
+    """
+    The event log file could not be opened; C{str()} is one line.
+    """
+
+
+class EventLog(Service):
+    """
+    A recorder writing JSON lines; a service, so its timer runs while the
+    proxy does. After it stops, events (of connections closed during the
+    drain) are written at once. Without settings it records nothing.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: Optional[EventLogSettings], reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.settings = settings
+        self._buffer: List[bytes] = []
+        self._file: Optional[LogFile] = None
+        self._timer: Optional[LoopingCall] = None
+        self.written = 0
+        self.dropped = 0
+
+    # the recorder -------------------------------------------------------------
+
+    def install(self, service: Any) -> None:
+        """
+        Run as a child of a L{spectrum.service.SpectrumService}, record its
+        events and follow its config's C{events}.
+        """
+        self.setServiceParent(service)
+        service.recorders.add(self)
+        service.config_hooks.append(lambda config: self.reconfigure(config.events))
+
+    def __call__(self, kind: str, record: ConnectionRecord) -> None:
+        if self.settings is None:
+            return
+        event = record.as_event(kind)
+        event["Timestamp"] = self.reactor.seconds()
+        self._buffer.append(json.dumps(event, separators=(",", ":"), default=str).encode("utf-8") + b"\n")
+        if len(self._buffer) >= MAX_BUFFERED or not self.running:
+            self.flush()
+
+    # the file -----------------------------------------------------------------
+
+    def open(self) -> None:
+        """
+        Open (or create) the file now.
+
+        @raise EventLogError: it cannot be.
+        """
+        if self._file is not None or self.settings is None:
+            return
+        path = os.path.abspath(self.settings.path)
+        try:
+            self._file = LogFile(
+                os.path.basename(path),
+                os.path.dirname(path),
+                rotateLength=None,
+                maxRotatedFiles=self.settings.max_files,
+            )
+        except OSError as e:
+            raise EventLogError(f"events.path: cannot open {path!r}: {e.strerror or e}") from None
+
+    def flush(self) -> None:
+        """
+        Write what is buffered, rotating between lines as needed.
+        """
+        if not self._buffer:
+            return
+        lines, self._buffer = self._buffer, []
+        if self._file is None:
+            try:
+                self.open()
+            except EventLogError as e:
+                self.dropped += len(lines)
+                self.log.error("{count} events dropped: {error}", count=len(lines), error=str(e))
+                return
+        logfile = self._file
+        if logfile is None or self.settings is None:
+            return
+        limit = self.settings.max_bytes
+        try:
+            chunk: List[bytes] = []
+            size = logfile.size
+            for line in lines:
+                if size + len(line) > limit and size > 0:
+                    if chunk:
+                        logfile.write(b"".join(chunk))
+                        chunk = []
+                    logfile.rotate()
+                    size = logfile.size
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                logfile.write(b"".join(chunk))
+            self.written += len(lines)
+        except OSError as e:
+            self.dropped += len(lines)
+            self.log.error(
+                "event log {path}: write failed, {count} events dropped: {error}",
+                path=self.settings.path,
+                count=len(lines),
+                error=e.strerror or str(e),
+            )
+
+    def reconfigure(self, settings: Optional[EventLogSettings]) -> None:
+        """
+        Take new settings; a new path (or rotation) reopens the file, none
+        stops the log.
+        """
+        if settings == self.settings:
+            return
+        self.flush()
+        self.settings = settings
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._stop_timer()
+        if self.running and settings is not None:
+            try:
+                self.open()
+            except EventLogError as e:
+                self.log.error("{error}; events are not logged until it can be", error=str(e))
+            self._start_timer()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # the service ----------------------------------------------------------------
+
+    def _start_timer(self) -> None:
+        if self.settings is None:
+            return
+        timer = self._timer = LoopingCall(self._tick)
+        timer.clock = self.reactor
+        timer.start(self.settings.flush_interval, now=False)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        self._timer = None
+
+    def _tick(self) -> None:
+        # A LoopingCall stops for good on an error: never let one out.
+        try:
+            self.flush()
+        except Exception:
+            self.log.failure("event log flush failed")
+
+    def privilegedStartService(self) -> None:
+        # Open before privileges are dropped: log directories are often root's.
+        try:
+            self.open()
+        except EventLogError as e:
+            self.log.critical("{error}", error=str(e))
+            raise SystemExit(f"spectrum: {e}") from None
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.open()
+        super().startService()
+        self._start_timer()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self._stop_timer()
+        self.flush()
+        return None
