@@ -209,20 +209,26 @@ class SpectrumService(MultiService):
 
     def privilegedStartService(self) -> None:
         # Bind before privileges are dropped, so edge ports below 1024 work.
-        try:
-            self.apply(self.config)
-        except ListenError as e:
-            # One line and exit status 1, not a traceback out of twistd.
-            self.log.critical("{error}", error=str(e))
-            raise SystemExit(f"spectrum: {e}") from None
+        self._apply_or_exit()
         super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
         if not self.listeners and self.config.apps:
-            self.apply(self.config)
+            # C{twist} (python -m twisted) has no privileged start.
+            self._apply_or_exit()
         if self.handle_sighup:
             self.install_sighup()
+
+    def _apply_or_exit(self) -> None:
+        try:
+            self.apply(self.config)
+        except ListenError as e:
+            # One line and exit status 1, not a traceback out of twistd.
+            # twistd prints the SystemExit text (through its log once
+            # logging has started), so logging it as well would show the
+            # operator the same error twice.
+            raise SystemExit(f"spectrum: {e}") from None
 
     def install_sighup(self) -> None:
         """
