@@ -126,6 +126,9 @@ class SpectrumService(MultiService):
             if existing is not None:
                 existing.update(app)
         self.runtimes.update(fresh)
+        if self.running:
+            for runtime in fresh.values():
+                runtime.health.start()
         for key, listener in list(self.listeners.items()):
             app = wanted.get(key)
             if app is None:
@@ -152,6 +155,7 @@ class SpectrumService(MultiService):
         for name in list(self.runtimes):
             if name not in names:
                 runtime = self.runtimes.pop(name)
+                runtime.health.stop()
                 self._retire(runtime)
         self.config = config
 
@@ -200,6 +204,8 @@ class SpectrumService(MultiService):
         super().startService()
         if not self.listeners and self.config.apps:
             self.apply(self.config)
+        for runtime in self.runtimes.values():
+            runtime.health.start()
         if self.handle_sighup:
             self.install_sighup()
 
@@ -226,6 +232,8 @@ class SpectrumService(MultiService):
         seconds, then close what is left.
         """
         yield super().stopService()
+        for runtime in self.runtimes.values():
+            runtime.health.stop()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
