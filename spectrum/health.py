@@ -42,6 +42,7 @@ import attr
 from twisted.internet import error as ierror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IWriteDescriptor
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.logger import Logger
@@ -136,7 +137,7 @@ class _OriginHealth:
 
 
 def _describe(reason: Failure) -> str:
-    if reason.check(ierror.TimeoutError, CancelledError):
+    if reason.check(DeferredTimeout, ierror.TimeoutError, CancelledError):
         return "timed out"
     text = reason.getErrorMessage()
     return " ".join(text.split()) or reason.type.__name__
