@@ -43,8 +43,13 @@ from twisted.internet import error as ierror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IWriteDescriptor
-from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReadDescriptor,
+    IWriteDescriptor,
+)
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
@@ -136,9 +141,16 @@ class _OriginHealth:
         self.active = False
 
 
-def _describe(reason: Failure) -> str:
+def describe(reason: Failure) -> str:
+    """
+    A probe's failure as the one line kept in status and events.
+    """
     if reason.check(DeferredTimeout, ierror.TimeoutError, CancelledError):
         return "timed out"
+    inner = getattr(reason.value, "reasons", None)
+    if isinstance(inner, list) and inner and all(isinstance(r, Failure) for r in inner):
+        # twisted.web's ResponseFailed and ResponseNeverReceived wrap the causes.
+        return "; ".join(describe(r) for r in inner)
     text = reason.getErrorMessage()
     return " ".join(text.split()) or reason.type.__name__
 
@@ -321,7 +333,7 @@ class HealthChecker:
             if retries_left > 0:
                 self._try(health, retries_left - 1)
                 return
-            self._record(health, False, self.reactor.seconds() - started, _describe(reason))
+            self._record(health, False, self.reactor.seconds() - started, describe(reason))
         except Exception:
             self.log.failure(
                 "{pool}: recording a probe of {origin} failed", pool=self.pool.name, origin=health.origin.name
@@ -399,13 +411,13 @@ class HealthChecker:
         """
         health = self._states.get(origin.name)
         monitor = self.monitor
-        if health is None or monitor is None or not monitor.passive_down or not health.active:
+        if health is None or monitor is None or not health.active:
             return
         if reason.check(ierror.UserError, ierror.ConnectingCancelledError, CancelledError):
             # The client left while we were connecting: not the origin's fault.
             return
         health.passive_total += 1
-        if not health.up:
+        if not health.up or not monitor.passive_down:
             return
         health.passive += 1
         if health.passive >= monitor.passive_down:
@@ -415,7 +427,7 @@ class HealthChecker:
                 health,
                 False,
                 f"{health.passive} connections failed in a row",
-                error=_describe(reason),
+                error=describe(reason),
             )
 
     def passive_success(self, origin: Origin) -> None:
@@ -511,6 +523,12 @@ class _Connect:
         self._finish(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
     def connectionLost(self, reason: Failure) -> None:
+        # epoll reports a refused connect as a hang-up: the socket knows why.
+        if self.sock is not None and not self.result.called:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self._finish(code)
+                return
         self._close()
         if not self.result.called:
             self.result.errback(reason)
@@ -803,38 +821,76 @@ def probe_smtp(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Def
     return _run_stream(reactor, _endpoint(reactor, origin.address, port, monitor.timeout), SMTPProbe())
 
 
-class UDPProbe(DatagramProtocol):
+@implementer(IReadDescriptor)
+class _Datagram:
     """
-    Send one datagram to the origin and wait for a matching reply; an ICMP
-    port unreachable fails at once.
+    Send one datagram from a connected UDP socket and wait for a reply that
+    matches; an ICMP port unreachable (ECONNREFUSED on the socket) fails at
+    once. A bare socket: Twisted's UDP port stops listening on that error.
     """
 
-    def __init__(self, address: str, port: int, send: bytes, answer: _Answer) -> None:
-        self.address = address
-        self.port = port
-        self.send = send
+    def __init__(self, reactor: Any, address: str, port: int, send: bytes, answer: _Answer) -> None:
+        self.reactor = reactor
         self.answer = answer
         self.result: Deferred[Optional[str]] = Deferred(lambda d: self._close())
-        self.listening: Any = None
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock: Optional[socket.socket] = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.reading = False
+        try:
+            self.sock.connect((address, port))
+            self.sock.send(send)
+        except OSError as e:
+            self._fail(e.errno)
+            return
+        self.reading = True
+        reactor.addReader(self)
 
-    def startProtocol(self) -> None:
-        self.transport.connect(self.address, self.port)
-        self.transport.write(self.send)
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock is not None else -1
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        if not self.result.called and self.answer.feed(data):
-            self._close()
-            self.result.callback("answer matched")
+    def logPrefix(self) -> str:
+        return "HealthProbe"
 
-    def connectionRefused(self) -> None:
+    def doRead(self) -> None:
+        while self.sock is not None:
+            try:
+                data = self.sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._fail(e.errno)
+                return
+            if self.answer.feed(data):
+                self._close()
+                self.result.callback("answer matched")
+                return
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.sock is not None and not self.result.called:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self._fail(code)
+                return
+        self._close()
         if not self.result.called:
-            self._close()
-            self.result.errback(ProbeError("port unreachable"))
+            self.result.errback(reason)
+
+    def _fail(self, code: Optional[int]) -> None:
+        self._close()
+        if code == errno.ECONNREFUSED:
+            error: Exception = ProbeError("port unreachable")
+        else:
+            error = ProbeError(os.strerror(code) if code else "socket error")
+        self.result.errback(error)
 
     def _close(self) -> None:
-        listening, self.listening = self.listening, None
-        if listening is not None:
-            listening.stopListening()
+        if self.reading:
+            self.reading = False
+            self.reactor.removeReader(self)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 def probe_udp(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
@@ -843,9 +899,8 @@ def probe_udp(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Defe
     """
 
     def go(address: str) -> Deferred:
-        probe = UDPProbe(address, port, monitor.send or b"", _Answer(monitor.expect, monitor.expect_regex))
-        probe.listening = reactor.listenUDP(0, probe, interface="::" if ":" in address else "")
-        return probe.result
+        answer = _Answer(monitor.expect, monitor.expect_regex)
+        return _Datagram(reactor, address, port, monitor.send or b"", answer).result
 
     if isIPAddress(origin.address) or isIPv6Address(origin.address):
         return go(origin.address)
