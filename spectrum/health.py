@@ -31,17 +31,20 @@ C{smtp} (greeting 220, HELO 250, QUIT 221), C{udp} (send, expect a reply).
 from __future__ import annotations
 
 import errno
+import functools
+import math
 import os
 import random
 import re
 import socket
+import struct
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import attr
 from twisted.internet import error as ierror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -60,6 +63,10 @@ from spectrum.model import Monitor, Origin, Pool
 
 #: How much earlier than its interval a probe may start (a fraction).
 JITTER = 0.1
+#: Probes start on multiples of this many seconds (of the reactor's clock), so
+#: the reactor wakes once for the few origins due in one tick rather than once
+#: per origin; the jitter still spreads origins over an interval's ticks.
+TICK = 0.01
 #: State changes kept per checker.
 HISTORY = 256
 #: The most of an answer kept to match C{expect} against.
@@ -119,6 +126,8 @@ class _OriginHealth:
         "probing",
         "round_started",
         "successes",
+        "timed_out",
+        "timer",
         "up",
     )
 
@@ -139,6 +148,8 @@ class _OriginHealth:
         self.probing: Optional[Deferred] = None
         self.round_started = 0.0
         self.active = False
+        self.timer: Any = None
+        self.timed_out = False
 
 
 def describe(reason: Failure) -> str:
@@ -192,6 +203,8 @@ class HealthChecker:
         self.monitor = pool.monitor
         self._probe = self._probe_for(pool.monitor)
         self._states: Dict[str, _OriginHealth] = {}
+        self._wheel: Dict[int, List[_OriginHealth]] = {}
+        self._wheel_calls: Dict[int, Any] = {}
         self.balancer.when_all_down = pool.when_all_down
         for origin in pool.origins:
             self._states[origin.name] = _OriginHealth(origin, self._port(origin), True)
@@ -252,6 +265,8 @@ class HealthChecker:
         for gone in self._states.values():
             self._halt(gone)
         self._states = states
+        if not any(health.active for health in states.values()):
+            self._clear_wheel()
         if self.running:
             for health in states.values():
                 if not health.active:
@@ -277,37 +292,78 @@ class HealthChecker:
         self.running = False
         for health in self._states.values():
             self._halt(health)
+        self._clear_wheel()
 
     def _begin(self, health: _OriginHealth) -> None:
         monitor = self.monitor
         if monitor is None or not health.origin.enabled:
             return
         health.active = True
-        health.call = self.reactor.callLater(self.rng.uniform(0, monitor.interval), self._round, health)
+        self._at(health, self.reactor.seconds() + self.rng.uniform(0, monitor.interval))
+
+    def _at(self, health: _OriginHealth, due: float) -> None:
+        # A timing wheel: origins due in one tick share one timer (rounded
+        # down, so never later than the jittered time). A DelayedCall per
+        # origin would cost a heap push and pop among a thousand others.
+        slot = math.floor(due / TICK)
+        health.call = slot
+        bucket = self._wheel.get(slot)
+        if bucket is None:
+            bucket = self._wheel[slot] = []
+            delay = max(0.0, slot * TICK - self.reactor.seconds())
+            self._wheel_calls[slot] = self.reactor.callLater(delay, self._tick, slot)
+        bucket.append(health)
+
+    def _tick(self, slot: int) -> None:
+        self._wheel_calls.pop(slot, None)
+        for health in self._wheel.pop(slot, ()):
+            # Entries of origins halted or moved since are skipped.
+            if health.call != slot or not health.active:
+                continue
+            health.call = None
+            try:
+                self._round(health)
+            except Exception:
+                self.log.failure("{pool}: probing {origin} failed", pool=self.pool.name, origin=health.origin.name)
+                self._next(health)
+
+    def _clear_wheel(self) -> None:
+        for call in self._wheel_calls.values():
+            if call.active():
+                call.cancel()
+        self._wheel_calls.clear()
+        self._wheel.clear()
 
     def _halt(self, health: _OriginHealth) -> None:
         health.active = False
-        call, health.call = health.call, None
-        if call is not None and call.active():
-            call.cancel()
+        health.call = None
         probing, health.probing = health.probing, None
         if probing is not None:
             probing.cancel()
+        timer, health.timer = health.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     # probing ---------------------------------------------------------------
 
     def _round(self, health: _OriginHealth) -> None:
-        health.call = None
         health.round_started = self.reactor.seconds()
         self._try(health, self.monitor.retries)
 
     def _try(self, health: _OriginHealth, retries_left: int) -> None:
         monitor = self.monitor
-        started = self.reactor.seconds()
-        # maybeDeferred: a probe that raises is a failed probe, not a dead loop.
-        d = maybeDeferred(self._probe, self.reactor, health.origin, health.port, monitor)
-        d.addTimeout(monitor.timeout, self.reactor)
+        reactor = self.reactor
+        started = reactor.seconds()
+        try:
+            d = self._probe(reactor, health.origin, health.port, monitor)
+        except Exception:
+            # A probe that raises is a failed probe, not a dead loop.
+            d = fail()
         health.probing = d
+        health.timed_out = False
+        if not d.called:
+            # Lighter than Deferred.addTimeout, at a thousand probes a second.
+            health.timer = reactor.callLater(monitor.timeout, self._expire, health, d)
         d.addCallbacks(
             self._passed,
             self._failed,
@@ -315,8 +371,19 @@ class HealthChecker:
             errbackArgs=(health, started, retries_left),
         )
 
-    def _passed(self, detail: Any, health: _OriginHealth, started: float) -> None:
+    def _expire(self, health: _OriginHealth, d: Deferred) -> None:
+        health.timer = None
+        health.timed_out = True
+        d.cancel()
+
+    def _settled(self, health: _OriginHealth) -> None:
         health.probing = None
+        timer, health.timer = health.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _passed(self, detail: Any, health: _OriginHealth, started: float) -> None:
+        self._settled(health)
         if not health.active:
             return
         try:
@@ -325,7 +392,7 @@ class HealthChecker:
             self._next(health)
 
     def _failed(self, reason: Failure, health: _OriginHealth, started: float, retries_left: int) -> None:
-        health.probing = None
+        self._settled(health)
         if not health.active:
             # Stopped or reloaded while the probe ran.
             return
@@ -333,7 +400,8 @@ class HealthChecker:
             if retries_left > 0:
                 self._try(health, retries_left - 1)
                 return
-            self._record(health, False, self.reactor.seconds() - started, describe(reason))
+            error = "timed out" if health.timed_out else describe(reason)
+            self._record(health, False, self.reactor.seconds() - started, error)
         except Exception:
             self.log.failure(
                 "{pool}: recording a probe of {origin} failed", pool=self.pool.name, origin=health.origin.name
@@ -344,8 +412,7 @@ class HealthChecker:
         if not health.active or health.call is not None or health.probing is not None:
             return
         interval = self.monitor.interval
-        due = health.round_started + interval * self.rng.uniform(1.0 - JITTER, 1.0)
-        health.call = self.reactor.callLater(max(0.0, due - self.reactor.seconds()), self._round, health)
+        self._at(health, health.round_started + interval * self.rng.uniform(1.0 - JITTER, 1.0))
 
     def _record(self, health: _OriginHealth, ok: bool, latency: float, error: Optional[str]) -> None:
         monitor = self.monitor
@@ -492,6 +559,9 @@ class HealthChecker:
 # Probes ----------------------------------------------------------------------
 
 
+_RESET = struct.pack("ii", 1, 0)
+
+
 @implementer(IWriteDescriptor)
 class _Connect:
     """
@@ -507,6 +577,15 @@ class _Connect:
         self.sock: Optional[socket.socket] = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         code = self.sock.connect_ex((address, port))
+        if code == errno.EINPROGRESS:
+            # A near origin (loopback, same host) often answers within the
+            # connect call itself: then the reactor need not watch at all.
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if not code:
+                try:
+                    self.sock.getpeername()
+                except OSError:
+                    code = errno.EINPROGRESS
         if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
             self.watching = True
             reactor.addWriter(self)
@@ -538,6 +617,9 @@ class _Connect:
             self.watching = False
             self.reactor.removeWriter(self)
         if self.sock is not None:
+            # Close with a reset, as HAProxy's checks do: no FIN exchange and
+            # no TIME_WAIT socket left behind per probe.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             self.sock.close()
             self.sock = None
 
@@ -550,6 +632,11 @@ class _Connect:
 
     def _cancel(self, d: Deferred) -> None:
         self._close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal(address: str) -> bool:
+    return isIPAddress(address) or isIPv6Address(address)
 
 
 def _endpoint(reactor: Any, address: str, port: int, timeout: float) -> Any:
@@ -730,9 +817,9 @@ def probe_tcp(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Defe
     """
     Connect; with C{send}/C{expect}, hold a dialogue.
     """
-    answer = _Answer(monitor.expect, monitor.expect_regex)
-    if monitor.send is None and not answer.wanted and (isIPAddress(origin.address) or isIPv6Address(origin.address)):
+    if monitor.send is None and monitor.expect is None and monitor.expect_regex is None and _literal(origin.address):
         return _Connect(reactor, origin.address, port).result
+    answer = _Answer(monitor.expect, monitor.expect_regex)
     endpoint = _endpoint(reactor, origin.address, port, monitor.timeout)
     return _run_stream(reactor, endpoint, StreamProbe(monitor.send, answer))
 
