@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -21,8 +22,9 @@ from twisted.internet import defer, protocol, reactor, ssl
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from spectrum.balancer import Balancer
 from spectrum.health import HealthChecker, describe, probe_http, probe_smtp, probe_tcp, probe_tls, probe_udp
-from spectrum.model import Config, Monitor, Origin
+from spectrum.model import Config, Monitor, Origin, Pool
 from spectrum.runtime import AppRuntime
 
 from conftest import free_port, require_program
@@ -226,7 +228,7 @@ async def test_passive_health_through_the_relay() -> None:
     finally:
         await proxy.stop()
         await live_port.stopListening()
-        await flaky_port.stopListening()
+        await defer.maybeDeferred(flaky_port.stopListening)
 
 
 @pytest_twisted.ensureDeferred
@@ -402,6 +404,15 @@ async def test_http_status_body_and_timeout() -> None:
         await port.stopListening()
 
 
+class AtOnce(random.Random):
+    """
+    Jitter that puts the first probe at once (the lower bound).
+    """
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
 @pytest_twisted.ensureDeferred
 async def test_hanging_http_origin_is_down_at_the_timeout() -> None:
     """
@@ -412,10 +423,8 @@ async def test_hanging_http_origin_is_down_at_the_timeout() -> None:
     port = reactor.listenTCP(0, server.Site(page), interface="127.0.0.1")
     origin = Origin(name="web", address="127.0.0.1", port=port.getHost().port)
     monitor = Monitor(type="http", path="/hang", interval=3.0, timeout=0.5, retries=0, consecutive_down=1)
-    app = with_monitor(make_app("web", [origin]), monitor)
-    runtime = AppRuntime(app, recorders=None, reactor=reactor)  # type: ignore[arg-type]
-    checker: HealthChecker = runtime.health
-    checker.rng.uniform = lambda a, b: 0.0  # first probe at once
+    pool = Pool(name="web", origins=(origin,), monitor=monitor)
+    checker = HealthChecker(Balancer(pool), pool, 80, reactor=reactor, rng=AtOnce())
     try:
         checker.start()
         await wait_for(lambda: bool(page.hanging), 1, step=0.01)
