@@ -22,9 +22,11 @@ from twisted.internet import defer, protocol, reactor, ssl
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from spectrum import status as S
 from spectrum.balancer import Balancer
 from spectrum.health import HealthChecker, describe, probe_http, probe_smtp, probe_tcp, probe_tls, probe_udp
 from spectrum.model import Config, Monitor, Origin, Pool
+from spectrum.record import ORIGIN_ERROR
 from spectrum.runtime import AppRuntime
 
 from conftest import free_port, require_program
@@ -574,3 +576,35 @@ async def test_redis_ping_pong(redis_server: Any) -> None:
     process.wait()
     ok, error = await probe(probe_tcp, port, monitor)
     assert not ok and "refused" in error
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_all_down_refuse_or_try_all() -> None:
+    """
+    The only origin answers, but not what the monitor expects, so it is
+    down: with refuse (the default) a client is closed with status 530;
+    with try_all it is served.
+    """
+    monitor = Monitor(type="tcp", interval=0.3, timeout=0.2, retries=0, send=b"PING\r\n", expect=b"+PONG")
+    origin = OriginFactory(echo=False, greeting=b"hello\n")
+    port = listen_origin(origin)
+    app = with_monitor(make_app("alldown", [Origin(name="o", address="127.0.0.1", port=port.getHost().port)]), monitor)
+    proxy = Proxy(app)
+    health = runtime_of(proxy, "alldown").health
+    try:
+        await wait_for(lambda: not health.is_up("o"), 1.0)
+        # The origin holds the connection open: a wrong answer is known at the timeout.
+        assert health.history[-1].error == "timed out"
+        client = await connect_client(proxy.port())
+        assert await client.done == b""
+        event = proxy.events[-1][1]
+        assert (event["Event"], event["Status"]) == (ORIGIN_ERROR, S.NO_HEALTHY_ORIGIN)
+
+        proxy.service.apply(Config(apps=(with_monitor(app, monitor, when_all_down="try_all"),)))
+        assert not health.is_up("o")
+        client = await connect_client(proxy.port())
+        client.transport.loseWriteConnection()
+        assert await client.done == b"hello\n"
+    finally:
+        await proxy.stop()
+        await port.stopListening()
