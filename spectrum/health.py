@@ -2,11 +2,12 @@
 Health checks: a L{HealthChecker} per origin pool probes each origin on the
 reactor's clock and tells the pool's L{Balancer} which origins are up.
 
-Each origin has its own timer, jittered so that a thousand origins with the
-same interval are not probed in the same tick: the first probe starts at a
-random point within the first interval, and each next one between
+Each origin has its own schedule, jittered so that a thousand origins with
+the same interval are not probed in the same tick: the first probe starts at
+a random point within the first interval, and each next one between
 C{(1 - JITTER) * interval} and C{interval} after the previous one started,
-so an origin is never probed less often than its interval says.
+so an origin is never probed less often than its interval says. Start times
+are rounded down to L{TICK}s of a timing wheel, one reactor timer per tick.
 
 A probe is a Deferred with its own timeout (C{monitor.timeout}); a failed
 probe is tried again at once up to C{monitor.retries} times before it counts
@@ -347,15 +348,18 @@ class HealthChecker:
     # probing ---------------------------------------------------------------
 
     def _round(self, health: _OriginHealth) -> None:
+        assert self.monitor is not None  # only monitored origins are active
         health.round_started = self.reactor.seconds()
         self._try(health, self.monitor.retries)
 
     def _try(self, health: _OriginHealth, retries_left: int) -> None:
         monitor = self.monitor
+        probe = self._probe
+        assert monitor is not None and probe is not None
         reactor = self.reactor
         started = reactor.seconds()
         try:
-            d = self._probe(reactor, health.origin, health.port, monitor)
+            d = probe(reactor, health.origin, health.port, monitor)
         except Exception:
             # A probe that raises is a failed probe, not a dead loop.
             d = fail()
@@ -411,11 +415,13 @@ class HealthChecker:
     def _next(self, health: _OriginHealth) -> None:
         if not health.active or health.call is not None or health.probing is not None:
             return
+        assert self.monitor is not None
         interval = self.monitor.interval
         self._at(health, health.round_started + interval * self.rng.uniform(1.0 - JITTER, 1.0))
 
     def _record(self, health: _OriginHealth, ok: bool, latency: float, error: Optional[str]) -> None:
         monitor = self.monitor
+        assert monitor is not None
         health.probes += 1
         health.last_time = self.reactor.seconds()
         health.last_latency = latency
@@ -509,7 +515,9 @@ class HealthChecker:
     def drain(self, origin_name: str, draining: bool = True) -> bool:
         """
         Start or stop draining an origin: no new connections, open ones
-        continue. Returns whether the pool has that origin.
+        continue (for the admin API). A reload keeps it unless the origin's
+        C{drain} in the config changes. Returns whether the pool has that
+        origin.
         """
         health = self._states.get(origin_name)
         if health is None:
@@ -560,6 +568,9 @@ class HealthChecker:
 
 
 _RESET = struct.pack("ii", 1, 0)
+# Created non-blocking in one system call where the platform allows.
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_STREAM = socket.SOCK_STREAM | _NONBLOCK
 
 
 @implementer(IWriteDescriptor)
@@ -574,18 +585,17 @@ class _Connect:
         self.result: Deferred[Optional[str]] = Deferred(self._cancel)
         self.watching = False
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self.sock: Optional[socket.socket] = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setblocking(False)
+        self.sock: Optional[socket.socket] = socket.socket(family, _STREAM)
+        if not _NONBLOCK:
+            self.sock.setblocking(False)
         code = self.sock.connect_ex((address, port))
         if code == errno.EINPROGRESS:
             # A near origin (loopback, same host) often answers within the
             # connect call itself: then the reactor need not watch at all.
-            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if not code:
-                try:
-                    self.sock.getpeername()
-                except OSError:
-                    code = errno.EINPROGRESS
+            # Asking again says EISCONN, the error, or EALREADY (in progress).
+            code = self.sock.connect_ex((address, port))
+            if code == errno.EISCONN:
+                code = 0
         if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
             self.watching = True
             reactor.addWriter(self)
@@ -599,6 +609,7 @@ class _Connect:
         return "HealthProbe"
 
     def doWrite(self) -> None:
+        assert self.sock is not None
         self._finish(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
     def connectionLost(self, reason: Failure) -> None:
@@ -674,7 +685,7 @@ class _Answer:
         return self.expect is not None and self.expect in self.buffer
 
     def mismatch(self) -> ProbeError:
-        want = self.expect if self.expect is not None else self.pattern.pattern
+        want = self.pattern.pattern if self.pattern is not None else self.expect
         return ProbeError(f"expected {want!r}, got {self.buffer[:80]!r}")
 
 
@@ -685,6 +696,8 @@ class StreamProbe(Protocol):
     C{tls}), write C{send}, read until the answer matches. C{result} fires
     with a description on success and fails with the reason otherwise.
     """
+
+    transport: Any
 
     def __init__(self, send: Optional[bytes], answer: _Answer, tls: bool = False) -> None:
         self.send = send
@@ -727,7 +740,7 @@ class StreamProbe(Protocol):
             self.result.errback(reason)
 
 
-def _run_stream(reactor: Any, endpoint: Any, protocol: Protocol) -> Deferred:
+def _run_stream(reactor: Any, endpoint: Any, protocol: Any) -> Deferred:
     """
     Connect C{protocol} through C{endpoint}; its C{result}, cancellable at
     any stage (the connect, or the open connection).
@@ -866,6 +879,7 @@ class SMTPProbe(Protocol):
     Greeting 220, C{HELO} 250, C{QUIT} 221.
     """
 
+    transport: Any
     STEPS = ((220, b"HELO spectrum-health\r\n"), (250, b"QUIT\r\n"), (221, None))
 
     def __init__(self) -> None:
@@ -1025,8 +1039,8 @@ def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Def
         agent = Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False))
     else:
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    client = treq.client.HTTPClient(agent)
-    headers = {name: list(values) for name, values in monitor.header}
+    client = treq.client.HTTPClient(agent)  # type: ignore[arg-type]
+    headers: Dict[Any, Any] = {name: list(values) for name, values in monitor.header}
     headers.setdefault("User-Agent", ["spectrum-health"])
     accept = _codes(monitor.expected_codes)
     d = client.request(monitor.method, url, headers=headers)
