@@ -167,6 +167,10 @@ def describe(reason: Failure) -> str:
     return " ".join(text.split()) or reason.type.__name__
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class HealthChecker:
     """
     Probes the origins of one pool on the reactor's clock and marks them up
@@ -433,12 +437,12 @@ class HealthChecker:
                 if health.passive_down:
                     self._change(health, True, "probe passed after failed connections", latency)
                 elif health.successes >= monitor.consecutive_up:
-                    self._change(health, True, f"{health.successes} probes passed", latency)
+                    self._change(health, True, f"{_count(health.successes, 'probe')} passed", latency)
         else:
             health.successes = 0
             health.failures += 1
             if health.up and health.failures >= monitor.consecutive_down:
-                self._change(health, False, f"{health.failures} probes failed", latency, error)
+                self._change(health, False, f"{_count(health.failures, 'probe')} failed", latency, error)
 
     def _change(
         self,
@@ -499,7 +503,7 @@ class HealthChecker:
             self._change(
                 health,
                 False,
-                f"{health.passive} connections failed in a row",
+                f"{_count(health.passive, 'connection')} failed in a row",
                 error=describe(reason),
             )
 

@@ -608,3 +608,120 @@ async def test_when_all_down_refuse_or_try_all() -> None:
     finally:
         await proxy.stop()
         await port.stopListening()
+
+
+TWISTD = (sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()")
+
+
+class Resetter(protocol.Protocol):
+    """
+    An origin that resets every connection before sending a byte.
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.accepted += 1
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_passive_reset_before_any_byte() -> None:
+    """
+    An origin that accepts and resets at once passes a connect probe, but
+    real connections reset before any byte mark it down.
+    """
+    monitor = Monitor(type="tcp", interval=0.5, timeout=0.3, retries=0, consecutive_down=100, passive_down=2)
+    factory = protocol.Factory.forProtocol(Resetter)
+    factory.accepted = 0
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    origin = Origin(name="rst", address="127.0.0.1", port=port.getHost().port)
+    proxy = Proxy(with_monitor(make_app("rst", [origin]), monitor))
+    health = runtime_of(proxy, "rst").health
+    try:
+        for _ in range(2):
+            client = await connect_client(proxy.port())
+            client.transport.write(b"hello")
+            assert await client.done == b""
+        await sleep(0.05)
+        assert not health.is_up("rst")
+        event = health.history[-1]
+        assert event.reason == "2 connections failed in a row"
+        assert "reset" in event.error.lower() or "lost" in event.error.lower()
+        statuses = [e["Status"] for kind, e in proxy.events if kind == "disconnect"]
+        assert statuses == [S.ORIGIN_RESET, S.ORIGIN_RESET]
+        # The connect probe passes, so the origin comes back...
+        await wait_for(lambda: health.is_up("rst"), 1.5)
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+def test_twistd_logs_health_changes(tmp_path: Any, redis_server: Any) -> None:
+    """
+    twistd spectrum with a monitored pool (the Redis check from a YAML
+    file): a dead origin is logged down with its reason, clients are served
+    by the live one, and a SIGHUP reload that removes it leaves the live
+    origin's state alone.
+    """
+    import signal
+
+    process, redis_port = redis_server
+    edge, dead = free_port(), free_port()
+    config = tmp_path / "spectrum.yaml"
+    app = f"""\
+apps:
+  - name: cache
+    protocol: tcp/{edge}
+    ips: ["127.0.0.1"]
+    origin_pool:
+      origins:
+        - {{name: redis, address: 127.0.0.1, port: {redis_port}}}
+        - {{name: dead, address: 127.0.0.1, port: {dead}}}
+      monitor: {{type: tcp, send: "PING\\r\\n", expect: "+PONG", interval: 0.3, timeout: 0.2, retries: 0}}
+"""
+    config.write_text(app)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log = tmp_path / "twistd.log"
+    with open(log, "wb") as out:
+        twistd = subprocess.Popen(
+            # "python -m twisted" is twist, which has no -n: run twistd itself.
+            [
+                TWISTD[0],
+                TWISTD[1],
+                TWISTD[2],
+                "-n",
+                "--pidfile=",
+                "spectrum",
+                "--drain-timeout",
+                "1",
+                "--config",
+                str(config),
+            ],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": root},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while b"origin dead is down" not in log.read_bytes():
+            assert twistd.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        line = next(x for x in log.read_text().splitlines() if "origin dead is down" in x)
+        assert "cache: origin dead is down: 1 probe failed (Connection was refused" in line
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", edge), timeout=2) as client:
+                client.sendall(b"PING\r\n")
+                assert client.recv(100) == b"+PONG\r\n"
+        config.write_text(app.replace(f"        - {{name: dead, address: 127.0.0.1, port: {dead}}}\n", ""))
+        twistd.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while b"reloaded" not in log.read_bytes():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert "origin redis is" not in log.read_text()
+    finally:
+        twistd.terminate()
+        twistd.wait(10)
