@@ -1,7 +1,8 @@
 """
 Health checks on real loopback sockets: failover between origin processes,
 passive health through the relay, HTTP(S) through treq against twisted.web,
-TLS, SMTP, UDP, and Redis PING/PONG against a real redis-server.
+TLS, SMTP, UDP, Redis PING/PONG against a real redis-server, and twistd
+with a monitored pool from a YAML file.
 """
 
 from __future__ import annotations
