@@ -240,7 +240,7 @@ class EdgeProtocol(Protocol):
         self.record.origin_ip = origin.address
         self.record.origin_port = port
         timeout = self.runtime.app.timeouts.connect or None
-        factory = _OriginFactory(self, origin)
+        factory = self.origin_factory(origin)
         address = origin.address
         if isIPAddress(address) or isIPv6Address(address):
             self._pending = self.reactor.connectTCP(address, port, factory, timeout=timeout or 120)
@@ -254,6 +254,13 @@ class EdgeProtocol(Protocol):
                     factory.clientConnectionFailed(None, reason)
 
             d.addErrback(failed)
+
+    def origin_factory(self, origin: Origin) -> ClientFactory:
+        """
+        The factory for a connection to C{origin} (subclasses wrap it, for
+        TLS towards the origin).
+        """
+        return _OriginFactory(self, origin)
 
     def origin_failed(self, origin: Origin, reason: Failure) -> None:
         """
