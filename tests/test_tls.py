@@ -9,27 +9,25 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
-
-from spectrum import status as S
-
-from conftest import free_port, require_program
-from relaykit import sleep
 from tlskit import (
     Edge,
     client_hello,
     listen_plain,
     listen_tls,
     make_certs,
-    run,
     s_client,
 )
+from twisted.internet import defer, protocol, reactor
+
+from spectrum import status as S
+
+from conftest import free_port
+from relaykit import sleep
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +80,10 @@ async def test_flexible_terminates_and_records(certs: str, tmp_path: Any) -> Non
     origin, factory = listen_plain(b"hello from a plaintext origin\n")
     edge = Edge(
         str(tmp_path),
-        {"certificates": [cert(certs, "localhost")], "apps": [app("flex", origin.getHost().port, free_port(), tls="flexible")]},
+        {
+            "certificates": [cert(certs, "localhost")],
+            "apps": [app("flex", origin.getHost().port, free_port(), tls="flexible")],
+        },
     )
     try:
         output, code = await s_client(
@@ -223,3 +224,306 @@ async def test_unknown_sni_refused_with_400_unless_default(certs: str, tmp_path:
         await edge.stop()
         await origin_a.stopListening()
         await origin_b.stopListening()
+
+
+# origin TLS
+
+
+@pytest_twisted.ensureDeferred
+async def test_strict_refuses_wrong_name_and_wrong_ca_full_accepts(certs: str, tmp_path: Any) -> None:
+    good, _ = listen_tls(certs, "origin.example", b"verified origin\n")
+    wrong_name, _ = listen_tls(certs, "wrong.example", b"wrong-name origin\n")
+    wrong_ca, _ = listen_tls(certs, "origin-other", b"other-CA origin\n")
+    ca = os.path.join(certs, "ca.crt")
+    strict = {"ca": ca, "server_name": "origin.example"}
+    apps = [
+        app("strict-good", good.getHost().port, free_port(), tls="flexible"),
+        app("strict-name", wrong_name.getHost().port, free_port(), tls="strict", origin_tls=strict),
+        app("strict-ca", wrong_ca.getHost().port, free_port(), tls="strict", origin_tls=strict),
+        app("full-name", wrong_name.getHost().port, free_port(), tls="full"),
+        app("full-ca", wrong_ca.getHost().port, free_port(), tls="full"),
+    ]
+    apps[0].update(tls="strict", origin_tls=strict)
+    edge = Edge(str(tmp_path), {"certificates": [cert(certs, "localhost")], "apps": apps})
+    try:
+        outputs = {}
+        for spec in apps:
+            outputs[spec["name"]], _ = await s_client(edge.port(spec["name"]), stdin=b"hi\n")
+        assert "verified origin" in outputs["strict-good"]
+        assert "wrong-name origin" not in outputs["strict-name"]
+        assert "other-CA origin" not in outputs["strict-ca"]
+        assert "wrong-name origin" in outputs["full-name"]
+        assert "other-CA origin" in outputs["full-ca"]
+        await until(lambda: len(edge.finished()) == 5)
+        events = {e["Application"]: e for e in edge.finished()}
+        assert events["strict-good"]["Status"] == S.NORMAL
+        assert events["strict-good"]["OriginTlsStatus"] == "OK"
+        assert events["strict-good"]["OriginTlsProtocol"] == "TLSv1.3"
+        for name in ("strict-name", "strict-ca"):
+            event = events[name]
+            assert event["Status"] == S.ORIGIN_TLS_INVALID, event
+            assert event["OriginTlsMode"] == "strict"
+            assert event["OriginTlsStatus"] == "HANDSHAKE_FAILED"
+            assert "did not verify" in event["Reason"]
+        assert "origin.example" in events["strict-name"]["Reason"]
+        assert "certificate verify failed" in events["strict-ca"]["Reason"]
+        for name in ("full-name", "full-ca"):
+            assert events[name]["Status"] == S.NORMAL
+            assert events[name]["OriginTlsMode"] == "full"
+            assert events[name]["OriginTlsStatus"] == "OK"
+    finally:
+        await edge.stop()
+        for port in (good, wrong_name, wrong_ca):
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plaintext_client_tls_origin_with_client_certificate(certs: str, tmp_path: Any) -> None:
+    # stunnel's client mode: a legacy client speaks plaintext to the edge,
+    # the edge speaks verified TLS to an origin that demands a client
+    # certificate.
+    origin, factory = listen_tls(certs, "origin.example", b"mtls origin\n", client_ca="ca")
+    origin_tls = {"ca": os.path.join(certs, "ca.crt"), "server_name": "origin.example"}
+    with_cert = dict(
+        origin_tls, **{"certificate": os.path.join(certs, "bob.crt"), "private_key": os.path.join(certs, "bob.key")}
+    )
+    edge = Edge(
+        str(tmp_path),
+        {
+            "apps": [
+                app("legacy", origin.getHost().port, free_port(), origin_tls=with_cert),
+                app("legacy-nocert", origin.getHost().port, free_port(), origin_tls=origin_tls),
+            ]
+        },
+    )
+    try:
+        for name in ("legacy", "legacy-nocert"):
+            sock = socket.create_connection(("127.0.0.1", edge.port(name)))
+            sock.setblocking(False)
+            sock.sendall(b"plain hello")
+            received = b""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                await sleep(0.02)
+                try:
+                    chunk = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                received += chunk
+            sock.close()
+            if name == "legacy":
+                assert received == b"mtls origin\nplain hello"
+            else:
+                assert received == b""
+        await until(lambda: len(edge.finished()) == 2)
+        events = {e["Application"]: e for e in edge.finished()}
+        assert events["legacy"]["OriginTlsMode"] == "strict"
+        assert events["legacy"]["OriginTlsStatus"] == "OK"
+        assert events["legacy"]["ClientTlsProtocol"] == "none"
+        refused = events["legacy-nocert"]
+        assert refused["OriginTlsStatus"] == "HANDSHAKE_FAILED"
+        # TLS 1.3: the origin's refusal comes as an alert after the handshake.
+        assert refused["Status"] == S.ORIGIN_ERROR
+        assert "certificate required" in refused["Reason"]
+        assert b"".join(factory.received) == b"plain hello"
+    finally:
+        await edge.stop()
+        await origin.stopListening()
+
+
+# mutual TLS at the edge
+
+
+@pytest_twisted.ensureDeferred
+async def test_mtls_at_the_edge(certs: str, tmp_path: Any) -> None:
+    origin, factory = listen_plain(b"members only\n")
+    edge = Edge(
+        str(tmp_path),
+        {
+            "certificates": [cert(certs, "localhost")],
+            "apps": [
+                app(
+                    "mtls",
+                    origin.getHost().port,
+                    free_port(),
+                    tls="flexible",
+                    client_auth={"ca": os.path.join(certs, "ca.crt")},
+                )
+            ],
+        },
+    )
+    port = edge.port()
+    try:
+        none, _ = await s_client(port, stdin=b"x")
+        other, _ = await s_client(
+            port,
+            "-cert",
+            os.path.join(certs, "mallory.crt"),
+            "-key",
+            os.path.join(certs, "mallory.key"),
+            stdin=b"x",
+        )
+        good, _ = await s_client(
+            port, "-cert", os.path.join(certs, "bob.crt"), "-key", os.path.join(certs, "bob.key"), stdin=b"x"
+        )
+        assert "members only" not in none and "members only" not in other
+        assert "members only" in good
+        assert factory.connections and len(factory.connections) == 1
+        await until(lambda: len(edge.finished()) == 3)
+        refused = [e for e in edge.finished() if e["Status"] == S.CLIENT_TLS_FAILED]
+        assert len(refused) == 2
+        assert all(e["ClientTlsStatus"] == "HANDSHAKE_FAILED" for e in refused)
+        assert any("certificate" in e["Reason"] for e in refused)
+        passed = [e for e in edge.finished() if e["Status"] == S.NORMAL]
+        assert passed[0]["ClientTlsClientCertSubject"] == "CN=bob"
+    finally:
+        await edge.stop()
+        await origin.stopListening()
+
+
+# what the edge refuses
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_1_0_and_1_1_refused_by_default(certs: str, tmp_path: Any) -> None:
+    origin, factory = listen_plain(b"modern\n")
+    apps = [
+        app("default", origin.getHost().port, free_port(), tls="flexible"),
+        app(
+            "legacy-allowed",
+            origin.getHost().port,
+            free_port(),
+            tls="flexible",
+            tls_options={"min_version": "1.0"},
+        ),
+    ]
+    edge = Edge(str(tmp_path), {"certificates": [cert(certs, "localhost")], "apps": apps})
+    old = ("-cipher", "DEFAULT:@SECLEVEL=0")
+    try:
+        tls10, _ = await s_client(edge.port("default"), "-tls1", *old, stdin=b"x")
+        tls11, _ = await s_client(edge.port("default"), "-tls1_1", *old, stdin=b"x")
+        tls12, _ = await s_client(edge.port("default"), "-tls1_2", stdin=b"x")
+        # The client can speak TLS 1.0: an app that allows it lets it in.
+        allowed, _ = await s_client(edge.port("legacy-allowed"), "-tls1", *old, stdin=b"x")
+        assert "modern" not in tls10 and "modern" not in tls11
+        assert "modern" in tls12
+        assert "modern" in allowed and "Protocol  : TLSv1\n" in allowed
+        await until(lambda: len(edge.finished()) == 4)
+        events = edge.finished()
+        refused = [e for e in events if e["Status"] == S.CLIENT_TLS_FAILED]
+        assert len(refused) == 2
+        assert all("unsupported protocol" in e["Reason"] for e in refused), refused
+        versions = sorted(e["ClientTlsProtocol"] for e in events if e["Status"] == S.NORMAL)
+        assert versions == ["TLSv1", "TLSv1.2"]
+    finally:
+        await edge.stop()
+        await origin.stopListening()
+
+
+class RawClient(protocol.Protocol):
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.closed: defer.Deferred = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(time.monotonic())
+
+
+async def raw_connect(port: int) -> RawClient:
+    client = RawClient()
+    endpoint_factory = protocol.ClientFactory.forProtocol(lambda: client)
+    reactor.connectTCP("127.0.0.1", port, endpoint_factory)
+    await until(lambda: client.transport is not None and client.transport.connected)
+    return client
+
+
+@pytest.mark.parametrize("mode", ["termination", "passthrough"])
+@pytest_twisted.ensureDeferred
+async def test_half_client_hello_closed_at_handshake_timeout(certs: str, tmp_path: Any, mode: str) -> None:
+    origin, factory = listen_plain(b"never\n")
+    port = free_port()
+    timeouts = {"connect": 2, "handshake": 0.5}
+    if mode == "termination":
+        apps = [app("t", origin.getHost().port, port, tls="flexible", timeouts=timeouts)]
+    else:
+        apps = [
+            app("a", origin.getHost().port, port, dns={"name": "a.example"}, timeouts=timeouts),
+            app("b", origin.getHost().port, port, dns={"name": "b.example"}, timeouts=timeouts),
+        ]
+    edge = Edge(str(tmp_path), {"apps": apps})
+    try:
+        hello = client_hello("a.example")
+        client = await raw_connect(port)
+        started = time.monotonic()
+        client.transport.write(hello[: len(hello) // 2])
+        closed_at = await client.closed
+        waited = closed_at - started
+        assert 0.4 <= waited < 2.0, waited
+        assert factory.connections == []
+        await until(lambda: edge.finished())
+        event = edge.finished()[0]
+        if mode == "termination":
+            assert event["Status"] == S.CLIENT_TLS_FAILED
+            assert "not finished" in event["Reason"]
+        else:
+            assert event["Status"] == S.INVALID_SNI
+            assert "no complete ClientHello" in event["Reason"]
+    finally:
+        await edge.stop()
+        await origin.stopListening()
+
+
+@pytest.mark.parametrize("mode", ["termination", "passthrough"])
+@pytest_twisted.ensureDeferred
+async def test_garbage_closes_only_that_connection(certs: str, tmp_path: Any, mode: str) -> None:
+    origin, factory = listen_plain(b"", keep_open=True)
+    port = free_port()
+    if mode == "termination":
+        apps = [app("t", origin.getHost().port, port, tls="flexible")]
+    else:
+        apps = [
+            app("a", origin.getHost().port, port, dns={"name": "a.example"}),
+            app("b", origin.getHost().port, port, dns={"name": "b.example"}),
+        ]
+    edge = Edge(str(tmp_path), {"apps": apps})
+    try:
+        # A healthy session first, held open while the garbage arrives.
+        if mode == "termination":
+            from twisted.internet import ssl
+
+            good = RawClient()
+            reactor.connectSSL(
+                "127.0.0.1", port, protocol.ClientFactory.forProtocol(lambda: good), ssl.CertificateOptions()
+            )
+        else:
+            good = await raw_connect(port)
+            # A passthrough app relays the ClientHello to the plaintext
+            # origin, which echoes it: proof that the raw bytes went through.
+            good.transport.write(client_hello("a.example"))
+        await until(lambda: factory.connections)
+        bad = await raw_connect(port)
+        bad.transport.write(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        await bad.closed
+        assert bad.received in (b"", bytearray()) or b"HTTP" not in bytes(bad.received)
+        await until(lambda: edge.finished())
+        event = edge.finished()[0]
+        if mode == "termination":
+            assert event["Status"] == S.CLIENT_TLS_FAILED and "TLS handshake failed" in event["Reason"]
+        else:
+            assert event["Status"] == S.INVALID_SNI and "not a TLS ClientHello" in event["Reason"]
+        # The good connection still works.
+        before = len(b"".join(factory.received))
+        good.transport.write(b"still here")
+        await until(lambda: b"still here" in b"".join(factory.received))
+        assert len(b"".join(factory.received)) > before
+        assert not good.closed.called
+        good.transport.loseConnection()
+        await good.closed
+    finally:
+        await edge.stop()
+        await origin.stopListening()

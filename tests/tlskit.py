@@ -102,12 +102,16 @@ def server_options(certs: str, base: str, client_ca: Optional[str] = None) -> An
     if client_ca:
         with open(os.path.join(certs, client_ca + ".crt"), "rb") as f:
             kwargs["trustRoot"] = ssl.Certificate.loadPEM(f.read())
-    return private.options(**kwargs) if not kwargs else ssl.CertificateOptions(
-        privateKey=private.privateKey.original,
-        certificate=private.original,
-        verify=True,
-        caCerts=[kwargs["trustRoot"].original],
-        requireCertificate=True,
+    return (
+        private.options(**kwargs)
+        if not kwargs
+        else ssl.CertificateOptions(
+            privateKey=private.privateKey.original,
+            certificate=private.original,
+            verify=True,
+            caCerts=[kwargs["trustRoot"].original],
+            requireCertificate=True,
+        )
     )
 
 
@@ -186,9 +190,9 @@ class _Run(protocol.ProcessProtocol):
         self.done.callback((bytes(self.out), bytes(self.err), reason.value.exitCode))
 
 
-async def run(args: Sequence[str], stdin: bytes = b"", close_stdin: bool = True, timeout: float = 20) -> Tuple[
-    bytes, bytes, int
-]:
+async def run(
+    args: Sequence[str], stdin: bytes = b"", close_stdin: bool = True, timeout: float = 20
+) -> Tuple[bytes, bytes, int]:
     """
     Run a program without blocking the reactor; (stdout, stderr, status).
     """

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
@@ -109,6 +110,11 @@ class TlsOriginProtocol(OriginProtocol):
         if not self.handshook:
             self.edge.origin_tls_failed(self.origin, reason)
             return
+        if reason.check(SSL.Error) and not self.received:
+            # TLS 1.3 refuses a client certificate after the client's side
+            # of the handshake is done: the first thing read is the alert.
+            self.edge.record.extra["OriginTlsStatus"] = TLS_HANDSHAKE_FAILED
+            reason = Failure(SSL.Error(describe_tls_error(reason)))
         OriginProtocol.connectionLost(self, reason)
 
 
@@ -145,6 +151,14 @@ class RoutedEdge(EdgeProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.record.extra.update(self.fields)
+
+    def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
+        if self._origin_gone and self.fields.get("ClientTlsStatus") == TLS_OK and reason.check(ierror.ConnectionLost):
+            # We closed first (the origin had); a TLS client that drops the
+            # TCP connection instead of answering our close_notify is the
+            # normal end, not a client error.
+            reason = Failure(ierror.ConnectionDone())
+        super().connectionLost(reason)
 
     def origin_factory(self, origin: Origin) -> ClientFactory:
         app_tls = self.app_tls
