@@ -9,25 +9,27 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import time
 from typing import Any, Dict
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+
+from spectrum import status as S
+
+from conftest import free_port, require_program
+from relaykit import sleep
 from tlskit import (
     Edge,
     client_hello,
     listen_plain,
     listen_tls,
     make_certs,
+    run,
     s_client,
 )
-from twisted.internet import defer, protocol, reactor
-
-from spectrum import status as S
-
-from conftest import free_port
-from relaykit import sleep
 
 
 @pytest.fixture(scope="module")
@@ -527,3 +529,109 @@ async def test_garbage_closes_only_that_connection(certs: str, tmp_path: Any, mo
     finally:
         await edge.stop()
         await origin.stopListening()
+
+
+# legacy protocols gain TLS: real brokers and servers behind flexible apps
+
+
+async def wait_listening(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            await sleep(0.05)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mosquitto_behind_flexible_app(certs: str, tmp_path: Any) -> None:
+    mosquitto = require_program("mosquitto")
+    require_program("mosquitto_pub")
+    broker_port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    edge = None
+    try:
+        await wait_listening(broker_port, broker)
+        edge = Edge(
+            str(tmp_path),
+            {
+                "certificates": [cert(certs, "localhost")],
+                "apps": [app("mqtt", broker_port, free_port(), tls="flexible")],
+            },
+        )
+        tls = ["-h", "127.0.0.1", "-p", str(edge.port()), "--cafile", os.path.join(certs, "ca.crt")]
+        # Retained, so the subscriber gets it whenever it subscribes.
+        out, err, code = await run(["mosquitto_pub", *tls, "-t", "spectrum/test", "-m", "over TLS", "-r"])
+        assert code == 0, err
+        out, err, code = await run(["mosquitto_sub", *tls, "-t", "spectrum/test", "-C", "1", "-W", "10"])
+        assert code == 0, err
+        assert out == b"over TLS\n"
+        # Without the CA the client refuses the edge: TLS is really there.
+        out, err, code = await run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(edge.port()), "-t", "x", "-m", "y"])
+        assert code != 0
+        await until(lambda: len(edge.finished()) == 3)
+        ok = [e for e in edge.finished() if e["ClientTlsStatus"] == "OK"]
+        assert len(ok) == 2 and all(e["ClientTlsProtocol"] == "TLSv1.3" for e in ok)
+    finally:
+        if edge is not None:
+            await edge.stop()
+        stop_process(broker)
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_cli_tls_to_plaintext_redis(certs: str, tmp_path: Any) -> None:
+    redis_server = require_program("redis-server")
+    require_program("redis-cli")
+    redis_port = free_port()
+    server = subprocess.Popen(
+        [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=str(tmp_path),
+    )
+    edge = None
+    try:
+        await wait_listening(redis_port, server)
+        edge = Edge(
+            str(tmp_path),
+            {
+                "certificates": [cert(certs, "localhost")],
+                "apps": [app("redis", redis_port, free_port(), tls="flexible")],
+            },
+        )
+        cli = [
+            "redis-cli",
+            "--tls",
+            "--cacert",
+            os.path.join(certs, "ca.crt"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(edge.port()),
+        ]
+        out, err, code = await run([*cli, "SET", "spectrum", "tls-to-plaintext"])
+        assert code == 0 and out.strip() == b"OK", (out, err)
+        out, err, code = await run([*cli, "GET", "spectrum"])
+        assert out.strip() == b"tls-to-plaintext"
+        # The value really is in the plaintext redis behind the edge.
+        out, err, code = await run(["redis-cli", "-p", str(redis_port), "GET", "spectrum"])
+        assert out.strip() == b"tls-to-plaintext"
+    finally:
+        if edge is not None:
+            await edge.stop()
+        stop_process(server)
