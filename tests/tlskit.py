@@ -133,11 +133,14 @@ class Edge:
     relative paths and reloads work), and the events it recorded.
     """
 
-    def __init__(self, directory: str, data: Dict[str, Any], name: str = "spectrum.yaml") -> None:
+    def __init__(
+        self, directory: str, data: Dict[str, Any], name: str = "spectrum.yaml", check_interval: float = 0
+    ) -> None:
         self.path = os.path.join(directory, name)
         with open(self.path, "w") as f:
             yaml.safe_dump(data, f)
         self.service = SpectrumService(load(self.path), reactor=reactor, drain_timeout=2.0)
+        self.service.certificate_check_interval = check_interval
         self.events: List[Tuple[str, Dict[str, Any]]] = []
         self.service.recorders.add(lambda kind, record: self.events.append((kind, record.as_event(kind))))
         self.service.startService()
