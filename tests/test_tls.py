@@ -635,3 +635,76 @@ async def test_redis_cli_tls_to_plaintext_redis(certs: str, tmp_path: Any) -> No
         if edge is not None:
             await edge.stop()
         stop_process(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_alpn_chosen_at_the_edge_is_offered_to_the_origin(certs: str, tmp_path: Any) -> None:
+    origin, factory = listen_tls(certs, "origin.example", b"", alpn=[b"h2", b"redis", b"http/1.1"])
+    edge = Edge(
+        str(tmp_path),
+        {
+            "certificates": [cert(certs, "localhost")],
+            "apps": [
+                app(
+                    "alpn",
+                    origin.getHost().port,
+                    free_port(),
+                    tls="full",
+                    tls_options={"alpn": ["redis", "h2"]},
+                )
+            ],
+        },
+    )
+    try:
+        output, _ = await s_client(edge.port(), "-alpn", "h2,redis", stdin=b"x")
+        # The edge's preference wins at the edge, and the origin is asked
+        # for that same protocol.
+        assert "ALPN protocol: redis" in output
+        output, _ = await s_client(edge.port(), "-alpn", "h2", stdin=b"y")
+        assert "ALPN protocol: h2" in output
+        await until(lambda: len(factory.protocols) == 2)
+        assert factory.protocols == [b"redis", b"h2"]
+    finally:
+        await edge.stop()
+        await origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_turns_tls_on_and_off_on_the_same_socket(certs: str, tmp_path: Any) -> None:
+    import yaml
+
+    origin, factory = listen_plain(b"", keep_open=True)
+    port = free_port()
+    spec = app("svc", origin.getHost().port, port)
+    edge = Edge(str(tmp_path), {"certificates": [cert(certs, "localhost")], "apps": [spec]})
+
+    def reload(**changes: Any) -> None:
+        spec.update(changes)
+        with open(edge.path, "w") as f:
+            yaml.safe_dump({"certificates": [cert(certs, "localhost")], "apps": [spec]}, f)
+        assert edge.service.reload()
+
+    try:
+        listener = next(iter(edge.service.listeners.values()))
+        plain = await raw_connect(port)
+        plain.transport.write(b"plain 1")
+        await until(lambda: b"plain 1" in bytes(plain.received))
+
+        reload(tls="flexible")
+        output, _ = await s_client(port, "-servername", "localhost", stdin=b"over tls bye")
+        assert "CN = localhost" in output and "over tls" in output
+        # The plaintext session opened before the change carries on.
+        plain.transport.write(b"plain 2")
+        await until(lambda: b"plain 2" in bytes(plain.received))
+
+        reload(tls="off")
+        again = await raw_connect(port)
+        again.transport.write(b"plain 3")
+        await until(lambda: b"plain 3" in bytes(again.received))
+        assert next(iter(edge.service.listeners.values())) is listener
+        for client in (plain, again):
+            client.transport.loseConnection()
+            await client.closed
+    finally:
+        await edge.stop()
+        await origin.stopListening()

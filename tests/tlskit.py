@@ -61,7 +61,7 @@ class Greeter(protocol.Protocol):
     """
     Writes the factory's greeting, echoes the first bytes it gets and then
     closes (so C{s_client -ign_eof} ends), or keeps echoing when the
-    factory says C{keep_open}.
+    factory says C{keep_open}, until a read ends with C{bye}.
     """
 
     def connectionMade(self) -> None:
@@ -71,8 +71,9 @@ class Greeter(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.factory.received.append(data)
+        self.factory.protocols.append(getattr(self.transport, "negotiatedProtocol", None))
         self.transport.write(data)
-        if not self.factory.keep_open:
+        if not self.factory.keep_open or data.endswith(b"bye"):
             self.transport.loseConnection()
 
 
@@ -85,6 +86,8 @@ class GreeterFactory(protocol.Factory):
         self.keep_open = keep_open
         self.connections: List[Greeter] = []
         self.received: List[bytes] = []
+        #: the ALPN protocol of the connection, at each read
+        self.protocols: List[Optional[bytes]] = []
 
 
 def listen_plain(greeting: bytes, keep_open: bool = False) -> Tuple[Any, GreeterFactory]:
@@ -92,7 +95,9 @@ def listen_plain(greeting: bytes, keep_open: bool = False) -> Tuple[Any, Greeter
     return reactor.listenTCP(0, factory, interface="127.0.0.1"), factory
 
 
-def server_options(certs: str, base: str, client_ca: Optional[str] = None) -> Any:
+def server_options(
+    certs: str, base: str, client_ca: Optional[str] = None, alpn: Optional[Sequence[bytes]] = None
+) -> Any:
     with open(os.path.join(certs, base + ".crt"), "rb") as f:
         cert = f.read()
     with open(os.path.join(certs, base + ".key"), "rb") as f:
@@ -101,26 +106,25 @@ def server_options(certs: str, base: str, client_ca: Optional[str] = None) -> An
     kwargs: Dict[str, Any] = {}
     if client_ca:
         with open(os.path.join(certs, client_ca + ".crt"), "rb") as f:
-            kwargs["trustRoot"] = ssl.Certificate.loadPEM(f.read())
-    return (
-        private.options(**kwargs)
-        if not kwargs
-        else ssl.CertificateOptions(
-            privateKey=private.privateKey.original,
-            certificate=private.original,
-            verify=True,
-            caCerts=[kwargs["trustRoot"].original],
-            requireCertificate=True,
-        )
-    )
+            ca = ssl.Certificate.loadPEM(f.read())
+        kwargs.update(verify=True, caCerts=[ca.original], requireCertificate=True)
+    if alpn:
+        kwargs["acceptableProtocols"] = list(alpn)
+    return ssl.CertificateOptions(privateKey=private.privateKey.original, certificate=private.original, **kwargs)
 
 
-def listen_tls(certs: str, base: str, greeting: bytes, client_ca: Optional[str] = None) -> Tuple[Any, GreeterFactory]:
+def listen_tls(
+    certs: str,
+    base: str,
+    greeting: bytes,
+    client_ca: Optional[str] = None,
+    alpn: Optional[Sequence[bytes]] = None,
+) -> Tuple[Any, GreeterFactory]:
     """
     A TLS origin presenting DIR/BASE.crt that greets with C{greeting}.
     """
     factory = GreeterFactory(greeting)
-    wrapped = TLSMemoryBIOFactory(server_options(certs, base, client_ca), False, factory)
+    wrapped = TLSMemoryBIOFactory(server_options(certs, base, client_ca, alpn), False, factory)
     return reactor.listenTCP(0, wrapped, interface="127.0.0.1"), factory
 
 

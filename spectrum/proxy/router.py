@@ -454,6 +454,11 @@ class RouterFactory(ServerFactory):
     def runtime(self) -> AppRuntime:
         return self.runtimes[0]
 
+    @runtime.setter
+    def runtime(self, runtime: AppRuntime) -> None:
+        # Listener.retarget() of a port that one app now has alone.
+        self.set_routes([runtime])
+
     def set_routes(self, runtimes: Sequence[AppRuntime]) -> None:
         """
         Serve C{runtimes} from the next connection on.

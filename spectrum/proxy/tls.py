@@ -436,16 +436,13 @@ def describe_tls_error(reason: Any) -> str:
 def is_verification_error(reason: Any) -> bool:
     """
     Whether a failed origin handshake failed because the origin's
-    certificate did not verify (chain or name).
+    certificate did not verify: its name (service-identity) or its chain.
     """
-    try:
-        from service_identity import VerificationError
-    except ImportError:  # pragma: no cover - service_identity is a dependency
-        VerificationError = ()  # type: ignore[assignment,misc]
+    from service_identity import VerificationError
+
     if reason.check(VerificationError):
         return True
-    text = describe_tls_error(reason)
-    return "certificate verify failed" in text or "verify" in text.lower()
+    return "certificate verify failed" in describe_tls_error(reason)
 
 
 # The store
