@@ -708,3 +708,24 @@ async def test_reload_turns_tls_on_and_off_on_the_same_socket(certs: str, tmp_pa
     finally:
         await edge.stop()
         await origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_chain_in_the_file_is_sent(certs: str, tmp_path: Any) -> None:
+    origin, _ = listen_plain(b"chained\n")
+    chain = tmp_path / "chain.crt"
+    with open(os.path.join(certs, "b.example.crt"), "rb") as leaf, open(os.path.join(certs, "ca.crt"), "rb") as ca:
+        chain.write_bytes(leaf.read() + ca.read())
+    files = {"certificate": str(chain), "private_key": os.path.join(certs, "b.example.key")}
+    edge = Edge(
+        str(tmp_path),
+        {"certificates": [files], "apps": [app("chain", origin.getHost().port, free_port(), tls="flexible")]},
+    )
+    try:
+        output, _ = await s_client(edge.port(), "-showcerts", "-servername", "b.example", stdin=b"x")
+        assert "chained" in output
+        assert output.count("-----BEGIN CERTIFICATE-----") == 2
+        assert " 1 s:CN = spectrum local CA (ca)" in output
+    finally:
+        await edge.stop()
+        await origin.stopListening()
