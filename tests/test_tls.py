@@ -244,6 +244,11 @@ async def test_strict_refuses_wrong_name_and_wrong_ca_full_accepts(certs: str, t
         app("strict-ca", wrong_ca.getHost().port, free_port(), tls="strict", origin_tls=strict),
         app("full-name", wrong_name.getHost().port, free_port(), tls="full"),
         app("full-ca", wrong_ca.getHost().port, free_port(), tls="full"),
+        # No server_name: the origin's address is the name verified (its
+        # certificate lists 127.0.0.1).
+        app("strict-ip", good.getHost().port, free_port(), tls="strict", origin_tls={"ca": ca}),
+        # No CA: the system store, which does not know the local CA.
+        app("strict-system", good.getHost().port, free_port(), tls="strict"),
     ]
     apps[0].update(tls="strict", origin_tls=strict)
     edge = Edge(str(tmp_path), {"certificates": [cert(certs, "localhost")], "apps": apps})
@@ -252,15 +257,19 @@ async def test_strict_refuses_wrong_name_and_wrong_ca_full_accepts(certs: str, t
         for spec in apps:
             outputs[spec["name"]], _ = await s_client(edge.port(spec["name"]), stdin=b"hi\n")
         assert "verified origin" in outputs["strict-good"]
+        assert "verified origin" in outputs["strict-ip"]
         assert "wrong-name origin" not in outputs["strict-name"]
         assert "other-CA origin" not in outputs["strict-ca"]
         assert "wrong-name origin" in outputs["full-name"]
         assert "other-CA origin" in outputs["full-ca"]
-        await until(lambda: len(edge.finished()) == 5)
+        await until(lambda: len(edge.finished()) == 7)
         events = {e["Application"]: e for e in edge.finished()}
         assert events["strict-good"]["Status"] == S.NORMAL
         assert events["strict-good"]["OriginTlsStatus"] == "OK"
         assert events["strict-good"]["OriginTlsProtocol"] == "TLSv1.3"
+        assert events["strict-ip"]["Status"] == S.NORMAL
+        assert "verified origin" not in outputs["strict-system"]
+        assert events["strict-system"]["Status"] == S.ORIGIN_TLS_INVALID
         for name in ("strict-name", "strict-ca"):
             event = events[name]
             assert event["Status"] == S.ORIGIN_TLS_INVALID, event

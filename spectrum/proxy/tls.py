@@ -255,6 +255,10 @@ class AppTls:
             self.server_factory = TlsWrapperFactory(self, False, Factory(), clock=reactor)
         if app.origin_tls_mode != "off":
             self._origin_material = self._load_origin_material()
+            # Build the origin contexts now (loading the trust store reads
+            # files), not on a client's first connection.
+            for origin in app.pool.origins:
+                self.origin_creator(origin.address, None)
 
     def _default_index(self) -> int:
         # The first certificate valid for one of the app's names, else the
