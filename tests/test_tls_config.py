@@ -189,3 +189,19 @@ def test_tls_example_runs_with_nothing_made_by_hand() -> None:
     for app in config.apps:
         if app.terminates_tls:
             assert "localhost" in tls.apps[app.name].certificates[0].names
+
+
+def test_twistd_options_defaults_and_certificate_check() -> None:
+    from twisted.python import usage
+
+    from spectrum.tap import Options, makeService
+
+    options = Options()
+    options.parseOptions([])
+    # Defaults are numbers (a string default is not coerced by usage.Options).
+    assert options["drain-timeout"] == 10.0 and options["certificate-check"] == 2.0
+    options = Options()
+    options.parseOptions(["--certificate-check", "0.5"])
+    assert makeService(options).certificate_check_interval == 0.5
+    with pytest.raises(usage.UsageError, match="--certificate-check must be 0 or more seconds"):
+        Options().parseOptions(["--certificate-check", "-1"])
