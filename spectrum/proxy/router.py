@@ -21,7 +21,6 @@ from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -205,7 +204,6 @@ class _Gate(Protocol):
     of a connection refused before it reached an app.
     """
 
-    log = Logger()
     runtime: Optional[AppRuntime] = None
     _timer: Any = None
     _closed = False

@@ -233,8 +233,6 @@ class AppTls:
     its origins.
     """
 
-    log = Logger()
-
     def __init__(self, app: App, certificates: Sequence[LoadedCertificate], reactor: Any) -> None:
         self.app = app
         self.certificates = tuple(certificates)
