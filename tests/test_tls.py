@@ -738,3 +738,36 @@ async def test_certificate_chain_in_the_file_is_sent(certs: str, tmp_path: Any) 
     finally:
         await edge.stop()
         await origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_edge_checks_see_the_tls_fields(certs: str, tmp_path: Any) -> None:
+    origin, factory = listen_plain(b"allowed\n")
+    edge = Edge(
+        str(tmp_path),
+        {
+            "certificates": [cert(certs, "localhost")],
+            "apps": [app("t", origin.getHost().port, free_port(), tls="flexible")],
+        },
+    )
+
+    def no_blocked_name(runtime: Any, record: Any) -> Any:
+        if record.extra.get("ClientTlsClientHelloServerName") == "blocked.example":
+            record.reason = "name blocked"
+            return S.FIREWALL
+        return None
+
+    edge.service.runtimes["t"].checks.append(no_blocked_name)
+    try:
+        refused, _ = await s_client(edge.port(), "-servername", "blocked.example", stdin=b"x")
+        allowed, _ = await s_client(edge.port(), "-servername", "localhost", stdin=b"x")
+        assert "allowed" not in refused and "allowed" in allowed
+        await until(lambda: len(edge.finished()) == 2)
+        kinds = [kind for kind, _ in edge.events]
+        assert "clientFiltered" in kinds
+        filtered = next(event for kind, event in edge.events if kind == "clientFiltered")
+        assert filtered["Status"] == S.FIREWALL
+        assert filtered["ClientTlsStatus"] == "OK" and filtered["ClientTlsProtocol"] == "TLSv1.3"
+    finally:
+        await edge.stop()
+        await origin.stopListening()

@@ -140,16 +140,12 @@ class RoutedEdge(EdgeProtocol):
     ) -> None:
         super().__init__(runtime)
         self.app_tls = app_tls
-        self.fields = fields if fields is not None else _base_fields(runtime.app)
+        self.fields = self.record_fields = fields if fields is not None else _base_fields(runtime.app)
         self.alpn = alpn
         self._held: List[bytes] = [preface] if preface else []
         # Until an origin is joined, hold what arrives (per connection,
         # not per chunk: the class method takes over afterwards).
         self.dataReceived = self._held.append  # type: ignore[method-assign]
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.record.extra.update(self.fields)
 
     def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
         if self._origin_gone and self.fields.get("ClientTlsStatus") == TLS_OK and reason.check(ierror.ConnectionLost):

@@ -10,7 +10,7 @@ transports' buffers. EOF is propagated as a half-close both ways.
 from __future__ import annotations
 
 import errno
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet import error as ierror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -128,6 +128,10 @@ class EdgeProtocol(Protocol):
 
     log = Logger()
 
+    #: fields an earlier stage (TLS, SNI routing) puts on the record before
+    #: the edge checks run
+    record_fields: Optional[Dict[str, Any]] = None
+
     def __init__(self, runtime: AppRuntime) -> None:
         self.runtime = runtime
         self.reactor = runtime.reactor
@@ -169,6 +173,8 @@ class EdgeProtocol(Protocol):
             edge_port=host.port,
             connect_time=self.reactor.seconds(),
         )
+        if self.record_fields:
+            record.extra.update(self.record_fields)
         runtime.opened(self)
         refusal = runtime.check(record)
         if refusal is not None:
