@@ -771,3 +771,32 @@ async def test_edge_checks_see_the_tls_fields(certs: str, tmp_path: Any) -> None
     finally:
         await edge.stop()
         await origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_picked_by_sni_exact_wildcard_default(certs: str, tmp_path: Any) -> None:
+    origin, _ = listen_plain(b"hi\n")
+    edge = Edge(
+        str(tmp_path),
+        {
+            "certificates": [cert(certs, "localhost"), cert(certs, "b.example"), cert(certs, "_.w.example")],
+            "apps": [app("one", origin.getHost().port, free_port(), tls="flexible")],
+        },
+    )
+    try:
+        subjects = {}
+        for name in ("b.example", "x.w.example", "a.b.w.example", "nobody.example"):
+            output, _ = await s_client(edge.port(), "-servername", name, stdin=b"x")
+            assert "hi" in output
+            subjects[name] = subject_of(output)
+        assert subjects == {
+            "b.example": "CN=b.example",
+            "x.w.example": "CN=*.w.example",
+            # A wildcard covers one label only; the first certificate is the
+            # default.
+            "a.b.w.example": "CN=localhost",
+            "nobody.example": "CN=localhost",
+        }
+    finally:
+        await edge.stop()
+        await origin.stopListening()
