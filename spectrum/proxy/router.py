@@ -92,6 +92,7 @@ class TlsOriginProtocol(OriginProtocol):
     """
 
     handshook = False
+    edge: "RoutedEdge"
 
     def connectionMade(self) -> None:
         # Not yet: the TLS handshake comes first.
@@ -145,7 +146,7 @@ class RoutedEdge(EdgeProtocol):
         self._held: List[bytes] = [preface] if preface else []
         # Until an origin is joined, hold what arrives (per connection,
         # not per chunk: the class method takes over afterwards).
-        self.dataReceived = self._held.append  # type: ignore[method-assign]
+        self.dataReceived = self._held.append  # type: ignore[method-assign,assignment]
 
     def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
         if self._origin_gone and self.fields.get("ClientTlsStatus") == TLS_OK and reason.check(ierror.ConnectionLost):
@@ -155,7 +156,7 @@ class RoutedEdge(EdgeProtocol):
             reason = Failure(ierror.ConnectionDone())
         super().connectionLost(reason)
 
-    def origin_factory(self, origin: Origin) -> ClientFactory:
+    def origin_factory(self, origin: Origin) -> Any:
         app_tls = self.app_tls
         if app_tls is None or self.runtime.app.origin_tls_mode == "off":
             return super().origin_factory(origin)
@@ -200,7 +201,12 @@ class _Gate(Protocol):
     of a connection refused before it reached an app.
     """
 
-    runtime: Optional[AppRuntime] = None
+    # Set in connectionMade (or by the factory) before anything reads them.
+    runtime: Any = None
+    transport: Any
+    started: float
+    reactor: Any
+    recorders: Any
     _timer: Any = None
     _closed = False
     _handed_over = False
@@ -537,4 +543,4 @@ def set_routes(listener: Listener, runtimes: Sequence[AppRuntime], tls: EdgeTls,
             listener.retarget(runtimes[0])
         return
     listener.factory = factory
-    listener.listening.factory = factory
+    listener.listening.factory = factory  # type: ignore[attr-defined]

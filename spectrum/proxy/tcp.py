@@ -262,7 +262,7 @@ class EdgeProtocol(Protocol):
 
             def failed(reason: Failure) -> None:
                 if not reason.check(CancelledError, ierror.ConnectingCancelledError):
-                    factory.clientConnectionFailed(None, reason)
+                    self.origin_failed(origin, reason)
 
             d.addErrback(failed)
 
