@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -92,7 +92,7 @@ class TlsOriginProtocol(OriginProtocol):
     """
 
     handshook = False
-    edge: "RoutedEdge"
+    edge: RoutedEdge
 
     def connectionMade(self) -> None:
         # Not yet: the TLS handshake comes first.
