@@ -14,6 +14,9 @@ import attr
 PROTOCOLS = ("tcp", "udp")
 LOAD_BALANCING = ("round_robin", "least_connections", "random", "hash")
 TLS_MODES = ("off", "flexible", "full", "strict")
+MONITOR_TYPES = ("tcp", "tls", "http", "https", "smtp", "udp")
+WHEN_ALL_DOWN = ("refuse", "try_all")
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -75,17 +78,64 @@ class Origin:
     port: Optional[int] = None
     weight: float = 1.0
     enabled: bool = True
+    #: no new connections; open ones continue (set from the config; the
+    #: admin API drains through L{spectrum.health.HealthChecker.drain})
+    drain: bool = False
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Monitor:
+    """
+    A pool's health check, with the field names of Cloudflare's load
+    balancer monitors; see L{spectrum.health}.
+
+    @ivar port: the port to probe; L{None} for each origin's own.
+    @ivar send: bytes written once connected (tcp, tls) or the datagram (udp).
+    @ivar expect: bytes the answer must contain; C{expect_regex}: a pattern
+        it must match instead.
+    @ivar header: HTTP request headers, name and values.
+    @ivar ca: a PEM file of CAs that verify tls/https origins (else the
+        system's); C{allow_insecure} skips verification.
+    @ivar passive_down: real connections that fail in a row (refused, timed
+        out, reset before any byte) that mark an origin down until a probe
+        passes; 0 turns passive health off.
+    """
+
+    type: str = "tcp"
+    interval: float = 60.0
+    timeout: float = 5.0
+    retries: int = 2
+    consecutive_up: int = 1
+    consecutive_down: int = 1
+    port: Optional[int] = None
+    send: Optional[bytes] = None
+    expect: Optional[bytes] = None
+    expect_regex: Optional[bytes] = None
+    path: str = "/"
+    method: str = "GET"
+    expected_codes: str = "200"
+    expected_body: Optional[str] = None
+    header: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    allow_insecure: bool = False
+    ca: Optional[str] = None
+    passive_down: int = 3
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Pool:
     """
     The origins of an app and how to spread connections over them.
+
+    @ivar monitor: the health check; L{None} treats every origin as up.
+    @ivar when_all_down: with no healthy origin, C{"refuse"} new connections
+        or C{"try_all"} enabled origins anyway.
     """
 
     name: str
     origins: Tuple[Origin, ...]
     load_balancing: str = "round_robin"
+    monitor: Optional[Monitor] = None
+    when_all_down: str = "refuse"
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -120,6 +170,60 @@ class Limits:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class CertificateFiles:
+    """
+    One edge certificate: PEM files (the certificate file may hold the chain
+    after the leaf), as absolute paths.
+    """
+
+    certificate: str
+    private_key: str
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class TlsOptions:
+    """
+    How the edge terminates TLS for an app.
+
+    @ivar min_version: the oldest TLS version accepted, C{"1.0"} to C{"1.3"}.
+    @ivar ciphers: an OpenSSL cipher string (TLS 1.2 and older), or L{None}
+        for OpenSSL's defaults.
+    @ivar alpn: protocols the edge may select, in its order of preference.
+    """
+
+    min_version: str = "1.2"
+    ciphers: Optional[str] = None
+    alpn: Tuple[str, ...] = ()
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ClientAuth:
+    """
+    Mutual TLS at the edge: clients need a certificate signed by C{ca}.
+    """
+
+    ca: str
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class OriginTls:
+    """
+    TLS towards the origin.
+
+    @ivar ca: PEM file of the CAs trusted for the origin (L{None}: the
+        system store); used when the origin is verified.
+    @ivar server_name: the name sent as SNI and verified; L{None} means the
+        origin's own address.
+    @ivar certificate: a client certificate for origins that demand one.
+    """
+
+    ca: Optional[str] = None
+    server_name: Optional[str] = None
+    certificate: Optional[str] = None
+    private_key: Optional[str] = None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class App:
     """
     One Spectrum application: edge addresses and ports, and the pool behind.
@@ -146,6 +250,30 @@ class App:
     origin_tries: int = 3
     id: str = ""
     limits: Limits = Limits()
+    tls_options: TlsOptions = attr.Factory(TlsOptions)
+    client_auth: Optional[ClientAuth] = None
+    origin_tls: Optional[OriginTls] = None
+    #: on an edge port shared by hostname, take the names no app claims
+    sni_default: bool = False
+
+    @property
+    def terminates_tls(self) -> bool:
+        """
+        Whether the edge holds the TLS session with the client.
+        """
+        return self.tls != "off"
+
+    @property
+    def origin_tls_mode(self) -> str:
+        """
+        What the origin leg speaks: C{off} (plaintext), C{full} (TLS, not
+        verified) or C{strict} (TLS, verified).
+        """
+        if self.tls in ("full", "strict"):
+            return self.tls
+        if self.tls == "off" and self.origin_tls is not None:
+            return "strict"
+        return "off"
 
     def mapping_for(self, edge_port: int) -> PortMapping:
         """
@@ -273,6 +401,7 @@ class Config:
     admin: Optional[AdminSettings] = None
     events: Optional[EventLogSettings] = None
     analytics: AnalyticsSettings = AnalyticsSettings()
+    certificates: Tuple[CertificateFiles, ...] = ()
 
     def app(self, name: str) -> App:
         """

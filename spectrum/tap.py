@@ -28,6 +28,13 @@ class Options(usage.Options):
         ["workers", None, None, "Processes sharing the edge ports (overrides workers: in the config).", int],
         ["worker", None, None, "(internal) Run as worker N of a supervisor.", int],
         ["store-socket", None, None, "(internal) The supervisor's store socket, for a worker."],
+        [
+            "certificate-check",
+            None,
+            2.0,
+            "Seconds between checks of the certificate files for changes (0: only reload on SIGHUP).",
+            float,
+        ],
     ]
 
     config: Optional[Config] = None
@@ -63,6 +70,8 @@ class Options(usage.Options):
             raise usage.UsageError("--drain-timeout must be 0 or more seconds")
         if self["workers"] is not None and not 1 <= self["workers"] <= 256:
             raise usage.UsageError("--workers must be a number from 1 to 256")
+        if self["certificate-check"] < 0:
+            raise usage.UsageError("--certificate-check must be 0 or more seconds")
 
 
 def makeService(options: Options) -> Any:
@@ -87,6 +96,7 @@ def makeService(options: Options) -> Any:
         **_admin_arguments(options),
     )
     _add_store(service, config, options)
+    service.certificate_check_interval = options["certificate-check"]
     return service
 
 
