@@ -347,7 +347,9 @@ def bytime(analytics: Any, ids: Dict[str, str], query: Query) -> Dict[str, Any]:
     }
 
 
-def aggregate_current(analytics: Any, ids: Dict[str, str], wanted: Optional[Set[str]], now: float) -> List[Dict[str, Any]]:
+def aggregate_current(
+    analytics: Any, ids: Dict[str, str], wanted: Optional[Set[str]], now: float
+) -> List[Dict[str, Any]]:
     """
     Per app: open connections now, bytes of connections that closed in the
     current and the previous minute, and the mean duration so far.

@@ -326,8 +326,7 @@ class AdminAPI(Resource):
         method = request.method.decode("ascii", "replace").upper()
         try:
             headers = {
-                name: (request.getHeader(name) or None)
-                for name in ("authorization", "x-auth-key", "x-auth-email")
+                name: (request.getHeader(name) or None) for name in ("authorization", "x-auth-key", "x-auth-email")
             }
             try:
                 self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
@@ -350,7 +349,9 @@ class AdminAPI(Resource):
                 params = match.groupdict()
                 zone = params.get("zone")
                 if zone is not None and zone != self.service.config.zone_id:
-                    raise ApiError(404, BAD_ZONE, f"no zone {zone!r}; this spectrum's zone is {self.service.config.zone_id!r}")
+                    raise ApiError(
+                        404, BAD_ZONE, f"no zone {zone!r}; this spectrum's zone is {self.service.config.zone_id!r}"
+                    )
                 call = Call(request, params)
                 if request.method in MUTATIONS:
                     call.has_body, call.body = decode_body(request)
@@ -607,7 +608,14 @@ class AdminAPI(Resource):
         try:
             rule = make_rule(body["mode"], target, configuration["value"], body.get("notes", ""), app, uuid.uuid4().hex)
         except RuleError as e:
-            where = "mode" if str(e).startswith("mode") else "configuration"
+            text = str(e)
+            where = (
+                "mode"
+                if text.startswith("mode")
+                else "configuration.target"
+                if text.startswith("target")
+                else "configuration.value"
+            )
             raise ApiError(400, BAD_REQUEST, f"{where}: {e}") from None
         try:
             rule = self.firewall.add(rule)
@@ -616,8 +624,13 @@ class AdminAPI(Resource):
         now = now_iso(self.reactor.seconds())
         self.rule_meta[rule.id] = {"scope": scope, "source": "api", "created_on": now, "modified_on": now}
         self._save_rules(undo=lambda: self._forget(rule.id))
-        self.log.info("access rule {id} added: {mode} {target} {value}", id=rule.id, mode=rule.mode,
-                      target=rule.target, value=rule.value)
+        self.log.info(
+            "access rule {id} added: {mode} {target} {value}",
+            id=rule.id,
+            mode=rule.mode,
+            target=rule.target,
+            value=rule.value,
+        )
         return self._rule_shape(rule)
 
     def _forget(self, rule_id: str) -> None:
@@ -642,7 +655,9 @@ class AdminAPI(Resource):
         rule = self._api_rule(call)
         body = call.object_body()
         if "configuration" in body:
-            raise ApiError(400, BAD_REQUEST, "configuration: a rule's target and value cannot change; delete it and add another")
+            raise ApiError(
+                400, BAD_REQUEST, "configuration: a rule's target and value cannot change; delete it and add another"
+            )
         check_fields(body, {"mode": str, "notes": str})
         if not body:
             raise ApiError(400, BAD_REQUEST, "give mode or notes to change")
