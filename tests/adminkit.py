@@ -70,7 +70,7 @@ class Admin:
         self.url = f"http://127.0.0.1:{self.service.admin.bound_port()}"
 
     @classmethod
-    def from_document(cls, tmp_path: Any, data: Dict[str, Any], name: str = "spectrum.yaml") -> "Admin":
+    def from_document(cls, tmp_path: Any, data: Dict[str, Any], name: str = "spectrum.yaml") -> Admin:
         path = tmp_path / name
         path.write_text(yaml.safe_dump(data))
         return cls(str(path))
