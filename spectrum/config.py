@@ -531,9 +531,9 @@ class _Builder:
         path = self.relative(raw["path"])
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
-            raise self.fail(("events", "path"), f"directory {_show(directory)} does not exist")
+            raise self.fail(("events", "path"), f"directory '{directory}' does not exist")
         if os.path.isdir(path):
-            raise self.fail(("events", "path"), f"{_show(path)} is a directory; name a file")
+            raise self.fail(("events", "path"), f"'{path}' is a directory; name a file")
         settings = dict(raw, path=path)
         if math.isnan(settings.get("flush_interval", 1.0)):
             raise self.fail(("events", "flush_interval"), "expected seconds, got nan")

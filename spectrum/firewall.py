@@ -34,11 +34,17 @@ How it stays fast
 -----------------
 
 Address rules sit in one hash table per prefix length (per address family),
-keyed by the masked network; a decision masks the client's address with each
-prefix length in use, longest first, and stops at the first hit: at most 33
-(IPv4) or 129 (IPv6) dictionary probes, whatever the number of rules, with no
-allocation but the client's address as an integer. ASN and country rules are
-one dictionary probe each.
+keyed by the masked network. Which lengths are probed for a client is
+narrowed by the client's leading bits: at each level (chunks of the first
+24, 16, 8 and 0 bits for IPv4; 112, 96, ... 16, 8 and 0 for IPv6) a
+dictionary maps the chunks that hold prefixes to the lengths in use inside
+them, longest first. A decision looks up the client's chunk at each level
+and probes only the lengths listed there, stopping at the first hit (the
+longest match). With 50,000 rules this is a few dictionary probes; even
+prefixes of every length nested around one address cost at most one level
+of lengths (16 for IPv6, 8 for IPv4) plus one probe per level. ASN and
+country rules are one dictionary probe each. Nothing scans the rule list,
+and adding or removing a rule touches only its own entries.
 """
 
 from __future__ import annotations
@@ -198,87 +204,6 @@ def address_int(ip: str) -> Tuple[int, int]:
         raise ValueError(f"{ip!r} is not an IP address") from None
 
 
-class _Rules:
-    """
-    The rules of one scope, indexed: a table per prefix length per family,
-    and one table each for ASNs and countries. Each entry is a list of the
-    rules with that key, whitelists first, so its first rule decides.
-    """
-
-    def __init__(self) -> None:
-        self.tables: Dict[Tuple[int, int], Dict[int, List[AccessRule]]] = {}
-        # (mask, table) for the prefix lengths in use, longest first.
-        self.v4: List[Tuple[int, Dict[int, List[AccessRule]], int]] = []
-        self.v6: List[Tuple[int, Dict[int, List[AccessRule]], int]] = []
-        self.asn: Dict[int, List[AccessRule]] = {}
-        self.country: Dict[str, List[AccessRule]] = {}
-        self.count = 0
-
-    def _slot(self, rule: AccessRule, create: bool) -> Tuple[Dict, object]:
-        target = rule.target
-        if target == "asn":
-            return self.asn, int(rule.value[2:])
-        if target == "country":
-            return self.country, rule.value
-        version, length, network = _address(target, rule.value)
-        table = self.tables.get((version, length))
-        if table is None:
-            table = {}
-            if create:
-                self.tables[(version, length)] = table
-                self._lengths()
-        return table, network
-
-    def _lengths(self) -> None:
-        for version, masks in ((4, _MASKS_V4), (6, _MASKS_V6)):
-            used = sorted((length for v, length in self.tables if v == version), reverse=True)
-            entries = [(masks[length], self.tables[(version, length)], length) for length in used]
-            if version == 4:
-                self.v4 = entries
-            else:
-                self.v6 = entries
-
-    def add(self, rule: AccessRule) -> None:
-        table, key = self._slot(rule, create=True)
-        rules = table.setdefault(key, [])
-        if rule.mode == WHITELIST:
-            rules.insert(0, rule)
-        else:
-            rules.append(rule)
-        self.count += 1
-
-    def remove(self, rule: AccessRule) -> None:
-        table, key = self._slot(rule, create=False)
-        rules = table[key]
-        rules.remove(rule)
-        self.count -= 1
-        if rules:
-            return
-        del table[key]
-        if not table and rule.target not in ("asn", "country"):
-            version, length, _ = _address(rule.target, rule.value)
-            del self.tables[(version, length)]
-            self._lengths()
-
-    def match(self, version: int, address: int, country: str, asn: Optional[int]) -> Tuple[Optional[AccessRule], int]:
-        """
-        The deciding rule of this scope and its rank, or (None, -1).
-        """
-        for mask, table, length in self.v4 if version == 4 else self.v6:
-            rules = table.get(address & mask)
-            if rules is not None:
-                return rules[0], _RANK_ADDRESS + length
-        if asn is not None and self.asn:
-            rules = self.asn.get(asn)
-            if rules is not None:
-                return rules[0], _RANK_ASN
-        if self.country:
-            rules = self.country.get(country)
-            if rules is not None:
-                return rules[0], _RANK_COUNTRY
-        return None, -1
-
-
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Decision:
     """
@@ -292,6 +217,173 @@ class Decision:
     allowed: bool
     rule: Optional[AccessRule]
     matched: str
+
+    @classmethod
+    def by(cls, rule: AccessRule) -> Decision:
+        return cls(rule.mode == WHITELIST, rule, matched_name(rule))
+
+
+# Chunk widths (leading bits) of the levels of each family, longest first: a
+# prefix of length L is listed under its chunk at the widest level not
+# longer than L.
+_LEVELS = {4: (24, 16, 8, 0), 6: (112, 96, 80, 64, 48, 32, 16, 8, 0)}
+_BITS = {4: 32, 6: 128}
+
+_Probe = Tuple[int, Dict[int, List[Decision]], int]
+
+
+class _Family:
+    """
+    The address rules of one family in one scope.
+
+    One hash table per prefix length, keyed by the masked network, holds the
+    decisions for that network (whitelists first). Which lengths to probe
+    for an address is narrowed by its leading bits: each level (a chunk
+    width) maps the chunks that hold prefixes to the lengths in use there,
+    longest first. A decision probes the address's chunk at each level and
+    only the lengths listed for it, so with prefixes spread over the address
+    space it probes a handful of tables, not every length in use.
+    """
+
+    def __init__(self, version: int) -> None:
+        self.bits = _BITS[version]
+        self.masks = _MASKS_V4 if version == 4 else _MASKS_V6
+        self.tables: Dict[int, Dict[int, List[Decision]]] = {}
+        # (shift, {chunk: [probe, ...]}) per level, longest chunks first
+        self.levels: List[Tuple[int, Dict[int, List[_Probe]]]] = [(self.bits - width, {}) for width in _LEVELS[version]]
+        # (level index, chunk, length) -> how many networks
+        self.counts: Dict[Tuple[int, int, int], int] = {}
+
+    def _level(self, length: int) -> int:
+        for index, (shift, _) in enumerate(self.levels):
+            if self.bits - shift <= length:
+                return index
+        raise AssertionError(length)  # pragma: no cover - the last level is width 0
+
+    def entries(self, length: int, network: int, create: bool) -> Optional[List[Decision]]:
+        table = self.tables.get(length)
+        if table is None:
+            if not create:
+                return None
+            table = self.tables[length] = {}
+        entries = table.get(network)
+        if entries is None and create:
+            entries = table[network] = []
+            level = self._level(length)
+            shift, chunks = self.levels[level]
+            chunk = network >> shift
+            key = (level, chunk, length)
+            count = self.counts.get(key, 0)
+            self.counts[key] = count + 1
+            if not count:
+                probes = chunks.setdefault(chunk, [])
+                probes.append((self.masks[length], table, length))
+                probes.sort(key=lambda probe: -probe[2])
+        return entries
+
+    def discard(self, length: int, network: int) -> None:
+        table = self.tables[length]
+        del table[network]
+        level = self._level(length)
+        shift, chunks = self.levels[level]
+        chunk = network >> shift
+        key = (level, chunk, length)
+        self.counts[key] -= 1
+        if not self.counts[key]:
+            del self.counts[key]
+            probes = chunks[chunk]
+            probes[:] = [probe for probe in probes if probe[2] != length]
+            if not probes:
+                del chunks[chunk]
+        if not table:
+            del self.tables[length]
+
+    def match(self, address: int) -> Tuple[Optional[List[Decision]], int]:
+        for shift, chunks in self.levels:
+            if chunks:
+                probes = chunks.get(address >> shift)
+                if probes is not None:
+                    for mask, table, length in probes:
+                        found = table.get(address & mask)
+                        if found is not None:
+                            return found, length
+        return None, -1
+
+
+class _Rules:
+    """
+    The rules of one scope, indexed: address rules per family, and one table
+    each for ASNs and countries. Each entry is a list of the decisions of
+    the rules with that key, whitelists first, so its first one decides.
+    """
+
+    def __init__(self) -> None:
+        self.v4 = _Family(4)
+        self.v6 = _Family(6)
+        self.asn: Dict[int, List[Decision]] = {}
+        self.country: Dict[str, List[Decision]] = {}
+        self.count = 0
+
+    def _entries(self, rule: AccessRule, create: bool) -> Optional[List[Decision]]:
+        target = rule.target
+        if target == "asn":
+            number = int(rule.value[2:])
+            return self.asn.setdefault(number, []) if create else self.asn.get(number)
+        if target == "country":
+            return self.country.setdefault(rule.value, []) if create else self.country.get(rule.value)
+        version, length, network = _address(target, rule.value)
+        family = self.v4 if version == 4 else self.v6
+        return family.entries(length, network, create)
+
+    def same(self, rule: AccessRule) -> List[AccessRule]:
+        """
+        The rules with the same key as C{rule}.
+        """
+        entries = self._entries(rule, create=False) or []
+        return [decision.rule for decision in entries if decision.rule is not None]
+
+    def add(self, rule: AccessRule) -> None:
+        entries = self._entries(rule, create=True)
+        assert entries is not None
+        decision = Decision.by(rule)
+        if rule.mode == WHITELIST:
+            entries.insert(0, decision)
+        else:
+            entries.append(decision)
+        self.count += 1
+
+    def remove(self, rule: AccessRule) -> None:
+        entries = self._entries(rule, create=False)
+        assert entries is not None
+        entries[:] = [decision for decision in entries if decision.rule is not rule]
+        self.count -= 1
+        if entries:
+            return
+        target = rule.target
+        if target == "asn":
+            del self.asn[int(rule.value[2:])]
+        elif target == "country":
+            del self.country[rule.value]
+        else:
+            version, length, network = _address(target, rule.value)
+            (self.v4 if version == 4 else self.v6).discard(length, network)
+
+    def match(self, version: int, address: int, country: str, asn: Optional[int]) -> Tuple[Optional[Decision], int]:
+        """
+        The deciding decision of this scope and its rank, or (None, -1).
+        """
+        found, length = (self.v4 if version == 4 else self.v6).match(address)
+        if found is not None:
+            return found[0], _RANK_ADDRESS + length
+        if asn is not None and self.asn:
+            found = self.asn.get(asn)
+            if found is not None:
+                return found[0], _RANK_ASN
+        if self.country:
+            found = self.country.get(country)
+            if found is not None:
+                return found[0], _RANK_COUNTRY
+        return None, -1
 
 
 _NO_MATCH = Decision(True, None, UNMATCHED)
@@ -343,10 +435,16 @@ class Firewall:
         """
         Add C{rule}; one without an id gets a new random one.
 
-        @return: the rule as stored (with its id).
+        @return: the rule as stored (with its id, its value in canonical form).
+        @raise RuleError: its mode, target or value is not usable.
         @raise DuplicateRule: a rule with this id, or this target, value and
             scope, is already there.
         """
+        if rule.mode not in MODES or rule.target not in TARGETS:
+            raise RuleError(f"{rule.mode} {rule.target} is not a rule (modes: whitelist, block)")
+        value = canonical_value(rule.target, rule.value)
+        if value != rule.value:
+            rule = attr.evolve(rule, value=value)
         if not rule.id:
             rule = attr.evolve(rule, id=uuid.uuid4().hex)
         if rule.id in self._rules:
@@ -364,8 +462,7 @@ class Firewall:
         scope = self._apps.get(rule.app) if rule.app is not None else self._global
         if scope is None:
             return []
-        table, key = scope._slot(rule, create=False)
-        return [r for r in table.get(key, ()) if r.target == rule.target]
+        return [same for same in scope.same(rule) if same.target == rule.target]
 
     def remove(self, id: str) -> AccessRule:
         """
@@ -438,11 +535,9 @@ class Firewall:
         best, rank = self._global.match(version, address, country, asn)
         scoped = self._apps.get(app)
         if scoped is not None:
-            rule, scoped_rank = scoped.match(version, address, country, asn)
-            if rule is not None and (
-                scoped_rank > rank or (scoped_rank == rank and rule.mode == WHITELIST and best.mode != WHITELIST)
+            decision, scoped_rank = scoped.match(version, address, country, asn)
+            if decision is not None and (
+                scoped_rank > rank or (scoped_rank == rank and decision.allowed and not best.allowed)
             ):
-                best = rule
-        if best is None:
-            return _NO_MATCH
-        return Decision(best.mode == WHITELIST, best, matched_name(best))
+                best = decision
+        return _NO_MATCH if best is None else best

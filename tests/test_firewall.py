@@ -120,6 +120,11 @@ def test_bad_mode() -> None:
 
 def test_add_remove_update_replace() -> None:
     fw = Firewall()
+    with pytest.raises(RuleError):
+        fw.add(AccessRule(mode="block", target="ip", value="192.0.2.x"))
+    rule = fw.add(AccessRule(mode="block", target="ip6", value="2001:DB8::1"))
+    assert rule.value == "2001:db8::1" and not fw.decide("a", "2001:db8::1").allowed
+    fw.remove(rule.id)
     rule = fw.add(AccessRule(mode="block", target="ip", value="192.0.2.1"))
     assert len(rule.id) == 32 and fw.get(rule.id) == rule
     assert not fw.decide("a", "192.0.2.1").allowed

@@ -77,6 +77,9 @@ class AnalyticsCollector:
             ingress.add_metric(values, series.bytes_ingress)
             egress.add_metric(values, series.bytes_egress)
             histogram = series.durations
+            if not histogram.count and not origin:
+                # Refused connections have no duration to show.
+                continue
             buckets = [
                 ("+Inf" if bound == float("inf") else repr(bound), count)
                 for bound, count in histogram.cumulative(EXPOSED_BOUNDS)
