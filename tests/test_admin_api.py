@@ -11,7 +11,6 @@ import time
 from typing import Any, Dict, List
 
 import pytest_twisted
-from adminkit import EDIT, EMAIL, READ, Admin, document, echo_app
 from twisted.internet import reactor, utils
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
@@ -19,6 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from spectrum import status as S
 
+from adminkit import EDIT, EMAIL, READ, Admin, document, echo_app
 from conftest import free_port, require_program
 from relaykit import OriginFactory, connect_client, listen_origin, sleep
 

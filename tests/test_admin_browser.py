@@ -134,9 +134,7 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
         # The next connection from that address is refused, and the page says so.
         assert reply_from(edge, "127.0.0.9") == b""
         assert reply_from(edge, "127.0.0.1") == b"origin-one\n"
-        refused = wait.until(
-            EC.presence_of_element_located((By.CSS_SELECTOR, '#refused tr[data-client="127.0.0.9"]'))
-        )
+        refused = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '#refused tr[data-client="127.0.0.9"]')))
         assert "403" in refused.text and "127.0.0.9" in refused.text
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#events tr[data-event="clientFiltered"]'))
         browser.execute_script("document.getElementById('refused').scrollIntoView()")

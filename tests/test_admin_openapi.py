@@ -16,7 +16,6 @@ from typing import Any, Dict, Iterator, Tuple
 import pytest
 import requests
 import schemathesis
-from adminkit import EDIT, document, echo_app
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
@@ -26,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from adminkit import EDIT, document, echo_app
 from conftest import free_port
 from procs import NamedOrigin, start_twistd, write_config
 
