@@ -42,6 +42,7 @@ from spectrum.model import (
     EventLogSettings,
     GeoIPFiles,
     Limits,
+    Monitor,
     Origin,
     Pool,
     PortMapping,
@@ -816,12 +817,18 @@ class _Builder:
                         port=port,
                         weight=float(item.get("weight", 1.0)),
                         enabled=item.get("enabled", True),
+                        drain=item.get("drain", False),
                     )
                 )
+            monitor = None
+            if "monitor" in spec:
+                monitor = self.monitor(where + ("monitor",), spec["monitor"])
             pool = Pool(
                 name=spec.get("name", name),
                 origins=tuple(origins),
                 load_balancing=spec.get("load_balancing", "round_robin"),
+                monitor=monitor,
+                when_all_down=spec.get("when_all_down", "refuse"),
             )
             return pool, ports
 
@@ -927,3 +934,84 @@ class _Builder:
                 where,
                 f"port {port} conflicts with {_format_path(place, '')} {mapping.origin}; give the port in one place",
             )
+
+    def monitor(self, path: _Path, raw: dict[str, Any]) -> Monitor:
+        """
+        A pool's health check; keys that the monitor's type would ignore
+        are refused.
+        """
+        kind = raw.get("type", "tcp")
+        allowed = set(_MONITOR_COMMON) | set(_MONITOR_KEYS[kind])
+        for key in raw:
+            if key not in allowed:
+                users = [t for t, keys in _MONITOR_KEYS.items() if key in keys]
+                raise self.fail(path + (key,), f"does not apply to a {kind} monitor (only to {', '.join(users)})")
+        for key in ("interval", "timeout"):
+            if key in raw and not math.isfinite(raw[key]):
+                raise self.fail(path + (key,), f"expected seconds, got {raw[key]!r}")
+        defaults = Monitor()
+        interval = float(raw.get("interval", defaults.interval))
+        timeout = float(raw.get("timeout", defaults.timeout))
+        if timeout > interval:
+            raise self.fail(
+                path + ("timeout",), f"{_show(raw.get('timeout', timeout))} is longer than interval {interval:g}"
+            )
+        if "expect" in raw and "expect_regex" in raw:
+            raise self.fail(path + ("expect_regex",), "give only one of expect, expect_regex")
+        regex = None
+        if "expect_regex" in raw:
+            regex = raw["expect_regex"].encode("utf-8")
+            try:
+                re.compile(regex)
+            except re.error as e:
+                raise self.fail(path + ("expect_regex",), f"not a valid regular expression: {e}")
+        if kind == "udp" and ("send" not in raw or not ("expect" in raw or "expect_regex" in raw)):
+            raise self.fail(path, "a udp monitor needs send, and expect or expect_regex")
+        if "ca" in raw and not os.path.isfile(raw["ca"]):
+            raise self.fail(path + ("ca",), f"{_show(raw['ca'])} is not a readable file")
+        headers = tuple(
+            (name, (values,) if isinstance(values, str) else tuple(values))
+            for name, values in raw.get("header", {}).items()
+        )
+        return Monitor(
+            type=kind,
+            interval=interval,
+            timeout=timeout,
+            retries=raw.get("retries", defaults.retries),
+            consecutive_up=raw.get("consecutive_up", defaults.consecutive_up),
+            consecutive_down=raw.get("consecutive_down", defaults.consecutive_down),
+            port=raw.get("port"),
+            send=raw["send"].encode("utf-8") if "send" in raw else None,
+            expect=raw["expect"].encode("utf-8") if "expect" in raw else None,
+            expect_regex=regex,
+            path=raw.get("path", defaults.path),
+            method=raw.get("method", defaults.method),
+            expected_codes=raw.get("expected_codes", defaults.expected_codes),
+            expected_body=raw.get("expected_body"),
+            header=headers,
+            allow_insecure=raw.get("allow_insecure", False),
+            ca=raw.get("ca"),
+            passive_down=raw.get("passive_down", defaults.passive_down),
+        )
+
+
+_MONITOR_COMMON = (
+    "type",
+    "interval",
+    "timeout",
+    "retries",
+    "consecutive_up",
+    "consecutive_down",
+    "port",
+    "passive_down",
+)
+_STREAM_KEYS = ("send", "expect", "expect_regex")
+_HTTP_KEYS = ("path", "method", "expected_codes", "expected_body", "header", "allow_insecure", "ca")
+_MONITOR_KEYS: dict[str, tuple[str, ...]] = {
+    "tcp": _STREAM_KEYS,
+    "tls": _STREAM_KEYS + ("allow_insecure", "ca"),
+    "udp": _STREAM_KEYS,
+    "smtp": (),
+    "http": _HTTP_KEYS[:5],
+    "https": _HTTP_KEYS,
+}

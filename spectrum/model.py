@@ -14,6 +14,8 @@ import attr
 PROTOCOLS = ("tcp", "udp")
 LOAD_BALANCING = ("round_robin", "least_connections", "random", "hash")
 TLS_MODES = ("off", "flexible", "full", "strict")
+MONITOR_TYPES = ("tcp", "tls", "http", "https", "smtp", "udp")
+WHEN_ALL_DOWN = ("refuse", "try_all")
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -75,17 +77,64 @@ class Origin:
     port: Optional[int] = None
     weight: float = 1.0
     enabled: bool = True
+    #: no new connections; open ones continue (set from the config; the
+    #: admin API drains through L{spectrum.health.HealthChecker.drain})
+    drain: bool = False
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Monitor:
+    """
+    A pool's health check, with the field names of Cloudflare's load
+    balancer monitors; see L{spectrum.health}.
+
+    @ivar port: the port to probe; L{None} for each origin's own.
+    @ivar send: bytes written once connected (tcp, tls) or the datagram (udp).
+    @ivar expect: bytes the answer must contain; C{expect_regex}: a pattern
+        it must match instead.
+    @ivar header: HTTP request headers, name and values.
+    @ivar ca: a PEM file of CAs that verify tls/https origins (else the
+        system's); C{allow_insecure} skips verification.
+    @ivar passive_down: real connections that fail in a row (refused, timed
+        out, reset before any byte) that mark an origin down until a probe
+        passes; 0 turns passive health off.
+    """
+
+    type: str = "tcp"
+    interval: float = 60.0
+    timeout: float = 5.0
+    retries: int = 2
+    consecutive_up: int = 1
+    consecutive_down: int = 1
+    port: Optional[int] = None
+    send: Optional[bytes] = None
+    expect: Optional[bytes] = None
+    expect_regex: Optional[bytes] = None
+    path: str = "/"
+    method: str = "GET"
+    expected_codes: str = "200"
+    expected_body: Optional[str] = None
+    header: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    allow_insecure: bool = False
+    ca: Optional[str] = None
+    passive_down: int = 3
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Pool:
     """
     The origins of an app and how to spread connections over them.
+
+    @ivar monitor: the health check; L{None} treats every origin as up.
+    @ivar when_all_down: with no healthy origin, C{"refuse"} new connections
+        or C{"try_all"} enabled origins anyway.
     """
 
     name: str
     origins: Tuple[Origin, ...]
     load_balancing: str = "round_robin"
+    monitor: Optional[Monitor] = None
+    when_all_down: str = "refuse"
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)

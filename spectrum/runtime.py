@@ -13,7 +13,8 @@ from typing import Any, Callable, List, Optional, Set
 from twisted.internet.defer import Deferred, succeed
 
 from spectrum.balancer import Balancer
-from spectrum.model import App
+from spectrum.health import HealthChecker
+from spectrum.model import App, PortMapping
 from spectrum.record import ConnectionRecord, Recorders
 
 #: An edge check returns L{None} to admit a connection, or a Spectrum status
@@ -35,6 +36,8 @@ class AppRuntime:
         self.reactor = reactor
         self.app = app
         self.balancer = Balancer(app.pool)
+        #: probes the pool's origins; started and stopped by the service
+        self.health = HealthChecker(self.balancer, app.pool, _probe_port(app), reactor)
         self.recorders = recorders
         self.checks: List[EdgeCheck] = []
         self.connections: Set[Any] = set()
@@ -46,6 +49,20 @@ class AppRuntime:
         """
         self.app = app
         self.balancer.update(app.pool)
+        self.health.update(app.pool, _probe_port(app))
+
+    def origin_failed(self, origin: Any, reason: Any) -> None:
+        """
+        A real connection to C{origin} failed before any byte came back
+        (passive health; counted, never waited on).
+        """
+        self.health.passive_failure(origin, reason)
+
+    def origin_worked(self, origin: Any) -> None:
+        """
+        A real connection to C{origin} exchanged bytes.
+        """
+        self.health.passive_success(origin)
 
     def check(self, record: ConnectionRecord) -> Optional[int]:
         """
@@ -83,3 +100,12 @@ class AppRuntime:
         """
         for connection in list(self.connections):
             connection.abort(status, reason)
+
+
+def _probe_port(app: App) -> int:
+    """
+    The port probed for origins that have none of their own: the first
+    mapping's origin port, or its edge port.
+    """
+    mapping: PortMapping = app.ports[0]
+    return (mapping.origin or mapping.edge).first

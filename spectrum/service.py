@@ -148,6 +148,9 @@ class SpectrumService(MultiService):
             if existing is not None:
                 existing.update(app)
         self.runtimes.update(fresh)
+        if self.running:
+            for runtime in fresh.values():
+                runtime.health.start()
         for key, listener in list(self.listeners.items()):
             wanted_app = wanted.get(key)
             if wanted_app is None:
@@ -174,6 +177,7 @@ class SpectrumService(MultiService):
         for name in list(self.runtimes):
             if name not in names:
                 runtime = self.runtimes.pop(name)
+                runtime.health.stop()
                 self._retire(runtime)
         self.config = config
         for hook in self.config_hooks:
@@ -220,6 +224,8 @@ class SpectrumService(MultiService):
         if not self.listeners and self.config.apps:
             # C{twist} (python -m twisted) has no privileged start.
             self._apply_or_exit()
+        for runtime in self.runtimes.values():
+            runtime.health.start()
         if self.handle_sighup:
             self.install_sighup()
 
@@ -256,6 +262,8 @@ class SpectrumService(MultiService):
         seconds, then close what is left.
         """
         yield super().stopService()
+        for runtime in self.runtimes.values():
+            runtime.health.stop()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None

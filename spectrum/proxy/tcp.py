@@ -265,6 +265,7 @@ class EdgeProtocol(Protocol):
         A connect attempt failed: try the next origin, or give up.
         """
         self._pending = None
+        self.runtime.origin_failed(origin, reason)
         if self._client_gone:
             self._origin_gone = True
             self._maybe_finish()
@@ -317,6 +318,11 @@ class EdgeProtocol(Protocol):
             self.transport.loseConnection()
         if self.origin_leg is not None:
             self.runtime.balancer.connection_closed(self.origin_leg.origin)
+            # Passive health: a reset before the origin sent anything is a failure.
+            if self._status == S.ORIGIN_RESET and not self.origin_leg.received:
+                self.runtime.origin_failed(self.origin_leg.origin, reason)
+            elif self.origin_leg.received:
+                self.runtime.origin_worked(self.origin_leg.origin)
         self._maybe_finish()
 
     # timers and the end ----------------------------------------------------
