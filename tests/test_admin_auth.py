@@ -201,7 +201,7 @@ def test_twistd_names_a_state_app_that_no_longer_fits(tmp_path: Any) -> None:
     assert result.returncode == 1, result
     out = result.stdout + result.stderr
     assert (
-        f"spectrum.state.json: app 'made' made through the admin API: protocol: {port} on 127.0.0.1 is already used by app 'echo'"
-        in out
+        f"spectrum.state.json: app 'made' made through the admin API: protocol: {port} on 127.0.0.1"
+        " is already used by app 'echo'" in out
     )
     assert "Traceback" not in out

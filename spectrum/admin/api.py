@@ -283,7 +283,7 @@ class AdminAPI(Resource):
         zone = r"/zones/(?P<zone>[^/]+)"
         app = zone + r"/spectrum/apps/(?P<app>[^/]+)"
         rules = r"/firewall/access_rules/rules"
-        self.routes: List[Tuple[re.Pattern[str], Dict[str, Handler]]] = [
+        routes: List[Tuple[str, Dict[str, Handler]]] = [
             (r"/zones", {"GET": self.list_zones}),
             (zone + r"/spectrum/apps", {"GET": self.list_apps, "POST": self.create_app}),
             (app, {"GET": self.get_app, "PUT": self.update_app, "DELETE": self.delete_app}),
@@ -300,7 +300,9 @@ class AdminAPI(Resource):
             (zone + r"/spectrum/events", {"GET": self.events}),
             (zone + r"/spectrum/live", {"GET": self.live}),
         ]
-        self.routes = [(re.compile("^" + pattern + "/?$"), methods) for pattern, methods in self.routes]
+        self.routes: List[Tuple[re.Pattern[str], Dict[str, Handler]]] = [
+            (re.compile("^" + pattern + "/?$"), methods) for pattern, methods in routes
+        ]
 
     # dispatch ----------------------------------------------------------------
 
