@@ -55,9 +55,7 @@ class RecentEvents:
             totals[1] += record.origin_bytes
             totals[2] += 1
 
-    def recent(
-        self, limit: int = 100, refused_only: bool = False, since: Optional[int] = None
-    ) -> List[Dict[str, Any]]:
+    def recent(self, limit: int = 100, refused_only: bool = False, since: Optional[int] = None) -> List[Dict[str, Any]]:
         """
         The newest events first (refusals only with C{refused_only}), after
         sequence number C{since} when given.
@@ -98,5 +96,10 @@ def live_traffic(service: Any, recent: RecentEvents) -> Dict[str, Dict[str, Any]
                 entry["bytes_egress"] += getattr(leg, "received", 0)
     for name, closed in recent.closed.items():
         if name not in result:
-            result[name] = {"connections": 0, "bytes_ingress": closed[0], "bytes_egress": closed[1], "closed": closed[2]}
+            result[name] = {
+                "connections": 0,
+                "bytes_ingress": closed[0],
+                "bytes_egress": closed[1],
+                "closed": closed[2],
+            }
     return result

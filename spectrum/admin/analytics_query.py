@@ -128,8 +128,10 @@ class Query:
         dimensions = _names("dimensions", arg("dimensions"), DIMENSIONS)
         filter_text = arg("filters") or ""
         filters = parse_filters(filter_text)
-        until = parse_time("until", arg("until")) if arg("until") else now
-        since = parse_time("since", arg("since")) if arg("since") else until - window * 60
+        until_text = arg("until")
+        since_text = arg("since")
+        until = parse_time("until", until_text) if until_text else now
+        since = parse_time("since", since_text) if since_text else until - window * 60
         if not (math.isfinite(since) and math.isfinite(until)) or since >= until:
             raise QueryError("since: must be before until")
         limit_text = arg("limit")
@@ -263,7 +265,7 @@ def summary(analytics: Any, ids: Dict[str, str], query: Query) -> Dict[str, Any]
         for metric in ("count", "bytesIngress", "bytesEgress"):
             group[metric] += sums[metric]
         group["apps"].add(names_of.get(values["appID"], values["appID"]))
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for key, group in groups.items():
         durations = _durations(analytics, group["apps"]) if any(m in DURATION_METRICS for m in query.metrics) else None
         metrics = [
@@ -318,7 +320,7 @@ def bytime(analytics: Any, ids: Dict[str, str], query: Query) -> Dict[str, Any]:
         if 0 <= slot < count:
             for index, metric in enumerate(query.metrics):
                 series[index][slot] += sums[metric]
-    rows = [{"dimensions": list(key), "metrics": series} for key, series in groups.items()]
+    rows: List[Dict[str, Any]] = [{"dimensions": list(key), "metrics": series} for key, series in groups.items()]
 
     def key_of(row: Dict[str, Any], name: str) -> Any:
         if name in query.metrics:
@@ -331,10 +333,10 @@ def bytime(analytics: Any, ids: Dict[str, str], query: Query) -> Dict[str, Any]:
     maxima: Dict[str, Any] = {}
     minima: Dict[str, Any] = {}
     for index, metric in enumerate(query.metrics):
-        values = [value for row in rows for value in row["metrics"][index]]
-        totals[metric] = sum(values)
-        maxima[metric] = max(values) if values else 0
-        minima[metric] = min(values) if values else 0
+        column = [value for row in rows for value in row["metrics"][index]]
+        totals[metric] = sum(column)
+        maxima[metric] = max(column) if column else 0
+        minima[metric] = min(column) if column else 0
     return {
         "data": rows,
         "data_lag": 0,
@@ -347,7 +349,9 @@ def bytime(analytics: Any, ids: Dict[str, str], query: Query) -> Dict[str, Any]:
     }
 
 
-def aggregate_current(analytics: Any, ids: Dict[str, str], wanted: Optional[Set[str]], now: float) -> List[Dict[str, Any]]:
+def aggregate_current(
+    analytics: Any, ids: Dict[str, str], wanted: Optional[Set[str]], now: float
+) -> List[Dict[str, Any]]:
     """
     Per app: open connections now, bytes of connections that closed in the
     current and the previous minute, and the mean duration so far.

@@ -283,7 +283,7 @@ class AdminAPI(Resource):
         zone = r"/zones/(?P<zone>[^/]+)"
         app = zone + r"/spectrum/apps/(?P<app>[^/]+)"
         rules = r"/firewall/access_rules/rules"
-        self.routes: List[Tuple[re.Pattern[str], Dict[str, Handler]]] = [
+        routes: List[Tuple[str, Dict[str, Handler]]] = [
             (r"/zones", {"GET": self.list_zones}),
             (zone + r"/spectrum/apps", {"GET": self.list_apps, "POST": self.create_app}),
             (app, {"GET": self.get_app, "PUT": self.update_app, "DELETE": self.delete_app}),
@@ -301,7 +301,9 @@ class AdminAPI(Resource):
             (zone + r"/spectrum/live", {"GET": self.live}),
             (zone + r"/spectrum/cluster", {"GET": self.cluster}),
         ]
-        self.routes = [(re.compile("^" + pattern + "/?$"), methods) for pattern, methods in self.routes]
+        self.routes: List[Tuple[re.Pattern[str], Dict[str, Handler]]] = [
+            (re.compile("^" + pattern + "/?$"), methods) for pattern, methods in routes
+        ]
 
     # dispatch ----------------------------------------------------------------
 
@@ -327,8 +329,7 @@ class AdminAPI(Resource):
         method = request.method.decode("ascii", "replace").upper()
         try:
             headers = {
-                name: (request.getHeader(name) or None)
-                for name in ("authorization", "x-auth-key", "x-auth-email")
+                name: (request.getHeader(name) or None) for name in ("authorization", "x-auth-key", "x-auth-email")
             }
             try:
                 self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
@@ -351,7 +352,9 @@ class AdminAPI(Resource):
                 params = match.groupdict()
                 zone = params.get("zone")
                 if zone is not None and zone != self.service.config.zone_id:
-                    raise ApiError(404, BAD_ZONE, f"no zone {zone!r}; this spectrum's zone is {self.service.config.zone_id!r}")
+                    raise ApiError(
+                        404, BAD_ZONE, f"no zone {zone!r}; this spectrum's zone is {self.service.config.zone_id!r}"
+                    )
                 call = Call(request, params)
                 if request.method in MUTATIONS:
                     call.has_body, call.body = decode_body(request)
@@ -609,7 +612,14 @@ class AdminAPI(Resource):
         try:
             rule = make_rule(body["mode"], target, configuration["value"], body.get("notes", ""), app, uuid.uuid4().hex)
         except RuleError as e:
-            where = "mode" if str(e).startswith("mode") else "configuration"
+            text = str(e)
+            where = (
+                "mode"
+                if text.startswith("mode")
+                else "configuration.target"
+                if text.startswith("target")
+                else "configuration.value"
+            )
             raise ApiError(400, BAD_REQUEST, f"{where}: {e}") from None
         try:
             rule = self.firewall.add(rule)
@@ -618,8 +628,13 @@ class AdminAPI(Resource):
         now = now_iso(self.reactor.seconds())
         self.rule_meta[rule.id] = {"scope": scope, "source": "api", "created_on": now, "modified_on": now}
         self._save_rules(undo=lambda: self._forget(rule.id))
-        self.log.info("access rule {id} added: {mode} {target} {value}", id=rule.id, mode=rule.mode,
-                      target=rule.target, value=rule.value)
+        self.log.info(
+            "access rule {id} added: {mode} {target} {value}",
+            id=rule.id,
+            mode=rule.mode,
+            target=rule.target,
+            value=rule.value,
+        )
         return self._rule_shape(rule)
 
     def _forget(self, rule_id: str) -> None:
@@ -644,7 +659,9 @@ class AdminAPI(Resource):
         rule = self._api_rule(call)
         body = call.object_body()
         if "configuration" in body:
-            raise ApiError(400, BAD_REQUEST, "configuration: a rule's target and value cannot change; delete it and add another")
+            raise ApiError(
+                400, BAD_REQUEST, "configuration: a rule's target and value cannot change; delete it and add another"
+            )
         check_fields(body, {"mode": str, "notes": str})
         if not body:
             raise ApiError(400, BAD_REQUEST, "give mode or notes to change")

@@ -140,8 +140,7 @@ def _rebuilt(app: App) -> Dict[str, Any]:
     else:
         document["protocol"] = app.protocol
         document["ports"] = [
-            {"destination_port": str(m.edge), **({"origin_port": str(m.origin)} if m.origin else {})}
-            for m in app.ports
+            {"destination_port": str(m.edge), **({"origin_port": str(m.origin)} if m.origin else {})} for m in app.ports
         ]
     if app.dns_name:
         document["dns"] = {"type": app.dns_type, "name": app.dns_name}

@@ -51,7 +51,7 @@ class StaticFile(File):
         similar = StaticFile(path, self.defaultType, self.ignoredExts, self.registry)
         similar.processors = self.processors
         similar.indexNames = self.indexNames[:]
-        similar.childNotFound = NotFound()
+        similar.childNotFound = NotFound()  # type: ignore[assignment]
         return similar
 
 
@@ -121,7 +121,7 @@ class Root(Resource):
         # put the API's rules back.
         service.config_hooks.append(lambda config: self.api.restore_rules())
         static = StaticFile(STATIC)
-        static.childNotFound = NotFound()
+        static.childNotFound = NotFound()  # type: ignore[assignment]
         self.static = static
         self.putChild(b"static", static)
         self.putChild(b"client", self.api)

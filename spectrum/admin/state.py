@@ -140,7 +140,9 @@ class AdminState:
 
     # the configuration -----------------------------------------------------
 
-    def compose(self, apps: Optional[Dict[str, Dict[str, Any]]] = None, base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def compose(
+        self, apps: Optional[Dict[str, Dict[str, Any]]] = None, base: Optional[Dict[str, Any]] = None
+    ) -> Dict[str, Any]:
         """
         The running configuration document: the file's, with the API's apps
         (C{apps}, or the current ones) after the file's own.

@@ -49,6 +49,17 @@ function setStatus(text, bad) {
   node.style.color = bad ? "#ff8a8a" : "";
 }
 
+// On a phone each table row becomes a card: every cell is labelled with
+// its column's heading (shown by the stylesheet under 600px).
+function labelCells(table) {
+  const headings = [...table.querySelectorAll("thead th")].map((th) => th.textContent);
+  for (const row of table.querySelectorAll("tbody tr")) {
+    [...row.children].forEach((cell, index) => {
+      if (headings[index] && !cell.hasAttribute("colspan")) cell.setAttribute("data-label", headings[index]);
+    });
+  }
+}
+
 // login -------------------------------------------------------------------
 
 async function signIn(token) {
@@ -228,6 +239,7 @@ async function refreshApps() {
       el("td", { class: "num" }, open),
       el("td", {}, el("span", { class: "pill" }, app.source))));
   }
+  labelCells($("#apps"));
 }
 
 // access rules ------------------------------------------------------------------
@@ -256,6 +268,7 @@ async function refreshRules() {
   body.replaceChildren();
   if (!rules.length) body.append(el("tr", {}, el("td", { colspan: "6", class: "muted" }, "No access rules: every client is admitted.")));
   for (const rule of rules) body.append(ruleRow(rule));
+  labelCells($("#rules"));
 }
 
 function ruleRow(rule) {
@@ -349,6 +362,7 @@ async function refreshEvents() {
         el("td", {}, statusPill(e.Status)),
         el("td", { class: "num" }, e.Event === "connect" ? "" : formatTotal(e.ClientBytes + e.OriginBytes))));
     }
+    labelCells($("#events"));
   }
   if (refused.ok) {
     const body = $("#refused tbody");
@@ -362,6 +376,7 @@ async function refreshEvents() {
         el("td", {}, statusPill(e.Status)),
         el("td", {}, e.Reason || e.ClientMatchedIpFirewall)));
     }
+    labelCells($("#refused"));
   }
 }
 
@@ -380,6 +395,7 @@ async function refreshHealth() {
       el("td", {}, el("span", { class: "pill " + (change.healthy ? "good" : "bad") }, change.healthy ? "up" : "down")),
       el("td", {}, change.error || change.reason || "")));
   }
+  labelCells($("#health"));
 }
 
 // start ------------------------------------------------------------------------------
