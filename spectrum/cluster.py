@@ -350,6 +350,10 @@ class Cluster(Service):
         self.events_pending: List[Dict[str, Any]] = []
         self.events_dropped = 0
         self._health_sent: Dict[str, str] = {}
+        # summed minute buckets of the cluster, and when all were last read
+        self._minutes_cache: Dict[int, Dict[str, int]] = {}
+        self._full_read = float("-inf")
+        self._window_read = 0
         self._busy = False
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
@@ -609,6 +613,7 @@ class Cluster(Service):
 
     def resync(self) -> None:
         self.synced = False
+        self._full_read = float("-inf")
         self._resync().addErrback(self._resync_failed)
 
     def _resync_failed(self, failure: Any) -> None:
@@ -769,17 +774,27 @@ class Cluster(Service):
         Read the cluster's figures back: the view the admin API reports.
         """
         window = self.service.analytics.window if getattr(self.service, "analytics", None) else 60
-        newest = int(self.reactor.seconds() // 60)
+        now = self.reactor.seconds()
+        newest = int(now // 60)
         totals = yield self.store.totals()
-        minutes = yield self.store.minutes(newest - window + 1, newest)
+        # Past minutes change only when a node pushes late (after an
+        # outage): read the whole window once a minute, the last three
+        # minutes every time.
+        full = now - self._full_read >= 60 or window != self._window_read
+        first = newest - window + 1 if full else newest - 2
+        minutes = yield self.store.minutes(first, newest)
+        if full:
+            self._full_read, self._window_read = now, window
+        cache = self._minutes_cache
+        for minute in [m for m in cache if m >= first or m <= newest - window]:
+            del cache[minute]
+        for buckets in minutes.values():
+            for minute, counts in buckets.items():
+                _merge_into(cache.setdefault(minute, {}), counts)
         summed: Dict[str, int] = {}
         for counts in totals.values():
             _merge_into(summed, counts)
-        summed_minutes: Dict[int, Dict[str, int]] = {}
-        for buckets in minutes.values():
-            for minute, counts in buckets.items():
-                _merge_into(summed_minutes.setdefault(minute, {}), counts)
-        self.view = build_view(summed, summed_minutes, window, self.reactor)
+        self.view = build_view(summed, cache, window, self.reactor)
         self.nodes = {node: per_app(counts) for node, counts in totals.items()}
         self.health_view = yield self.store.health()
         self.recent_events = yield self.store.recent_events(100)

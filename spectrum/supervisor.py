@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import tempfile
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from twisted.application.internet import UNIXServer
 from twisted.application.service import MultiService, Service
@@ -86,9 +86,12 @@ class Supervisor(MultiService):
         return d.addBoth(cleanup)
 
 
-def make_supervisor(config: Config, count: int, drain_timeout: float, reactor: Any = None) -> Supervisor:
+def make_supervisor(
+    config: Config, count: int, drain_timeout: float, reactor: Any = None, extra: Sequence[str] = ()
+) -> Supervisor:
     """
-    The supervising process's service for C{count} workers of C{config}.
+    The supervising process's service for C{count} workers of C{config};
+    C{extra} are more C{twistd spectrum} options for the workers.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -107,7 +110,7 @@ def make_supervisor(config: Config, count: int, drain_timeout: float, reactor: A
         socket_path = os.path.join(tmpdir, "store.sock")
     workers = WorkerSupervisor(
         count,
-        worker_argv(os.path.abspath(config.source), drain_timeout, socket_path),
+        worker_argv(os.path.abspath(config.source), drain_timeout, socket_path, extra=extra),
         reactor=reactor,
         stop_timeout=drain_timeout + 5,
     )

@@ -86,7 +86,9 @@ def makeService(options: Options) -> Any:
     if options["worker"] is None and workers > 1:
         from spectrum.supervisor import make_supervisor
 
-        return make_supervisor(config, workers, options["drain-timeout"])
+        return make_supervisor(
+            config, workers, options["drain-timeout"], extra=["--certificate-check", str(options["certificate-check"])]
+        )
     if options["worker"]:
         config = _worker_config(config, options["worker"])
     service = SpectrumService(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -172,7 +172,11 @@ def _signal(worker: _WorkerProtocol, signum: int) -> None:
 
 
 def worker_argv(
-    source: str, drain_timeout: float, store_socket: Optional[str], argv: Optional[List[str]] = None
+    source: str,
+    drain_timeout: float,
+    store_socket: Optional[str],
+    argv: Optional[List[str]] = None,
+    extra: Sequence[str] = (),
 ) -> Callable[[int], List[str]]:
     """
     The command line of worker N: this Python running C{twistd -n
@@ -190,7 +194,7 @@ def worker_argv(
         command += ["spectrum", "--config", source, "--drain-timeout", str(drain_timeout)]
         if store_socket:
             command += ["--store-socket", store_socket]
-        return [*command, "--worker", str(index)]
+        return [*command, *extra, "--worker", str(index)]
 
     return build
 

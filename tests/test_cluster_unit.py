@@ -170,3 +170,33 @@ def test_cluster_rate_leaves_node_scoped_apps_alone() -> None:
     rate = ClusterRate(store, clock)
     runtime = runtime_with(Limits(per_ip_rate=1))
     assert [rate.check(runtime, record()) for _ in range(3)] == [None, None, None]
+
+
+def test_view_reads_past_minutes_once_a_minute() -> None:
+    clock = Clock()
+    clock.advance(60 * 1000 + 1)
+    store = MemoryStore(node="a", reactor=clock)
+    analytics = Analytics(clock, 60)
+    cluster = Cluster(store, reactor=clock)
+    cluster.service = service_for(analytics)
+    cluster.synced = True
+    minute = int(clock.seconds() // 60)
+    store.add_counts("b", minute - 10, {flat_name("e:connect"): 4})
+    store.add_counts("a", minute, {flat_name("e:connect"): 1})
+    cluster._tick()
+
+    def minutes() -> dict:
+        return {m["minute"] // 60: m["events"]["connect"] for m in cluster.view.snapshot()["game"]["minutes"]}
+
+    assert minutes() == {minute - 10: 4, minute: 1}
+    # A node pushes late into a past minute: seen within a minute, while
+    # the last minutes are read every second.
+    store.add_counts("b", minute - 10, {flat_name("e:connect"): 1})
+    store.add_counts("b", minute, {flat_name("e:connect"): 2})
+    clock.advance(1)
+    cluster._tick()
+    assert minutes() == {minute - 10: 4, minute: 3}
+    clock.advance(60)
+    cluster._tick()
+    assert minutes() == {minute - 10: 5, minute: 3}
+    assert cluster.view.app_totals("game")["events"]["connect"] == 8
