@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
+import yaml
 
 from conftest import free_port
 from nodekit import EchoOrigin, Node, app_config, echo_once, wait_port
@@ -258,3 +259,44 @@ def blocked_client(port: int, source: str = "127.0.0.2") -> None:
             raise ConnectionError(f"refused: {e}") from None
         if not data:
             raise ConnectionError("closed at once: refused")
+
+
+def test_per_ip_rate_across_the_cluster(tmp_path: Path, redis: RedisServer, origin: EchoOrigin) -> None:
+    """
+    C{per_ip_rate_scope: cluster}: an address's new connections count on
+    every node together, in one-second windows.
+    """
+    store = redis.url("rate")
+    a = ClusterNode(tmp_path, "a", store, origin)
+    b = ClusterNode(tmp_path, "b", store, origin)
+    for node in (a, b):
+        config = yaml.safe_load(node.process.config_path.read_text())
+        config["apps"][0]["limits"] = {"per_ip_rate": 4, "per_ip_rate_scope": "cluster"}
+        node.process.config_path.write_text(yaml.safe_dump(config))
+        node.start()
+    try:
+        a.ready()
+        b.ready()
+        time.sleep(1.0)  # the readiness probes' second is over
+        for _attempt in range(5):
+            # Start early in a second, so the whole sequence fits in one.
+            while time.time() % 1.0 > 0.05:
+                time.sleep(0.01)
+            second = int(time.time())
+            on_a = [admitted(a.edge) for _ in range(3)]
+            time.sleep(0.3)  # A's count reaches the store
+            on_b = []
+            for _ in range(3):
+                on_b.append(admitted(b.edge))
+                time.sleep(0.15)  # B hears the cluster's count
+            if int(time.time()) == second:
+                break
+        else:
+            pytest.fail("never fitted the sequence into one second")
+        # A admitted its three; B one more (the fourth), then refused: 429s.
+        assert on_a == [True, True, True]
+        assert on_b == [True, False, False]
+        assert "per_ip_rate 4/s exceeded across the cluster" in b.process.log()
+    finally:
+        statuses = [a.stop(), b.stop()]
+    assert all(s in (0, -signal.SIGTERM) for s in statuses)
