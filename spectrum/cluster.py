@@ -358,6 +358,12 @@ class Cluster(Service):
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
         self.rate = ClusterRate(store, reactor)
+        #: whether other processes share the store: only then does the API
+        #: report the store's sums (a lone process's own figures are exact
+        #: and have no lag)
+        from spectrum.store.memory import MemoryStore
+
+        self.shared = not isinstance(store, MemoryStore)
 
     # wiring ------------------------------------------------------------------
 
@@ -794,7 +800,8 @@ class Cluster(Service):
         summed: Dict[str, int] = {}
         for counts in totals.values():
             _merge_into(summed, counts)
-        self.view = build_view(summed, cache, window, self.reactor)
+        if self.shared:
+            self.view = build_view(summed, cache, window, self.reactor)
         self.nodes = {node: per_app(counts) for node, counts in totals.items()}
         self.health_view = yield self.store.health()
         self.recent_events = yield self.store.recent_events(100)

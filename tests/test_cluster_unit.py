@@ -178,6 +178,7 @@ def test_view_reads_past_minutes_once_a_minute() -> None:
     store = MemoryStore(node="a", reactor=clock)
     analytics = Analytics(clock, 60)
     cluster = Cluster(store, reactor=clock)
+    cluster.shared = True  # as with Redis, or the workers' shared store
     cluster.service = service_for(analytics)
     cluster.synced = True
     minute = int(clock.seconds() // 60)
