@@ -35,8 +35,8 @@ import socket
 from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -357,6 +357,9 @@ class Cluster(Service):
         self._busy = False
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
+        self._finishing: Optional[Deferred[Any]] = None
+        self._finish_waiters: List[Deferred[None]] = []
+        self._done = False
         self.rate = ClusterRate(store, reactor)
         #: whether other processes share the store: only then does the API
         #: report the store's sums (a lone process's own figures are exact
@@ -398,16 +401,54 @@ class Cluster(Service):
         self.store.start()
         self._ticker.start(self.interval, now=False)
         self.rate.start()
+        # At shutdown the service stops its children (this one) before it
+        # drains its connections; the store stays up through the drain, so
+        # the connections that close then are counted too. The reactor waits
+        # for this before it stops.
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._finish)
 
-    @inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
+        self.rate.stop()
+        # Not waited for here: the service drains only after its children
+        # have stopped.
+        self._finish()
+        return None
+
+    def _finish(self) -> Deferred[None]:
+        """
+        Once the service has drained (or its drain time is over), push what
+        is left and disconnect; a Deferred that fires when done.
+        """
+        if self._finishing is None:
+            self._finishing = self._close()
+            self._finishing.addBoth(self._closed)
+        if self._done:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._finish_waiters.append(waiter)
+        return waiter
+
+    def _closed(self, result: Any) -> None:
+        self._done = True
+        waiters, self._finish_waiters = self._finish_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    @inlineCallbacks
+    def _close(self) -> Any:
+        service = self.service
+        if service is not None:
+            deadline = self.reactor.seconds() + getattr(service, "drain_timeout", 0) + 1.0
+            while (service.running or service.listeners or service.open_connections()) and (
+                self.reactor.seconds() < deadline
+            ):
+                yield deferLater(self.reactor, 0.05, lambda: None)
         if self._ticker.running:
             self._ticker.stop()
-        self.rate.stop()
-        # A last push, so a clean stop loses nothing.
-        if self.service is not None and self.store.available and self.synced:
+        if service is not None and self.store.available and self.synced:
             try:
+                self.collect()
                 yield self._push()
             except Exception:
                 self.log.failure("store: last push at stop failed")

@@ -300,3 +300,43 @@ def test_per_ip_rate_across_the_cluster(tmp_path: Path, redis: RedisServer, orig
     finally:
         statuses = [a.stop(), b.stop()]
     assert all(s in (0, -signal.SIGTERM) for s in statuses)
+
+
+def test_connections_closing_during_the_drain_are_counted(
+    tmp_path: Path, redis: RedisServer, origin: EchoOrigin
+) -> None:
+    """
+    A node stopped with SIGTERM drains its connections; those that close
+    then still reach the store before the node exits.
+    """
+    import socket
+
+    store = redis.url("drain")
+    a = ClusterNode(tmp_path, "a", store, origin).start()
+    b = ClusterNode(tmp_path, "b", store, origin).start()
+    try:
+        a.ready()
+        b.ready()
+        held = socket.create_connection(("127.0.0.1", a.edge), timeout=5)
+        held.sendall(b"held")
+        assert held.recv(4) == b"held"
+        time.sleep(2.5)  # the connect is pushed; the close is to come
+        connects_before = b.api("GET", "/zones/local/spectrum/cluster")["nodes"]["a"]["echo"]["events"]
+        assert connects_before.get("disconnect", 0) < connects_before["connect"]
+        a.process.process.send_signal(signal.SIGTERM)
+        a.process.wait_log(r"draining 1 open connections")
+        time.sleep(0.5)
+        held.sendall(b"bye")
+        held.shutdown(socket.SHUT_WR)
+        assert held.recv(10) == b"bye"
+        held.close()
+        a.process.process.wait(15)
+
+        def a_closed_all() -> bool:
+            events = b.api("GET", "/zones/local/spectrum/cluster")["nodes"]["a"]["echo"]["events"]
+            return events.get("disconnect", 0) == events["connect"]
+
+        wait_until(a_closed_all, 3.0, "A's last close, during its drain, in the store")
+    finally:
+        statuses = [a.stop(), b.stop()]
+    assert all(s in (0, -signal.SIGTERM) for s in statuses)
