@@ -446,6 +446,8 @@ class Cluster(Service):
                 yield deferLater(self.reactor, 0.05, lambda: None)
         if self._ticker.running:
             self._ticker.stop()
+        while self._busy:  # a push under way finishes first
+            yield deferLater(self.reactor, 0.05, lambda: None)
         if service is not None and self.store.available and self.synced:
             try:
                 self.collect()
