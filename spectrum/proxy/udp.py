@@ -69,6 +69,13 @@ class _OriginDatagrams(DatagramProtocol):
     def connectionRefused(self) -> None:
         self.session.end(S.ORIGIN_REFUSED, "origin refused (ICMP port unreachable)")
 
+    def stopProtocol(self) -> None:
+        # The reactor closes a connected UDP socket on a pending socket error
+        # (EPOLLERR: an ICMP port unreachable from the origin) before any
+        # read could report it as refused.
+        if not self.session.ended:
+            self.session.end(S.ORIGIN_REFUSED, "origin refused (ICMP error on the origin socket)")
+
 
 class Session:
     """
