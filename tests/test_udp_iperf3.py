@@ -21,7 +21,7 @@ from conftest import free_port, require_program
 from relaykit import Proxy, make_app, sleep
 
 #: (datagram size, offered rate): a moderate load for each size.
-RUNS = [(64, "2M"), (1400, "40M"), (8900, "100M")]
+RUNS = [(64, "2M"), (1400, "40M"), (8900, "50M")]
 
 
 def free_both() -> int:
@@ -42,7 +42,7 @@ def free_both() -> int:
 async def iperf3_udp(binary: str, port: int, size: int, rate: str) -> Dict[str, Any]:
     out, err, code = await utils.getProcessOutputAndValue(
         binary,
-        ["-c", "127.0.0.1", "-p", str(port), "-u", "-b", rate, "-l", str(size), "-t", "1", "-J"],
+        ["-c", "127.0.0.1", "-p", str(port), "-u", "-b", rate, "-l", str(size), "-t", "1", "-w", "2M", "-J"],
     )
     assert code == 0, out.decode(errors="replace")[-2000:] + err.decode(errors="replace")
     return json.loads(out)["end"]["sum_received"]
@@ -71,8 +71,8 @@ async def test_iperf3_udp_through_the_edge_whole_datagrams_and_loss_near_direct(
             through = await iperf3_udp(binary, edge_port, size, rate)
             figures.append((size, rate, direct, through))
             assert through["packets"] > 0
-            # Whole: the receiver got size bytes for every datagram.
-            assert through["bytes"] == through["packets"] * size, (size, through)
+            # Whole: the receiver got size bytes for every datagram that came.
+            assert through["bytes"] == (through["packets"] - through["lost_packets"]) * size, (size, through)
             assert through["lost_percent"] <= direct["lost_percent"] + 2.0, (size, direct, through)
     finally:
         await proxy.stop()
@@ -82,7 +82,7 @@ async def test_iperf3_udp_through_the_edge_whole_datagrams_and_loss_near_direct(
         print(
             f"iperf3 -u -l {size} -b {rate}: direct {direct['packets']} datagrams"
             f" {direct['lost_percent']:.2f}% lost; through spectrum {through['packets']}"
-            f" datagrams {through['lost_percent']:.2f}% lost"
+            f" datagrams {through['lost_percent']:.2f}% lost, {through['bytes']} bytes"
         )
     sessions = [e for k, e in proxy.events if k == "disconnect" and e["ClientProto"] == "udp"]
     assert len(sessions) == len(RUNS)
