@@ -384,3 +384,35 @@ async def test_sessions_end_cleanly_on_reload_and_stop() -> None:
         await oport.stopListening()
     assert [e["Application"] for e in events(proxy, "disconnect")] == ["drop", "keep"]
     assert proxy.service.open_connections() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_origin_by_hostname_and_ipv6_edge() -> None:
+    origin4 = UDPOrigin(lambda data, addr: b"v4:" + data)
+    oport4 = listen_udp_origin(origin4)
+    origin6 = UDPOrigin(lambda data, addr: b"v6:" + data)
+    oport6 = listen_udp_origin(origin6, host="::1")
+    by_name = udp_app("named", [Origin(name="local", address="localhost", port=oport4.getHost().port)])
+    v6 = udp_app("six", [origin_at(oport6.getHost().port, host="::1")], ips=("::1",), proxy_protocol="simple")
+    proxy = Proxy(by_name, v6)
+    c4, p4 = bind_client()
+    c6, p6 = bind_client("::1")
+    try:
+        # Datagrams that come while the name resolves wait in the session.
+        for i in range(3):
+            c4.send(f"{i}".encode(), proxy.port("named"))
+        assert sorted(await c4.wait_for(3)) == [b"v4:0", b"v4:1", b"v4:2"]
+        c6.send(b"hello", proxy.port("six"), host="::1")
+        (reply,) = await c6.wait_for(1, timeout=0.3) or [None]
+        # The origin answered without the header: dropped.
+        assert reply is None
+        client, edge, payload = pp.decode_simple(origin6.received[0][0])
+        assert client == ("::1", p6.getHost().port) and edge == ("::1", proxy.port("six")) and payload == b"hello"
+    finally:
+        await proxy.stop()
+        for port in (p4, p6, oport4, oport6):
+            await port.stopListening()
+    ends = {e["Application"]: e for e in events(proxy, "disconnect")}
+    assert ends["named"]["OriginIP"] == "127.0.0.1" and ends["named"]["ClientDatagrams"] == 3
+    assert ends["named"]["OriginDatagrams"] == 3
+    assert ends["six"]["ClientIP"] == "::1" and ends["six"]["OriginDroppedDatagrams"] == 1

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import udp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -155,7 +156,8 @@ class Session:
         """
         Open this session's own socket to the origin at C{ip}:C{port}.
 
-        @raise OSError: no socket could be had (file descriptors exhausted).
+        @raise CannotListenError: no socket could be had (file descriptors
+            exhausted).
         """
         interface = "::" if isIPv6Address(ip) else ""
         self.port = reactor.listenUDP(0, _OriginDatagrams(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
@@ -163,30 +165,31 @@ class Session:
         self._send = self.port.socket.send
         pending, self._pending = self._pending, None
         for data in pending or ():
-            self._to_origin(data)
+            # Already counted when they arrived.
+            self.client_datagrams -= 1
+            self.client_bytes -= len(data)
+            self.from_client(data)
 
     # datagrams ----------------------------------------------------------------
 
     def from_client(self, data: bytes) -> None:
         self.client_datagrams += 1
         self.client_bytes += len(data)
-        if self._send is None:
+        send = self._send
+        if send is None:
             pending = self._pending
             if pending is not None and len(pending) < PENDING_DATAGRAMS:
                 pending.append(data)
             else:
                 self.dropped += 1
             return
-        self._to_origin(data)
-
-    def _to_origin(self, data: bytes) -> None:
         if self._spp:
             data = self._spp + data
         elif self._first:
             data = self._first + data
             self._first = b""
         try:
-            self._send(data)
+            send(data)
         except OSError as e:
             self._send_failed(e)
 
@@ -346,7 +349,7 @@ class UDPEdge(DatagramProtocol):
         if isIPAddress(address) or isIPv6Address(address):
             try:
                 session.connect(reactor, address, port)
-            except OSError as e:
+            except (OSError, CannotListenError) as e:
                 return self._refuse(addr, record, S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}", ORIGIN_ERROR)
         else:
             # Resolved off the data plane; the first datagrams wait in the
@@ -368,7 +371,7 @@ class UDPEdge(DatagramProtocol):
         session.record.origin_ip = ip
         try:
             session.connect(self.reactor, ip, port)
-        except OSError as e:
+        except (OSError, CannotListenError) as e:
             session.end(S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}")
 
     def _unresolved(self, reason: Failure, session: Session) -> None:
