@@ -246,3 +246,49 @@ async def test_untrusted_malformed_and_late_headers_close_only_their_connection(
     (done,) = [e for k, e in proxy.events if k == "disconnect"]
     assert done["ClientIP"] == "198.51.100.1" and done["ClientBytes"] == 2
     assert proxy.service.open_connections() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_edge_checks_and_hashing_see_the_declared_client() -> None:
+    origins, ports = [], []
+    for name in ("a", "b"):
+        factory = OriginFactory(echo=False, greeting=name.encode())
+        ports.append((factory, listen_origin(factory)))
+        origins.append(Origin(name=name, address="127.0.0.1", port=ports[-1][1].getHost().port))
+    app = attr.evolve(
+        make_app("in", origins, load_balancing="hash"),
+        accept_proxy_protocol=("127.0.0.0/8",),
+    )
+    proxy = Proxy(app)
+    seen: list = []
+
+    def block(runtime: Any, record: Any) -> Any:
+        seen.append(record.client_ip)
+        if record.client_ip == "203.0.113.66":
+            record.reason = "blocked by test rule"
+            return S.FIREWALL
+        return None
+
+    proxy.service.runtimes["in"].checks.append(block)
+
+    async def through(declared: str, bind: str) -> bytes:
+        client = await connect_client(proxy.port(), bind=bind)
+        client.transport.write(pp.encode_v2((declared, 1234), ("127.0.0.1", proxy.port())))
+        await sleep(0.1)
+        client.transport.loseConnection()
+        return await client.done
+
+    try:
+        assert await through("203.0.113.66", "127.0.0.2") == b""
+        # The same declared client through different upstreams: one origin.
+        answers = {await through("198.51.100.20", f"127.0.0.{i}") for i in range(2, 8)}
+        assert len(answers) == 1 and answers <= {b"a", b"b"}
+        spread = {await through(f"198.51.100.{i}", "127.0.0.2") for i in range(30, 60)}
+        assert spread == {b"a", b"b"}
+    finally:
+        await proxy.stop()
+        for _, port in ports:
+            await port.stopListening()
+    assert seen[0] == "203.0.113.66" and "127.0.0.2" not in seen
+    (blocked,) = [e for k, e in proxy.events if k == "clientFiltered"]
+    assert blocked["ClientIP"] == "203.0.113.66" and blocked["Status"] == S.FIREWALL

@@ -416,3 +416,34 @@ async def test_origin_by_hostname_and_ipv6_edge() -> None:
     assert ends["named"]["OriginIP"] == "127.0.0.1" and ends["named"]["ClientDatagrams"] == 3
     assert ends["named"]["OriginDatagrams"] == 3
     assert ends["six"]["ClientIP"] == "::1" and ends["six"]["OriginDroppedDatagrams"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_edge_checks_refuse_a_source_without_a_session() -> None:
+    origin = UDPOrigin()
+    oport = listen_udp_origin(origin)
+    proxy = Proxy(udp_app("checked", [origin_at(oport.getHost().port)]))
+
+    def block(runtime: Any, record: Any) -> Any:
+        if record.client_ip == "127.0.0.9":
+            record.reason = "blocked by test rule"
+            return S.FIREWALL
+        return None
+
+    proxy.service.runtimes["checked"].checks.append(block)
+    bad, bport = bind_client("127.0.0.9")
+    good, gport = bind_client("127.0.0.10")
+    try:
+        for _ in range(5):
+            bad.send(b"let me in", proxy.port())
+        good.send(b"hello", proxy.port())
+        assert await good.wait_for(1) == [b"hello"]
+        assert await bad.wait_for(1, timeout=0.2) == []
+        assert [data for data, _ in origin.received] == [b"hello"]
+        (refused,) = events(proxy, "clientFiltered")
+        assert refused["ClientIP"] == "127.0.0.9" and refused["Status"] == S.FIREWALL
+        assert refused["Reason"] == "blocked by test rule"
+    finally:
+        await proxy.stop()
+        for port in (bport, gport, oport):
+            await port.stopListening()

@@ -99,7 +99,7 @@ class InboundProxyEdge(EdgeProtocol):
             kind = IPv6Address if ":" in ip else IPv4Address
             self.declared_peer = kind("TCP", ip, port)
         EdgeProtocol.connectionMade(self)
-        if self.record is not None:
+        if self.record is not None and self._upstream is not None:
             self.record.extra["UpstreamIP"] = self._upstream[0]
             self.record.extra["UpstreamPort"] = self._upstream[1]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import attr
 
@@ -43,6 +43,7 @@ _V2_FAMILY = {
 _SPP = struct.Struct("!H16s16sHH")
 
 Address = Tuple[str, int]
+_IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 class ProxyHeaderError(Exception):
@@ -52,7 +53,7 @@ class ProxyHeaderError(Exception):
     """
 
 
-def _pair(source_ip: str, dest_ip: str) -> Tuple[int, ipaddress._BaseAddress, ipaddress._BaseAddress]:
+def _pair(source_ip: str, dest_ip: str) -> Tuple[int, _IP, _IP]:
     """
     Both addresses in one family: IPv4 when both are, otherwise IPv6 with
     IPv4 addresses mapped (a v4 client on a dual-stack edge).
@@ -64,9 +65,9 @@ def _pair(source_ip: str, dest_ip: str) -> Tuple[int, ipaddress._BaseAddress, ip
     return 6, _as_v6(source), _as_v6(dest)
 
 
-def _as_v6(address: ipaddress._BaseAddress) -> ipaddress.IPv6Address:
-    if address.version == 6:
-        return address  # type: ignore[return-value]
+def _as_v6(address: _IP) -> ipaddress.IPv6Address:
+    if isinstance(address, ipaddress.IPv6Address):
+        return address
     return ipaddress.IPv6Address("::ffff:" + str(address))
 
 

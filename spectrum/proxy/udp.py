@@ -377,7 +377,13 @@ class UDPEdge(DatagramProtocol):
     def _unresolved(self, reason: Failure, session: Session) -> None:
         session.end(S.ORIGIN_UNREACHABLE, f"{session.origin.address}: {reason.getErrorMessage()}")
 
-    def _refuse(self, addr: Address, record: ConnectionRecord, status: int, reason: str, kind: str) -> None:
+    def _refuse(
+        self, addr: Address, record: ConnectionRecord, status: int, reason: str, kind: str
+    ) -> Optional[Session]:
+        """
+        Drop a datagram whose source gets no session, and record it (once
+        per L{REFUSAL_RECORD_INTERVAL} for each address); always L{None}.
+        """
         self.refused += 1
         now = record.connect_time
         last = self._refusals.get(addr)
