@@ -9,7 +9,7 @@ INVALID_SNI = 400  # the ClientHello named no app on this port
 FIREWALL = 403  # refused by an access rule
 IDLE_TIMEOUT = 408  # spectrum: closed after timeouts.idle without a byte
 SESSION_LIMIT = 429  # spectrum: the app's or the client's UDP session cap is reached
-BAD_PROXY_HEADER = 491  # spectrum: inbound PROXY header malformed, late, or from an untrusted source
+BAD_PROXY_HEADER = 491  # spectrum: inbound PROXY header malformed, too long, or late
 CLIENT_TLS_FAILED = 443  # the client's TLS handshake failed
 ORIGIN_RESET = 444  # the origin reset an established connection
 ORIGIN_TIMEOUT = 445  # an established origin connection timed out
@@ -30,7 +30,7 @@ DESCRIPTIONS = {
     FIREWALL: "refused by an access rule",
     IDLE_TIMEOUT: "idle timeout",
     SESSION_LIMIT: "session limit reached",
-    BAD_PROXY_HEADER: "bad or untrusted PROXY header",
+    BAD_PROXY_HEADER: "bad PROXY header",
     CLIENT_TLS_FAILED: "client TLS handshake failed",
     ORIGIN_RESET: "origin reset the connection",
     ORIGIN_TIMEOUT: "origin connection timed out",
