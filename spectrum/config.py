@@ -530,8 +530,6 @@ class _Builder:
         trusted: list[str] = []
         if "accept_proxy_protocol" in raw:
             where = path + ("accept_proxy_protocol",)
-            if protocol != "tcp":
-                raise self.fail(where, "is for tcp apps only")
             for index, text in enumerate(raw["accept_proxy_protocol"]["trusted"]):
                 try:
                     network = ipaddress.ip_network(text, strict=False)

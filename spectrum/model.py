@@ -116,8 +116,9 @@ class App:
     @ivar origin_tries: how many origins to try, in the balancer's order,
         before a connection is given up.
     @ivar accept_proxy_protocol: networks (CIDR) trusted to send a PROXY
-        header in front of each connection, whose declared client address
-        then counts as the client's; empty when none is accepted.
+        header in front of each connection (UDP: of each session's first
+        datagram), whose declared client address then counts as the
+        client's; empty when none is accepted.
     @ivar max_sessions: UDP: the most sessions open at once (0: no cap).
     @ivar per_ip_sessions: UDP: the most sessions one client address may
         have open (0: no cap).

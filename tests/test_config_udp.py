@@ -104,7 +104,6 @@ apps:
             },
             "apps[0].limits.max_sessions: counts UDP sessions; it applies to udp apps only",
         ),
-        (app(accept_proxy_protocol={"trusted": ["10.0.0.0/8"]}), "apps[0].accept_proxy_protocol: is for tcp apps only"),
         (
             {
                 "apps": [

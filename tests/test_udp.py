@@ -11,6 +11,7 @@ import collections
 import socket
 from typing import Any, List
 
+import attr
 import pytest_twisted
 from twisted.internet import reactor, task
 from udpkit import UDPOrigin, bind_client, listen_udp_origin, udp_app
@@ -447,3 +448,56 @@ async def test_edge_checks_refuse_a_source_without_a_session() -> None:
         await proxy.stop()
         for port in (bport, gport, oport):
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_udp_upstream_v2_declares_the_client_through_two_edges() -> None:
+    """
+    client 127.0.0.7 -> edge A (proxy_protocol v2) -> edge B (accepts it
+    from 127.0.0.1, sends simple on) -> origin: the origin sees 127.0.0.7.
+    """
+
+    def answer(data: bytes, addr: Any) -> bytes:
+        client, _, payload = pp.decode_simple(data)
+        return pp.reverse_simple(data[: pp.SPP_LENGTH]) + payload + f"|{client[0]}:{client[1]}".encode()
+
+    origin = UDPOrigin(answer)
+    oport = listen_udp_origin(origin)
+    inner = attr.evolve(
+        udp_app("inner", [origin_at(oport.getHost().port)], proxy_protocol="simple", per_ip_sessions=1),
+        accept_proxy_protocol=("127.0.0.1/32",),
+    )
+    outer = udp_app("outer", [origin_at(inner.ports[0].edge.first)], proxy_protocol="v2")
+    proxy = Proxy(inner, outer)
+    client, cport = bind_client("127.0.0.7")
+    untrusted, uport = bind_client("127.0.0.3")
+    bare, bport = bind_client("127.0.0.1")
+    second, sport = bind_client("127.0.0.1")
+    second2, s2port = bind_client("127.0.0.1")
+    try:
+        me = f"127.0.0.7:{cport.getHost().port}".encode()
+        client.send(b"one", proxy.port("outer"))
+        client.send(b"two", proxy.port("outer"))
+        assert await client.wait_for(2) == [b"one|" + me, b"two|" + me]
+        # Straight to the inner edge from an untrusted address, header or not.
+        untrusted.send(pp.encode_v2(("203.0.113.1", 1), ("127.0.0.1", 2), "udp") + b"x", proxy.port("inner"))
+        assert await untrusted.wait_for(1, timeout=0.2) == []
+        # A trusted source without a header: refused.
+        bare.send(b"no header", proxy.port("inner"))
+        assert await bare.wait_for(1, timeout=0.2) == []
+        # The per-address cap counts the declared address: a second session
+        # declaring 127.0.0.7 is refused, another address is not.
+        second.send(pp.encode_v2(("127.0.0.7", 9), ("127.0.0.1", 2), "udp") + b"dup", proxy.port("inner"))
+        assert await second.wait_for(1, timeout=0.2) == []
+        second2.send(pp.encode_v2(("127.0.0.8", 9), ("127.0.0.1", 2), "udp") + b"ok", proxy.port("inner"))
+        assert await second2.wait_for(1) == [b"ok|127.0.0.8:9"]
+        assert len(origin.received) == 3
+    finally:
+        await proxy.stop()
+        for port in (cport, uport, bport, sport, s2port, oport):
+            await port.stopListening()
+    inner_events = [(k, e) for k, e in proxy.events if e["Application"] == "inner"]
+    refused = [(e["ClientIP"], e["Status"]) for k, e in inner_events if k == "clientFiltered"]
+    assert refused == [("127.0.0.3", S.FIREWALL), ("127.0.0.1", S.BAD_PROXY_HEADER), ("127.0.0.7", S.SESSION_LIMIT)]
+    ends = [e for k, e in inner_events if k == "disconnect"]
+    assert {(e["ClientIP"], e["UpstreamIP"]) for e in ends} == {("127.0.0.7", "127.0.0.1"), ("127.0.0.8", "127.0.0.1")}

@@ -11,7 +11,9 @@ sessions; nothing is rescheduled per datagram.
 PROXY protocol: C{v2} puts a DGRAM header on the first datagram of a
 session; C{simple} (Cloudflare's Simple Proxy Protocol) puts a 38-byte
 header on every datagram both ways, and a reply whose header does not
-match its session is dropped and counted.
+match its session is dropped and counted. With C{accept_proxy_protocol},
+the first datagram from a trusted upstream starts with a PROXY header (v2,
+as an edge in front sends it) that names the client the session is for.
 """
 
 from __future__ import annotations
@@ -293,30 +295,48 @@ class UDPEdge(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         session = self.sessions.get(addr)
         if session is None:
-            session = self._open(addr)
-            if session is None:
+            opened = self._open(addr, data)
+            if opened is None:
                 return
+            session, data = opened
         session.from_client(data)
 
     # opening ------------------------------------------------------------------
 
-    def _open(self, addr: Address) -> Optional[Session]:
+    def _open(self, addr: Address, data: bytes) -> Optional[Tuple[Session, bytes]]:
+        """
+        A new session for the source C{addr}, and the first datagram's
+        payload (without an upstream's PROXY header); L{None} when the
+        source gets no session.
+        """
         runtime = self.runtime
         app = runtime.app
         reactor = self.reactor
         now = reactor.seconds()
         client_ip = normalize_ip(addr[0])
+        client_port = addr[1]
+        upstream = None
+        if app.accept_proxy_protocol:
+            declared = self._declared(addr, data, now)
+            if declared is None:
+                return None
+            info, data = declared
+            if info.source is not None:
+                upstream = (client_ip, client_port)
+                client_ip, client_port = info.source
         record = ConnectionRecord(
             application=app.name,
             app_id=app.id,
             client_ip=client_ip,
-            client_port=addr[1],
+            client_port=client_port,
             edge_ip=self._edge_ip,
             edge_port=self._edge_port,
             connect_time=now,
             client_proto="udp",
         )
         record.extra["ProxyProtocol"] = app.proxy_protocol
+        if upstream is not None:
+            record.extra["UpstreamIP"], record.extra["UpstreamPort"] = upstream
         refusal = runtime.check(record)
         if refusal is not None:
             return self._refuse(addr, record, refusal, record.reason, CLIENT_FILTERED)
@@ -363,7 +383,44 @@ class UDPEdge(DatagramProtocol):
         runtime.balancer.connection_opened(origin)
         runtime.recorders(CONNECT, record)
         self._schedule_sweep()
-        return session
+        return session, data
+
+    def _declared(self, addr: Address, data: bytes, now: float) -> Optional[Tuple[proxyproto.ProxyInfo, bytes]]:
+        """
+        The PROXY header that must start the first datagram from an
+        upstream, and the payload after it; L{None} (the datagram refused
+        and recorded) for an untrusted source or a missing or bad header.
+        """
+        from spectrum.proxy.inbound import is_trusted
+
+        app = self.runtime.app
+        reason = None
+        status = S.BAD_PROXY_HEADER
+        result = None
+        if not is_trusted(addr[0], app.accept_proxy_protocol):
+            reason = f"{normalize_ip(addr[0])} is not trusted to send a PROXY header"
+            status = S.FIREWALL
+        else:
+            try:
+                result = proxyproto.HeaderDecoder().feed(data)
+            except proxyproto.ProxyHeaderError as e:
+                reason = str(e)
+            if result is None and reason is None:
+                reason = "the first datagram holds no whole PROXY header"
+        if result is not None:
+            return result
+        record = ConnectionRecord(
+            application=app.name,
+            app_id=app.id,
+            client_ip=normalize_ip(addr[0]),
+            client_port=addr[1],
+            edge_ip=self._edge_ip,
+            edge_port=self._edge_port,
+            connect_time=now,
+            client_proto="udp",
+        )
+        record.extra["ProxyProtocol"] = app.proxy_protocol
+        return self._refuse(addr, record, status, reason or "", CLIENT_FILTERED)
 
     def _resolved(self, ip: str, session: Session, port: int) -> None:
         if session.ended:
