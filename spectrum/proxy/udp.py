@@ -111,8 +111,6 @@ class Session:
         "_spp",
     )
 
-    log = Logger()
-
     def __init__(
         self,
         edge: UDPEdge,
@@ -189,11 +187,14 @@ class Session:
             data = self._spp + data
         elif self._first:
             data = self._first + data
-            self._first = b""
         try:
             send(data)
         except OSError as e:
             self._send_failed(e)
+            return
+        if self._first:
+            # Sent: the origin knows the client now.
+            self._first = b""
 
     def _send_failed(self, e: OSError) -> None:
         if e.errno == errno.ECONNREFUSED:
