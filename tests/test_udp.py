@@ -78,9 +78,8 @@ async def test_200_clients_across_loopback_get_only_their_own_replies() -> None:
         for rounds in range(3):
             for i, (client, _) in enumerate(clients):
                 client.send(f"client-{i}-round-{rounds}".encode(), proxy.port())
-            await sleep(0.05)
-        for client, _ in clients:
-            await client.wait_for(3)
+            for client, _ in clients:
+                await client.wait_for(rounds + 1)
         seen_sources = set()
         for i, (client, _) in enumerate(clients):
             tokens = [d.split(b"|")[0] for d in client.received]

@@ -7,6 +7,7 @@ whole, and loss at a moderate rate stays near a direct run's.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 from typing import Any, Dict
@@ -20,6 +21,7 @@ from spectrum.model import Origin
 from conftest import free_port, require_program
 from relaykit import Proxy, make_app, sleep
 
+TIMEOUT = shutil.which("timeout") or "/usr/bin/timeout"
 #: (datagram size, offered rate): a moderate load for each size.
 RUNS = [(64, "2M"), (1400, "40M"), (8900, "50M")]
 
@@ -42,7 +44,10 @@ def free_both() -> int:
 async def iperf3_udp(binary: str, port: int, size: int, rate: str) -> Dict[str, Any]:
     args = ["-c", "127.0.0.1", "-p", str(port), "-u", "-b", rate, "-l", str(size), "-t", "1", "-w", "2M", "-J"]
     for _ in range(20):
-        out, err, code = await utils.getProcessOutputAndValue(binary, args)
+        # Bounded: an iperf3 client whose first UDP datagram is lost waits
+        # for the server's answer forever.
+        out, err, code = await utils.getProcessOutputAndValue(TIMEOUT, ["20", binary] + args)
+        assert code != 124, f"iperf3 -l {size} to port {port} did not finish in 20 s"
         result = json.loads(out)
         # The server takes a moment to finish the previous test.
         if "busy" not in result.get("error", ""):

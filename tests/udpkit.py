@@ -68,8 +68,21 @@ class UDPOrigin(protocol.DatagramProtocol):
             self.transport.write(reply, addr)
 
 
+#: Socket buffers of test peers: a burst from 200 clients must not
+#: overflow a peer that shares the process (and its reactor) with the edge.
+TEST_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def _roomy(port: Any) -> Any:
+    import socket
+
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        port.socket.setsockopt(socket.SOL_SOCKET, option, TEST_SOCKET_BUFFER)
+    return port
+
+
 def listen_udp_origin(origin: UDPOrigin, host: str = "127.0.0.1", port: int = 0) -> Any:
-    return reactor.listenUDP(port, origin, interface=host, maxPacketSize=65535)
+    return _roomy(reactor.listenUDP(port, origin, interface=host, maxPacketSize=65535))
 
 
 class UDPClient(protocol.DatagramProtocol):
@@ -118,5 +131,5 @@ class UDPClient(protocol.DatagramProtocol):
 
 def bind_client(host: str = "127.0.0.1") -> Tuple[UDPClient, Any]:
     client = UDPClient()
-    port = reactor.listenUDP(0, client, interface=host, maxPacketSize=65535)
+    port = _roomy(reactor.listenUDP(0, client, interface=host, maxPacketSize=65535))
     return client, port
