@@ -209,7 +209,8 @@ class Session:
             if data[: proxyproto.SPP_LENGTH] not in self._reply_headers:
                 self.bad_replies += 1
                 return
-            data = data[proxyproto.SPP_LENGTH :]
+            # A view, not a copy: the payload goes straight to the client.
+            data = memoryview(data)[proxyproto.SPP_LENGTH :]  # type: ignore[assignment]
         self.origin_datagrams += 1
         self.origin_bytes += len(data)
         try:
