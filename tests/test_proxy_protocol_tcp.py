@@ -274,7 +274,11 @@ async def test_edge_checks_and_hashing_see_the_declared_client() -> None:
     async def through(declared: str, bind: str) -> bytes:
         client = await connect_client(proxy.port(), bind=bind)
         client.transport.write(pp.encode_v2((declared, 1234), ("127.0.0.1", proxy.port())))
-        await sleep(0.1)
+        # Until the origin's one-byte greeting came, or the edge closed.
+        for _ in range(100):
+            if client.received or client.done.called:
+                break
+            await sleep(0.01)
         client.transport.loseConnection()
         return await client.done
 
