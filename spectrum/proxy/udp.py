@@ -267,6 +267,7 @@ class UDPEdge(DatagramProtocol):
 
     log = Logger()
     noisy = False
+    transport: Any
 
     def __init__(self, runtime: AppRuntime) -> None:
         self.runtime = runtime
@@ -341,22 +342,24 @@ class UDPEdge(DatagramProtocol):
             record.extra["UpstreamIP"], record.extra["UpstreamPort"] = upstream
         refusal = runtime.check(record)
         if refusal is not None:
-            return self._refuse(addr, record, refusal, record.reason, CLIENT_FILTERED)
+            self._refuse(addr, record, refusal, record.reason, CLIENT_FILTERED)
+            return None
         if app.max_sessions and len(runtime.connections) >= app.max_sessions:
-            return self._refuse(
-                addr, record, S.SESSION_LIMIT, f"app has {app.max_sessions} sessions open", CLIENT_FILTERED
-            )
+            self._refuse(addr, record, S.SESSION_LIMIT, f"app has {app.max_sessions} sessions open", CLIENT_FILTERED)
+            return None
         if app.per_ip_sessions and self.per_ip.get(client_ip, 0) >= app.per_ip_sessions:
-            return self._refuse(
+            self._refuse(
                 addr,
                 record,
                 S.SESSION_LIMIT,
                 f"{client_ip} has {app.per_ip_sessions} sessions open",
                 CLIENT_FILTERED,
             )
+            return None
         candidates = runtime.balancer.candidates(client_ip, 1)
         if not candidates:
-            return self._refuse(addr, record, S.NO_HEALTHY_ORIGIN, "", ORIGIN_ERROR)
+            self._refuse(addr, record, S.NO_HEALTHY_ORIGIN, "", ORIGIN_ERROR)
+            return None
         origin = candidates[0]
         try:
             mapped = app.mapping_for(self._edge_port).origin_port(self._edge_port)
@@ -372,7 +375,8 @@ class UDPEdge(DatagramProtocol):
             try:
                 session.connect(reactor, address, port)
             except (OSError, CannotListenError) as e:
-                return self._refuse(addr, record, S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}", ORIGIN_ERROR)
+                self._refuse(addr, record, S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}", ORIGIN_ERROR)
+                return None
         else:
             # Resolved off the data plane; the first datagrams wait in the
             # session (a few, bounded).
@@ -422,7 +426,8 @@ class UDPEdge(DatagramProtocol):
             client_proto="udp",
         )
         record.extra["ProxyProtocol"] = app.proxy_protocol
-        return self._refuse(addr, record, status, reason or "", CLIENT_FILTERED)
+        self._refuse(addr, record, status, reason or "", CLIENT_FILTERED)
+        return None
 
     def _resolved(self, ip: str, session: Session, port: int) -> None:
         if session.ended:
@@ -436,9 +441,7 @@ class UDPEdge(DatagramProtocol):
     def _unresolved(self, reason: Failure, session: Session) -> None:
         session.end(S.ORIGIN_UNREACHABLE, f"{session.origin.address}: {reason.getErrorMessage()}")
 
-    def _refuse(
-        self, addr: Address, record: ConnectionRecord, status: int, reason: str, kind: str
-    ) -> Optional[Session]:
+    def _refuse(self, addr: Address, record: ConnectionRecord, status: int, reason: str, kind: str) -> None:
         """
         Drop a datagram whose source gets no session, and record it (once
         per L{REFUSAL_RECORD_INTERVAL} for each address); always L{None}.
