@@ -33,6 +33,8 @@ from jsonschema.exceptions import ValidationError, best_match
 from spectrum.firewall import RuleError, make_rule
 from spectrum.geo import GeoIPError, open_database
 from spectrum.model import (
+    UDP_IDLE_DEFAULT,
+    UDP_MAX_SESSIONS_DEFAULT,
     AccessRule,
     AdminSettings,
     AdminToken,
@@ -669,17 +671,53 @@ class _Builder:
             dns_type=dns.get("type", "CNAME") if dns else "CNAME",
             hostnames=tuple(hostnames),
             **self.tls(path, raw, protocol),
-            proxy_protocol="off",
+            **self.relay_options(path, raw, protocol),
             ip_firewall=raw.get("ip_firewall", True),
             timeouts=Timeouts(
                 connect=float(timeouts.get("connect", defaults.connect)),
-                idle=float(timeouts.get("idle", defaults.idle)),
+                idle=float(timeouts.get("idle", UDP_IDLE_DEFAULT if protocol == "udp" else defaults.idle)),
                 handshake=float(timeouts.get("handshake", defaults.handshake)),
             ),
             origin_tries=int(raw.get("origin_tries", 3)),
             id=app_id,
             limits=self.limits(path, raw),
         )
+
+    def relay_options(self, path: _Path, raw: dict[str, Any], protocol: str) -> dict[str, Any]:
+        """
+        The PROXY protocol settings and UDP session caps, checked against
+        the app's protocol.
+        """
+        mode = raw.get("proxy_protocol", "off") or "off"
+        if mode == "v1" and protocol == "udp":
+            raise self.fail(
+                path + ("proxy_protocol",),
+                "v1 describes TCP connections only; use v2 or simple for a udp app",
+            )
+        if mode == "simple" and protocol != "udp":
+            raise self.fail(
+                path + ("proxy_protocol",),
+                "simple (Simple Proxy Protocol) is for udp apps; use v1 or v2 for tcp",
+            )
+        trusted: list[str] = []
+        if "accept_proxy_protocol" in raw:
+            where = path + ("accept_proxy_protocol",)
+            for index, text in enumerate(raw["accept_proxy_protocol"]["trusted"]):
+                try:
+                    network = ipaddress.ip_network(text, strict=False)
+                except ValueError:
+                    raise self.fail(where + ("trusted", index), f"{_show(text)} is not an address or a CIDR") from None
+                trusted.append(str(network))
+        limits = raw.get("limits", {})
+        for key in ("max_sessions", "per_ip_sessions"):
+            if key in limits and protocol != "udp":
+                raise self.fail(path + ("limits", key), "counts UDP sessions; it applies to udp apps only")
+        return {
+            "proxy_protocol": mode,
+            "accept_proxy_protocol": tuple(trusted),
+            "max_sessions": int(limits.get("max_sessions", UDP_MAX_SESSIONS_DEFAULT)),
+            "per_ip_sessions": int(limits.get("per_ip_sessions", 0)),
+        }
 
     def protocol(self, path: _Path, raw: dict[str, Any]) -> tuple[str, PortRange | None]:
         """

@@ -82,6 +82,11 @@ def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime,
     @raise twisted.internet.error.CannotListenError: the address is taken or
         not available.
     """
+    if protocol == "udp":
+        from spectrum.proxy.udp import listen_udp
+
+        edge, udp_port = listen_udp(reactor, ip, port, runtime)
+        return Listener(protocol, ip, port, edge, udp_port)  # type: ignore[arg-type]
     if protocol != "tcp":
         raise ValueError(f"no listener for protocol {protocol!r}")
     factory = EdgeFactory(runtime)

@@ -17,6 +17,12 @@ TLS_MODES = ("off", "flexible", "full", "strict")
 MONITOR_TYPES = ("tcp", "tls", "http", "https", "smtp", "udp")
 WHEN_ALL_DOWN = ("refuse", "try_all")
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+PROXY_PROTOCOLS = ("off", "v1", "v2", "simple")
+#: A UDP session's idle timeout when the app gives none: UDP has no close,
+#: so a session ends only by going quiet.
+UDP_IDLE_DEFAULT = 60.0
+#: The cap on an app's open UDP sessions when it gives none (each is a socket).
+UDP_MAX_SESSIONS_DEFAULT = 10000
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -233,6 +239,13 @@ class App:
         (C{dns.name} and C{sni}), lower case.
     @ivar origin_tries: how many origins to try, in the balancer's order,
         before a connection is given up.
+    @ivar accept_proxy_protocol: networks (CIDR) trusted to send a PROXY
+        header in front of each connection (UDP: of each session's first
+        datagram), whose declared client address then counts as the
+        client's; empty when none is accepted.
+    @ivar max_sessions: UDP: the most sessions open at once (0: no cap).
+    @ivar per_ip_sessions: UDP: the most sessions one client address may
+        have open (0: no cap).
     """
 
     name: str
@@ -274,6 +287,10 @@ class App:
         if self.tls == "off" and self.origin_tls is not None:
             return "strict"
         return "off"
+
+    accept_proxy_protocol: Tuple[str, ...] = ()
+    max_sessions: int = UDP_MAX_SESSIONS_DEFAULT
+    per_ip_sessions: int = 0
 
     def mapping_for(self, edge_port: int) -> PortMapping:
         """

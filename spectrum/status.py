@@ -11,6 +11,8 @@ IDLE_TIMEOUT = 408  # spectrum: closed after timeouts.idle without a byte
 PER_IP_RATE = 429  # spectrum: refused, the client's address is over limits.per_ip_rate
 PER_IP_CONNECTIONS = 430  # spectrum: refused, the client's address has limits.per_ip_connections open
 MAX_CONNECTIONS = 431  # spectrum: refused, the app has limits.max_connections open
+SESSION_LIMIT = 432  # spectrum: the app's or the client's UDP session cap is reached
+BAD_PROXY_HEADER = 491  # spectrum: inbound PROXY header malformed, too long, or late
 CLIENT_TLS_FAILED = 443  # the client's TLS handshake failed
 ORIGIN_RESET = 444  # the origin reset an established connection
 ORIGIN_TIMEOUT = 445  # an established origin connection timed out
@@ -35,6 +37,8 @@ DESCRIPTIONS = {
     PER_IP_RATE: "over the per-address connection rate",
     PER_IP_CONNECTIONS: "too many connections from this address",
     MAX_CONNECTIONS: "too many connections to this app",
+    SESSION_LIMIT: "session limit reached",
+    BAD_PROXY_HEADER: "bad PROXY header",
     CLIENT_TLS_FAILED: "client TLS handshake failed",
     ORIGIN_RESET: "origin reset the connection",
     ORIGIN_TIMEOUT: "origin connection timed out",

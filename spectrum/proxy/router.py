@@ -110,7 +110,14 @@ class TlsOriginProtocol(OriginProtocol):
         if not self.handshook:
             self.edge.origin_tls_failed(self.origin, reason)
             return
-        if reason.check(SSL.Error) and not self.received:
+        if is_verification_error(reason):
+            # Twisted before 24 reports the handshake done before the name
+            # check fails it; the relay had started but nothing was sent.
+            edge = self.edge
+            edge.record.extra["OriginTlsStatus"] = TLS_HANDSHAKE_FAILED
+            edge._status = S.ORIGIN_TLS_INVALID
+            edge._reason = f"{self.origin.name}: certificate did not verify: {describe_tls_error(reason)}"
+        elif reason.check(SSL.Error) and not self.received:
             # TLS 1.3 refuses a client certificate after the client's side
             # of the handshake is done: the first thing read is the alert.
             self.edge.record.extra["OriginTlsStatus"] = TLS_HANDSHAKE_FAILED

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from spectrum import status as S
 from spectrum.model import Origin, PortMapping
+from spectrum.proxy.proxyproto import header_for
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 from spectrum.runtime import AppRuntime
 
@@ -137,6 +138,9 @@ class EdgeProtocol(Protocol):
     #: fields an earlier stage (TLS, SNI routing) puts on the record before
     #: the edge checks run
     record_fields: Optional[Dict[str, Any]] = None
+    #: the client's address as an upstream declared it in a PROXY header
+    #: (L{spectrum.proxy.inbound}); L{None}: the connection's own peer
+    declared_peer: Any = None
 
     def __init__(self, runtime: AppRuntime) -> None:
         self.runtime = runtime
@@ -165,7 +169,7 @@ class EdgeProtocol(Protocol):
         transport = self.transport
         # Read nothing until an origin has accepted.
         transport.pauseProducing()
-        peer = transport.getPeer()
+        peer = self.declared_peer or transport.getPeer()
         host = transport.getHost()
         runtime = self.runtime
         app = runtime.app
@@ -308,6 +312,9 @@ class EdgeProtocol(Protocol):
             transport.setTcpNoDelay(True)
             transport.setTcpKeepAlive(True)
         self._write = origin_transport.write
+        preamble = self.origin_preamble()
+        if preamble:
+            self._write(preamble)
         # Each side's buffer filling up pauses reading on the other.
         origin_transport.registerProducer(client, True)
         client.registerProducer(origin_transport, True)
@@ -320,6 +327,16 @@ class EdgeProtocol(Protocol):
         if idle:
             self._idle_call = self.reactor.callLater(idle / 2.0, self._idle_check, idle / 2.0)
         client.resumeProducing()
+
+    def origin_preamble(self) -> bytes:
+        """
+        What the origin gets before any client byte: the PROXY header of the
+        app's C{proxy_protocol} mode, if any.
+        """
+        record = self.record
+        mode = self.runtime.app.proxy_protocol
+        record.extra["ProxyProtocol"] = mode
+        return header_for(mode, (record.client_ip, record.client_port), (record.edge_ip, record.edge_port))
 
     def origin_lost(self, reason: Failure) -> None:
         self._origin_gone = True
@@ -415,4 +432,8 @@ class EdgeFactory(ServerFactory):
         self.runtime = runtime
 
     def buildProtocol(self, addr: Any) -> EdgeProtocol:
+        if self.runtime.app.accept_proxy_protocol:
+            from spectrum.proxy.inbound import InboundProxyEdge
+
+            return InboundProxyEdge(self.runtime)
         return EdgeProtocol(self.runtime)

@@ -1,0 +1,558 @@
+"""
+The UDP relay: one listening socket per edge address and port, and a
+session per client address, each with its own connected socket to the
+origin the balancer picked, so the origin's replies find their way back.
+
+UDP has no close: a session ends when it has been quiet for the app's
+C{timeouts.idle}, when its origin refuses (ICMP port unreachable), or when
+its edge port closes (reload, stop). One timer per edge port sweeps the
+sessions; nothing is rescheduled per datagram.
+
+PROXY protocol: C{v2} puts a DGRAM header on the first datagram of a
+session; C{simple} (Cloudflare's Simple Proxy Protocol) puts a 38-byte
+header on every datagram both ways, and a reply whose header does not
+match its session is dropped and counted. With C{accept_proxy_protocol},
+the first datagram from a trusted upstream starts with a PROXY header (v2,
+as an edge in front sends it) that names the client the session is for.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet import udp
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from spectrum import status as S
+from spectrum.model import Origin
+from spectrum.proxy import proxyproto
+from spectrum.proxy.tcp import normalize_ip
+from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
+from spectrum.runtime import AppRuntime
+
+#: The largest datagram read, edge and origin side: the most UDP can carry,
+#: where Twisted's default (8192) would cut datagrams short.
+MAX_DATAGRAM = 65535
+#: Socket buffers asked for on the edge port, which every client shares
+#: (the kernel caps them at net.core.rmem_max / wmem_max).
+EDGE_SOCKET_BUFFER = 4 * 1024 * 1024
+#: Datagrams kept for a session while its origin's name is being resolved.
+PENDING_DATAGRAMS = 64
+#: The longest gap between idle sweeps, whatever the idle timeout.
+MAX_SWEEP_INTERVAL = 5.0
+#: A refused client address gets one record per this many seconds, not one
+#: per datagram.
+REFUSAL_RECORD_INTERVAL = 10.0
+#: How many refused addresses are remembered for that.
+REFUSALS_REMEMBERED = 4096
+
+Address = Tuple[str, int]
+
+
+class _OriginDatagrams(DatagramProtocol):
+    """
+    A session's socket to its origin: hands replies to the session.
+    """
+
+    noisy = False
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.session.from_origin(data)
+
+    def connectionRefused(self) -> None:
+        self.session.end(S.ORIGIN_REFUSED, "origin refused (ICMP port unreachable)")
+
+    def stopProtocol(self) -> None:
+        # The reactor closes a connected UDP socket on a pending socket error
+        # (EPOLLERR: an ICMP port unreachable from the origin) before any
+        # read could report it as refused.
+        if not self.session.ended:
+            self.session.end(S.ORIGIN_REFUSED, "origin refused (ICMP error on the origin socket)")
+
+
+class Session:
+    """
+    One client address's flow through an edge port to one origin.
+
+    @ivar bad_replies: origin datagrams dropped because their Simple Proxy
+        Protocol header did not match this session.
+    """
+
+    __slots__ = (
+        "addr",
+        "bad_replies",
+        "client_bytes",
+        "client_datagrams",
+        "dropped",
+        "edge",
+        "ended",
+        "origin",
+        "origin_bytes",
+        "origin_datagrams",
+        "port",
+        "record",
+        "runtime",
+        "seen",
+        "seen_at",
+        "_first",
+        "_pending",
+        "_reply_headers",
+        "_send",
+        "_spp",
+    )
+
+    def __init__(
+        self,
+        edge: UDPEdge,
+        runtime: AppRuntime,
+        addr: Address,
+        record: ConnectionRecord,
+        origin: Origin,
+        now: float,
+    ) -> None:
+        self.edge = edge
+        self.runtime = runtime
+        self.addr = addr
+        self.record = record
+        self.origin = origin
+        self.port: Any = None
+        self.client_bytes = 0
+        self.client_datagrams = 0
+        self.origin_bytes = 0
+        self.origin_datagrams = 0
+        self.bad_replies = 0
+        self.dropped = 0
+        self.ended = False
+        # Idle bookkeeping: the datagram count at the last sweep, and when it
+        # last moved.
+        self.seen = 0
+        self.seen_at = now
+        self._send: Any = None
+        self._pending: Optional[List[bytes]] = []
+        mode = runtime.app.proxy_protocol
+        client = (record.client_ip, record.client_port)
+        proxy = (record.edge_ip, record.edge_port)
+        self._first = proxyproto.encode_v2(client, proxy, "udp") if mode == "v2" else b""
+        self._spp = proxyproto.encode_simple(client, proxy) if mode == "simple" else b""
+        self._reply_headers: Tuple[bytes, ...] = ()
+        if self._spp:
+            # The origin answers with the header reversed (or, leniently,
+            # as it was sent); both name this session and nothing else.
+            self._reply_headers = (proxyproto.reverse_simple(self._spp), self._spp)
+
+    # the origin socket -------------------------------------------------------
+
+    def connect(self, reactor: Any, ip: str, port: int) -> None:
+        """
+        Open this session's own socket to the origin at C{ip}:C{port}.
+
+        @raise CannotListenError: no socket could be had (file descriptors
+            exhausted).
+        """
+        interface = "::" if isIPv6Address(ip) else ""
+        self.port = reactor.listenUDP(0, _OriginDatagrams(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
+        self.port.connect(ip, port)
+        self._send = self.port.socket.send
+        pending, self._pending = self._pending, None
+        for data in pending or ():
+            # Already counted when they arrived.
+            self.client_datagrams -= 1
+            self.client_bytes -= len(data)
+            self.from_client(data)
+
+    # datagrams ----------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> None:
+        self.client_datagrams += 1
+        self.client_bytes += len(data)
+        send = self._send
+        if send is None:
+            pending = self._pending
+            if pending is not None and len(pending) < PENDING_DATAGRAMS:
+                pending.append(data)
+            else:
+                self.dropped += 1
+            return
+        if self._spp:
+            data = self._spp + data
+        elif self._first:
+            data = self._first + data
+        try:
+            send(data)
+        except OSError as e:
+            self._send_failed(e)
+            return
+        if self._first:
+            # Sent: the origin knows the client now.
+            self._first = b""
+
+    def _send_failed(self, e: OSError) -> None:
+        if e.errno == errno.ECONNREFUSED:
+            self.end(S.ORIGIN_REFUSED, "origin refused (ICMP port unreachable)")
+        else:
+            # A full socket buffer (EAGAIN, ENOBUFS) or a datagram too big
+            # for the path: UDP's answer is to drop it.
+            self.dropped += 1
+
+    def from_origin(self, data: bytes) -> None:
+        if self._spp:
+            if data[: proxyproto.SPP_LENGTH] not in self._reply_headers:
+                self.bad_replies += 1
+                return
+            # A view, not a copy: the payload goes straight to the client.
+            data = memoryview(data)[proxyproto.SPP_LENGTH :]  # type: ignore[assignment]
+        self.origin_datagrams += 1
+        self.origin_bytes += len(data)
+        try:
+            self.edge.sendto(data, self.addr)
+        except OSError:
+            self.dropped += 1
+
+    # the end ------------------------------------------------------------------
+
+    def abort(self, status: int, reason: str, graceful: bool = False) -> None:
+        """
+        End the session now (the runtime's drain deadline).
+        """
+        self.end(status, reason)
+
+    def end(self, status: int, reason: str = "") -> None:
+        """
+        Close the origin socket, forget the session and record its end.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        if self.port is not None:
+            self.port.stopListening()
+        self.edge.forget(self)
+        runtime = self.runtime
+        runtime.balancer.connection_closed(self.origin)
+        record = self.record
+        record.client_bytes = self.client_bytes
+        record.origin_bytes = self.origin_bytes
+        record.status = status
+        record.reason = reason
+        record.disconnect_time = runtime.reactor.seconds()
+        extra = record.extra
+        extra["ClientDatagrams"] = self.client_datagrams
+        extra["OriginDatagrams"] = self.origin_datagrams
+        extra["OriginDroppedDatagrams"] = self.bad_replies
+        extra["DroppedDatagrams"] = self.dropped
+        extra["Duration"] = record.duration
+        runtime.recorders(DISCONNECT, record)
+        runtime.closed(self)
+
+
+class UDPEdge(DatagramProtocol):
+    """
+    The protocol of one UDP edge port: finds or opens the session of each
+    datagram's source address and sweeps idle sessions.
+
+    @ivar runtime: the app served; a reload may swap it, and sessions opened
+        before keep theirs.
+    @ivar refused: datagrams refused because their source could not have a
+        session (access rules, session caps, no origin).
+    """
+
+    log = Logger()
+    noisy = False
+    transport: Any
+
+    def __init__(self, runtime: AppRuntime) -> None:
+        self.runtime = runtime
+        self.reactor = runtime.reactor
+        self.sessions: Dict[Address, Session] = {}
+        self.per_ip: Dict[str, int] = {}
+        self.refused = 0
+        self._refusals: Dict[Address, float] = {}
+        self._sweep: Any = None
+        self._edge_ip = ""
+        self._edge_port = 0
+        self.sendto: Any = None
+
+    def startProtocol(self) -> None:
+        sock = self.transport.socket
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, EDGE_SOCKET_BUFFER)
+            except OSError:
+                pass
+        # Straight to the socket: Twisted's write() checks the address on
+        # every call and raises on a full buffer.
+        self.sendto = sock.sendto
+        host = self.transport.getHost()
+        self._edge_ip = normalize_ip(host.host)
+        self._edge_port = host.port
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        session = self.sessions.get(addr)
+        if session is None:
+            opened = self._open(addr, data)
+            if opened is None:
+                return
+            session, data = opened
+        session.from_client(data)
+
+    # opening ------------------------------------------------------------------
+
+    def _open(self, addr: Address, data: bytes) -> Optional[Tuple[Session, bytes]]:
+        """
+        A new session for the source C{addr}, and the first datagram's
+        payload (without an upstream's PROXY header); L{None} when the
+        source gets no session.
+        """
+        runtime = self.runtime
+        app = runtime.app
+        reactor = self.reactor
+        now = reactor.seconds()
+        client_ip = normalize_ip(addr[0])
+        client_port = addr[1]
+        upstream = None
+        if app.accept_proxy_protocol:
+            declared = self._declared(addr, data, now)
+            if declared is None:
+                return None
+            info, data = declared
+            if info.source is not None:
+                upstream = (client_ip, client_port)
+                client_ip, client_port = info.source
+        record = ConnectionRecord(
+            application=app.name,
+            app_id=app.id,
+            client_ip=client_ip,
+            client_port=client_port,
+            edge_ip=self._edge_ip,
+            edge_port=self._edge_port,
+            connect_time=now,
+            client_proto="udp",
+        )
+        record.extra["ProxyProtocol"] = app.proxy_protocol
+        if upstream is not None:
+            record.extra["UpstreamIP"], record.extra["UpstreamPort"] = upstream
+        refusal = runtime.check(record)
+        if refusal is not None:
+            self._refuse(addr, record, refusal, record.reason, CLIENT_FILTERED)
+            return None
+        if app.max_sessions and len(runtime.connections) >= app.max_sessions:
+            self._refuse(addr, record, S.SESSION_LIMIT, f"app has {app.max_sessions} sessions open", CLIENT_FILTERED)
+            return None
+        if app.per_ip_sessions and self.per_ip.get(client_ip, 0) >= app.per_ip_sessions:
+            self._refuse(
+                addr,
+                record,
+                S.SESSION_LIMIT,
+                f"{client_ip} has {app.per_ip_sessions} sessions open",
+                CLIENT_FILTERED,
+            )
+            return None
+        candidates = runtime.balancer.candidates(client_ip, 1)
+        if not candidates:
+            self._refuse(addr, record, S.NO_HEALTHY_ORIGIN, "", ORIGIN_ERROR)
+            return None
+        origin = candidates[0]
+        try:
+            mapped = app.mapping_for(self._edge_port).origin_port(self._edge_port)
+        except KeyError:
+            mapped = None
+        port = mapped or origin.port or self._edge_port
+        record.origin_name = origin.name
+        record.origin_ip = origin.address
+        record.origin_port = port
+        session = Session(self, runtime, addr, record, origin, now)
+        address = origin.address
+        if isIPAddress(address) or isIPv6Address(address):
+            try:
+                session.connect(reactor, address, port)
+            except (OSError, CannotListenError) as e:
+                self._refuse(addr, record, S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}", ORIGIN_ERROR)
+                return None
+        else:
+            # Resolved off the data plane; the first datagrams wait in the
+            # session (a few, bounded).
+            reactor.resolve(address).addCallbacks(
+                self._resolved, self._unresolved, callbackArgs=(session, port), errbackArgs=(session,)
+            )
+        self.sessions[addr] = session
+        self.per_ip[client_ip] = self.per_ip.get(client_ip, 0) + 1
+        runtime.opened(session)
+        runtime.balancer.connection_opened(origin)
+        runtime.recorders(CONNECT, record)
+        self._schedule_sweep()
+        return session, data
+
+    def _declared(self, addr: Address, data: bytes, now: float) -> Optional[Tuple[proxyproto.ProxyInfo, bytes]]:
+        """
+        The PROXY header that must start the first datagram from an
+        upstream, and the payload after it; L{None} (the datagram refused
+        and recorded) for an untrusted source or a missing or bad header.
+        """
+        from spectrum.proxy.inbound import is_trusted
+
+        app = self.runtime.app
+        reason = None
+        status = S.BAD_PROXY_HEADER
+        result = None
+        if not is_trusted(addr[0], app.accept_proxy_protocol):
+            reason = f"{normalize_ip(addr[0])} is not trusted to send a PROXY header"
+            status = S.FIREWALL
+        else:
+            try:
+                result = proxyproto.HeaderDecoder().feed(data)
+            except proxyproto.ProxyHeaderError as e:
+                reason = str(e)
+            if result is None and reason is None:
+                reason = "the first datagram holds no whole PROXY header"
+        if result is not None:
+            return result
+        record = ConnectionRecord(
+            application=app.name,
+            app_id=app.id,
+            client_ip=normalize_ip(addr[0]),
+            client_port=addr[1],
+            edge_ip=self._edge_ip,
+            edge_port=self._edge_port,
+            connect_time=now,
+            client_proto="udp",
+        )
+        record.extra["ProxyProtocol"] = app.proxy_protocol
+        self._refuse(addr, record, status, reason or "", CLIENT_FILTERED)
+        return None
+
+    def _resolved(self, ip: str, session: Session, port: int) -> None:
+        if session.ended:
+            return
+        session.record.origin_ip = ip
+        try:
+            session.connect(self.reactor, ip, port)
+        except (OSError, CannotListenError) as e:
+            session.end(S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}")
+
+    def _unresolved(self, reason: Failure, session: Session) -> None:
+        session.end(S.ORIGIN_UNREACHABLE, f"{session.origin.address}: {reason.getErrorMessage()}")
+
+    def _refuse(self, addr: Address, record: ConnectionRecord, status: int, reason: str, kind: str) -> None:
+        """
+        Drop a datagram whose source gets no session, and record it (once
+        per L{REFUSAL_RECORD_INTERVAL} for each address); always L{None}.
+        """
+        self.refused += 1
+        now = record.connect_time
+        last = self._refusals.get(addr)
+        if last is not None and now - last < REFUSAL_RECORD_INTERVAL:
+            return None
+        if len(self._refusals) >= REFUSALS_REMEMBERED:
+            self._refusals.clear()
+        self._refusals[addr] = now
+        record.status = status
+        record.reason = reason
+        record.disconnect_time = now
+        record.extra.update(ClientDatagrams=1, OriginDatagrams=0, Duration=0.0)
+        self.runtime.recorders(kind, record)
+        return None
+
+    # sessions ending ------------------------------------------------------------
+
+    def forget(self, session: Session) -> None:
+        if self.sessions.get(session.addr) is session:
+            del self.sessions[session.addr]
+            ip = session.record.client_ip
+            left = self.per_ip.get(ip, 1) - 1
+            if left > 0:
+                self.per_ip[ip] = left
+            else:
+                self.per_ip.pop(ip, None)
+
+    def _schedule_sweep(self) -> None:
+        if self._sweep is not None:
+            return
+        idle = self.runtime.app.timeouts.idle
+        interval = min(idle / 4.0, MAX_SWEEP_INTERVAL) if idle else MAX_SWEEP_INTERVAL
+        self._sweep = self.reactor.callLater(interval, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """
+        End each session quiet for its app's idle timeout: a session whose
+        datagram count has not moved since C{seen_at}.
+        """
+        self._sweep = None
+        now = self.reactor.seconds()
+        for session in list(self.sessions.values()):
+            # Replies dropped for a bad header do not keep a session alive.
+            count = session.client_datagrams + session.origin_datagrams
+            if count != session.seen:
+                session.seen = count
+                session.seen_at = now
+                continue
+            idle = session.runtime.app.timeouts.idle
+            if idle and now - session.seen_at >= idle:
+                session.end(S.IDLE_TIMEOUT, "idle timeout")
+        if self.sessions:
+            self._schedule_sweep()
+
+    def close(self, status: int = S.NORMAL, reason: str = "edge port closed") -> None:
+        """
+        End every session (the edge port is closing: replies could no
+        longer reach the clients).
+        """
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        for session in list(self.sessions.values()):
+            session.end(status, reason)
+
+
+class UDPListening:
+    """
+    The listening port of a UDP edge, as a L{spectrum.listeners.Listener}
+    holds it: stopping it ends the port's sessions, then closes the socket.
+    """
+
+    def __init__(self, edge: UDPEdge, port: Any) -> None:
+        self.edge = edge
+        self.port = port
+
+    def getHost(self) -> Any:
+        return self.port.getHost()
+
+    def stopListening(self) -> Any:
+        self.edge.close()
+        return self.port.stopListening()
+
+
+class _EdgeUDPPort(udp.Port):
+    """
+    A UDP port where an IPv6 address means IPv6 only, as for TCP edge
+    ports, so C{0.0.0.0} and C{::} can both be listed for one app.
+    """
+
+    def createInternetSocket(self) -> socket.socket:
+        sock = super().createInternetSocket()
+        if self.addressFamily == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return sock
+
+
+def listen_udp(reactor: Any, ip: str, port: int, runtime: AppRuntime) -> Tuple[UDPEdge, UDPListening]:
+    """
+    Bind C{ip}:C{port} for UDP and serve it with C{runtime}.
+
+    @raise twisted.internet.error.CannotListenError: the address is taken.
+    """
+    edge = UDPEdge(runtime)
+    if isinstance(reactor, PosixReactorBase):
+        listening: Any = _EdgeUDPPort(port, edge, ip, MAX_DATAGRAM, reactor)
+        listening.startListening()
+    else:
+        listening = reactor.listenUDP(port, edge, interface=ip, maxPacketSize=MAX_DATAGRAM)
+    return edge, UDPListening(edge, listening)
