@@ -85,7 +85,7 @@ def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime,
     if protocol == "udp":
         from spectrum.proxy.udp import listen_udp
 
-        edge, udp_port = listen_udp(reactor, ip, port, runtime)
+        edge, udp_port = listen_udp(reactor, ip, port, runtime, reuse_port=reuse_port)
         return Listener(protocol, ip, port, edge, udp_port)  # type: ignore[arg-type]
     if protocol != "tcp":
         raise ValueError(f"no listener for protocol {protocol!r}")

@@ -155,3 +155,41 @@ def listening_sockets(port: int) -> int:
         if fields[1] in wanted and fields[3] == "0A":
             count += 1
     return count
+
+
+class _UDPEcho(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        data, sock = self.request
+        sock.sendto(data, self.client_address)
+
+
+class UDPEchoOrigin(socketserver.ThreadingUDPServer):
+    """
+    A UDP echo server on 127.0.0.1 in threads.
+    """
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _UDPEcho)
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def udp_echo_once(port: int, payload: bytes, timeout: float = 3.0) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(payload, ("127.0.0.1", port))
+        return s.recv(65536)
+
+
+def udp_sockets(port: int) -> int:
+    """
+    How many UDP sockets are bound to 127.0.0.1:C{port}.
+    """
+    wanted = f"0100007F:{port:04X}"
+    return sum(1 for line in Path("/proc/net/udp").read_text().splitlines()[1:] if line.split()[1] == wanted)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -150,3 +151,24 @@ def test_worker_command_lines() -> None:
     assert "--store-socket" not in build(0)
     build = worker_argv("/etc/s.yaml", 5.0, None, ["twistd", "-l", "-", "spectrum"])
     assert not any(a.startswith("--logfile") for a in build(0))
+
+
+def test_workers_share_a_udp_port(tmp_path: Path, origin: EchoOrigin) -> None:
+    from nodekit import UDPEchoOrigin, udp_echo_once, udp_sockets
+
+    udp_origin = UDPEchoOrigin()
+    port, udp_port = free_port(), free_port(kind=socket.SOCK_DGRAM)
+    udp_app = dict(app_config("dns", udp_port, udp_origin.port), protocol="udp")
+    node = Node(tmp_path, "edge", {"apps": [app_config("echo", port, origin.port), udp_app], "workers": 2}).start()
+    try:
+        node.wait_log(r"worker 1 started")
+        deadline = time.monotonic() + 15
+        while udp_sockets(udp_port) < 2 or listening_sockets(port) < 2:
+            assert time.monotonic() < deadline, "the two workers do not both bind the TCP and UDP ports"
+            time.sleep(0.05)
+        for i in range(20):
+            assert udp_echo_once(udp_port, b"datagram %d" % i) == b"datagram %d" % i
+    finally:
+        status = node.stop()
+        udp_origin.close()
+    assert status in (0, -signal.SIGTERM), node.log()
