@@ -619,3 +619,38 @@ async def test_page_and_openapi_are_served(world: Any) -> None:
     spec = json.loads(await response.content())
     assert spec["openapi"].startswith("3.")
     assert "/client/v4/user/firewall/access_rules/rules" in spec["paths"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_keeps_api_apps_and_rules_even_when_the_file_changes_its_rules(world: Any) -> None:
+    import yaml
+
+    w = world()
+    made = free_port()
+    status, _ = await w.admin.call("POST", APPS, echo_app("made", made, w.origin_port.getHost().port))
+    assert status == 200
+    status, rule = await w.admin.call(
+        "POST", USER_RULES, {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.9"}}
+    )
+    assert status == 200
+    path = w.admin.config_path
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    data["access_rules"] = [{"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.8"}}]
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    assert w.admin.service.reload() is True
+    firewall = w.admin.service.protection.firewall
+    assert sorted(r.value for r in firewall.rules) == ["127.0.0.8", "127.0.0.9"]
+    assert await echo_through(made) == b"ping"
+    assert await echo_through(w.edge_port, bind="127.0.0.9") == b""
+    assert await echo_through(w.edge_port, bind="127.0.0.8") == b""
+    status, listed = await w.admin.call("GET", USER_RULES)
+    assert {(r["configuration"]["value"], r["source"]) for r in listed["result"]} == {
+        ("127.0.0.8", "config"),
+        ("127.0.0.9", "api"),
+    }
+    # The file's rule is read-only here.
+    config_rule = [r for r in listed["result"] if r["source"] == "config"][0]
+    status, answer = await w.admin.call("DELETE", f"{USER_RULES}/{config_rule['id']}")
+    assert status == 409 and "config file" in error_of(answer)

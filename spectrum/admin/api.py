@@ -736,9 +736,10 @@ class AdminAPI(Resource):
         if protection is None:
             return
         firewall = protection.firewall
+        present = {rule.id for rule in firewall.rules}
         for stored in self.state.rules:
             try:
-                if stored["id"] in self.rule_meta and any(r.id == stored["id"] for r in firewall.rules):
+                if stored["id"] in present and stored["id"] in self.rule_meta:
                     continue
                 configuration = stored["configuration"]
                 rule = make_rule(
