@@ -654,3 +654,26 @@ async def test_reload_keeps_api_apps_and_rules_even_when_the_file_changes_its_ru
     config_rule = [r for r in listed["result"] if r["source"] == "config"][0]
     status, answer = await w.admin.call("DELETE", f"{USER_RULES}/{config_rule['id']}")
     assert status == 409 and "config file" in error_of(answer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_handler_answers_500_in_the_envelope_without_a_traceback(
+    world: Any, no_logged_errors: List[dict]
+) -> None:
+    w = world()
+
+    def broken(call: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    api = w.admin.service.admin.site.resource.api
+    for pattern, methods in api.routes:
+        if "GET" in methods and methods["GET"] == api.list_zones:
+            methods["GET"] = broken
+    status, answer = await w.admin.call("GET", "/client/v4/zones", token=READ)
+    assert status == 500
+    message = error_of(answer)
+    assert message == "internal error; the server log has the details"
+    assert "secret internals" not in json.dumps(answer)
+    # The failure went to the log (and only there).
+    assert any("secret internals" in str(e.get("log_failure")) for e in no_logged_errors)
+    no_logged_errors.clear()
