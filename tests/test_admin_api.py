@@ -666,7 +666,7 @@ async def test_a_failing_handler_answers_500_in_the_envelope_without_a_traceback
         raise RuntimeError("secret internals")
 
     api = w.admin.service.admin.site.resource.api
-    for pattern, methods in api.routes:
+    for _, methods in api.routes:
         if "GET" in methods and methods["GET"] == api.list_zones:
             methods["GET"] = broken
     status, answer = await w.admin.call("GET", "/client/v4/zones", token=READ)
