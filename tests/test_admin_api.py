@@ -189,6 +189,32 @@ async def test_no_wrong_or_read_token_changes_nothing(world: Any) -> None:
     assert [app.name for app in w.admin.service.config.apps] == ["echo"]
     assert not (w.tmp_path / "spectrum.state.json").exists()
 
+    # Updates and deletes of existing objects are refused the same way.
+    made_port = free_port()
+    status, made = await w.admin.call("POST", APPS, echo_app("made", made_port, w.origin_port.getHost().port))
+    status, rule = await w.admin.call("POST", USER_RULES, RULE)
+    app_id, rule_id = made["result"]["id"], rule["result"]["id"]
+    state = (w.tmp_path / "spectrum.state.json").read_text()
+    for kwargs, expected in [
+        ({"token": None}, 401),
+        ({"token": "wrong-token-0123456789abcdef"}, 401),
+        ({"token": READ}, 403),
+    ]:
+        for method, path, body in [
+            ("PUT", f"{APPS}/{app_id}", echo_app("made", free_port(), 9)),
+            ("DELETE", f"{APPS}/{app_id}", None),
+            ("PATCH", f"{USER_RULES}/{rule_id}", {"mode": "whitelist"}),
+            ("DELETE", f"{USER_RULES}/{rule_id}", None),
+        ]:
+            status, answer = await w.admin.call(method, path, body, **kwargs)
+            assert status == expected, (method, path, answer)
+            error_of(answer)
+    assert (w.tmp_path / "spectrum.state.json").read_text() == state
+    assert firewall.get(rule_id).mode == "block"
+    assert await echo_through(made_port) == b"ping"
+    status, _ = await w.admin.call("DELETE", f"{USER_RULES}/{rule_id}")
+    assert status == 200
+
     # Reads: no token is refused, the read token may.
     status, answer = await w.admin.call("GET", APPS, token=None)
     assert status == 401 and error_of(answer)
