@@ -38,16 +38,20 @@ from spectrum.model import (
     AdminToken,
     AnalyticsSettings,
     App,
+    CertificateFiles,
+    ClientAuth,
     Config,
     EventLogSettings,
     GeoIPFiles,
     Limits,
     Monitor,
     Origin,
+    OriginTls,
     Pool,
     PortMapping,
     PortRange,
     Timeouts,
+    TlsOptions,
 )
 
 if TYPE_CHECKING:
@@ -383,14 +387,16 @@ def _hostnames_overlap(a: str, b: str) -> bool:
 def _addresses_overlap(a: str, b: str) -> bool:
     """
     Whether binding edge addresses C{a} and C{b} (normalized literals) on one
-    port would collide: the wildcard of a family covers that family, and
-    C{::} covers both.
+    port would collide: the wildcard of a family covers that family. The
+    listeners bind IPv6 addresses IPv6-only, so C{::} leaves IPv4 alone.
     """
-    if a == b or "::" in (a, b):
+    if a == b:
         return True
-    if "0.0.0.0" in (a, b):
-        return ":" not in a and ":" not in b
-    return False
+    v6a, v6b = ":" in a, ":" in b
+    if v6a != v6b:
+        return False
+    wildcard = "::" if v6a else "0.0.0.0"
+    return wildcard in (a, b)
 
 
 class _Bound(NamedTuple):
@@ -427,8 +433,10 @@ class _Builder:
         zone_name = zone.get("name")
         if zone_name is not None:
             zone_name = self.hostname(("zone", "name"), zone_name)
+        certificates = self.certificates()
         apps = tuple(self.app(("apps", index), raw) for index, raw in enumerate(self.data.get("apps", [])))
         geoip = self.geoip()
+        self.sni_defaults(apps)
         return Config(
             apps=apps,
             zone_id=zone.get("id", "local"),
@@ -439,6 +447,7 @@ class _Builder:
             admin=self.admin(),
             events=self.events(),
             analytics=AnalyticsSettings(**self.data.get("analytics", {})),
+            certificates=certificates,
         )
 
     # Edge protection and observability
@@ -645,7 +654,7 @@ class _Builder:
             dns_name=dns_name,
             dns_type=dns.get("type", "CNAME") if dns else "CNAME",
             hostnames=tuple(hostnames),
-            tls="off",
+            **self.tls(path, raw, protocol),
             proxy_protocol="off",
             ip_firewall=raw.get("ip_firewall", True),
             timeouts=Timeouts(
@@ -993,6 +1002,156 @@ class _Builder:
             ca=raw.get("ca"),
             passive_down=raw.get("passive_down", defaults.passive_down),
         )
+
+    # TLS
+
+    def file(self, path: _Path, name: str) -> str:
+        """
+        A file named in the config, as an absolute path (relative ones are
+        relative to the config file).
+        """
+        name = os.path.expanduser(name)
+        if not os.path.isabs(name) and self.source:
+            name = os.path.join(os.path.dirname(os.path.abspath(self.source)), name)
+        return os.path.abspath(name)
+
+    def certificates(self) -> tuple[CertificateFiles, ...]:
+        from spectrum.proxy import tls
+
+        result = []
+        for index, raw in enumerate(self.data.get("certificates", [])):
+            where = ("certificates", index)
+            files = CertificateFiles(
+                certificate=self.file(where + ("certificate",), raw["certificate"]),
+                private_key=self.file(where + ("private_key",), raw["private_key"]),
+            )
+            try:
+                chain = tls.read_certificates(files.certificate)
+            except tls.TlsFileError as e:
+                raise self.fail(where + ("certificate",), str(e)) from None
+            try:
+                key = tls.load_private_key(files.private_key)
+            except tls.TlsFileError as e:
+                raise self.fail(where + ("private_key",), str(e)) from None
+            try:
+                tls._check_pair(chain[0], key, files.certificate, files.private_key)
+            except tls.TlsFileError as e:
+                raise self.fail(where, str(e)) from None
+            result.append(files)
+        return tuple(result)
+
+    def tls(self, path: _Path, raw: dict[str, Any], protocol: str) -> dict[str, Any]:
+        """
+        The app's TLS fields: mode, edge options, client auth, origin TLS.
+        """
+        from spectrum.proxy import tls
+
+        mode = raw.get("tls", "off") or "off"
+        terminates = mode != "off"
+        if (terminates or "origin_tls" in raw) and protocol != "tcp":
+            key = "tls" if terminates else "origin_tls"
+            raise self.fail(path + (key,), f"TLS needs protocol tcp, not {protocol}")
+        edge_only = "applies only when the edge terminates TLS (tls: flexible, full or strict)"
+        options = TlsOptions()
+        if "tls_options" in raw:
+            if not terminates:
+                raise self.fail(path + ("tls_options",), edge_only)
+            spec = raw["tls_options"]
+            version = spec.get("min_version", options.min_version)
+            if isinstance(version, float):
+                version = f"{version:.1f}"
+            ciphers = spec.get("ciphers")
+            if ciphers is not None:
+                try:
+                    tls.check_ciphers(ciphers)
+                except tls.TlsFileError as e:
+                    raise self.fail(path + ("tls_options", "ciphers"), str(e)) from None
+            alpn = tuple(spec.get("alpn", ()))
+            for index, name in enumerate(alpn):
+                if not name.isascii():
+                    raise self.fail(path + ("tls_options", "alpn", index), f"{_show(name)} is not ASCII")
+            options = TlsOptions(min_version=str(version), ciphers=ciphers, alpn=alpn)
+        client_auth = None
+        if "client_auth" in raw:
+            if not terminates:
+                raise self.fail(path + ("client_auth",), edge_only)
+            where = path + ("client_auth", "ca")
+            ca = self.file(where, raw["client_auth"]["ca"])
+            try:
+                tls.read_certificates(ca, "client CA file")
+            except tls.TlsFileError as e:
+                raise self.fail(where, str(e)) from None
+            client_auth = ClientAuth(ca=ca)
+        origin_tls = None
+        if "origin_tls" in raw:
+            origin_tls = self.origin_tls(path + ("origin_tls",), raw["origin_tls"], mode)
+        return {
+            "tls": mode,
+            "tls_options": options,
+            "client_auth": client_auth,
+            "origin_tls": origin_tls,
+            "sni_default": raw.get("sni_default", False),
+        }
+
+    def origin_tls(self, path: _Path, spec: dict[str, Any], mode: str) -> OriginTls:
+        from spectrum.proxy import tls
+
+        if mode == "flexible":
+            raise self.fail(path, "tls flexible speaks plaintext to the origin; use full or strict for TLS to it")
+        ca = None
+        if "ca" in spec:
+            if mode == "full":
+                raise self.fail(path + ("ca",), "tls full does not verify the origin; use strict to verify it")
+            ca = self.file(path + ("ca",), spec["ca"])
+            try:
+                tls.read_certificates(ca, "origin CA file")
+            except tls.TlsFileError as e:
+                raise self.fail(path + ("ca",), str(e)) from None
+        server_name = None
+        if "server_name" in spec:
+            server_name = self.address(path + ("server_name",), spec["server_name"], names=True)
+        certificate = private_key = None
+        if ("certificate" in spec) != ("private_key" in spec):
+            missing = "private_key" if "certificate" in spec else "certificate"
+            raise self.fail(path, f"missing key {_show(missing)}: a client certificate needs both")
+        if "certificate" in spec:
+            certificate = self.file(path + ("certificate",), spec["certificate"])
+            private_key = self.file(path + ("private_key",), spec["private_key"])
+            try:
+                tls.load_certificate(CertificateFiles(certificate, private_key))
+            except tls.TlsFileError as e:
+                raise self.fail(path + ("certificate",), str(e)) from None
+        return OriginTls(ca=ca, server_name=server_name, certificate=certificate, private_key=private_key)
+
+    def sni_defaults(self, apps: tuple[App, ...]) -> None:
+        """
+        A default app must share its edge port, and one port has at most one.
+        """
+        for index, app in enumerate(apps):
+            if not app.sni_default:
+                continue
+            where = ("apps", index, "sni_default")
+            shared = False
+            for other_index, other in enumerate(apps):
+                if other is app or other.protocol != app.protocol:
+                    continue
+                common = [
+                    (ip, port)
+                    for ip in app.ips
+                    for port in app.edge_ports()
+                    if any(_addresses_overlap(ip, o) for o in other.ips) and port in other.edge_ports()
+                ]
+                if not common:
+                    continue
+                shared = True
+                if other.sni_default and other_index < index:
+                    ip, port = common[0]
+                    raise self.fail(
+                        where,
+                        f"app {_show(other.name)} is already the default on {ip}:{port}; a port has one default app",
+                    )
+            if not shared:
+                raise self.fail(where, "applies only on an edge port shared with other apps by hostname")
 
 
 _MONITOR_COMMON = (

@@ -537,7 +537,7 @@ class Firewall:
         if scoped is not None:
             decision, scoped_rank = scoped.match(version, address, country, asn)
             if decision is not None and (
-                scoped_rank > rank or (scoped_rank == rank and decision.allowed and not best.allowed)
+                best is None or scoped_rank > rank or (scoped_rank == rank and decision.allowed and not best.allowed)
             ):
                 best = decision
         return _NO_MATCH if best is None else best

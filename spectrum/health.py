@@ -164,7 +164,7 @@ def describe(reason: Failure) -> str:
         # twisted.web's ResponseFailed and ResponseNeverReceived wrap the causes.
         return "; ".join(describe(r) for r in inner)
     text = reason.getErrorMessage()
-    return " ".join(text.split()) or reason.type.__name__
+    return " ".join(text.split()) or getattr(reason.type, "__name__", "error")
 
 
 def _count(n: int, noun: str) -> str:
@@ -1043,7 +1043,7 @@ def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Def
         agent = Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False))
     else:
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    client = treq.client.HTTPClient(agent)  # type: ignore[arg-type]
+    client = treq.client.HTTPClient(agent)
     headers: Dict[Any, Any] = {name: list(values) for name, values in monitor.header}
     headers.setdefault("User-Agent", ["spectrum-health"])
     accept = _codes(monitor.expected_codes)

@@ -16,6 +16,7 @@ LOAD_BALANCING = ("round_robin", "least_connections", "random", "hash")
 TLS_MODES = ("off", "flexible", "full", "strict")
 MONITOR_TYPES = ("tcp", "tls", "http", "https", "smtp", "udp")
 WHEN_ALL_DOWN = ("refuse", "try_all")
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -166,6 +167,60 @@ class Limits:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class CertificateFiles:
+    """
+    One edge certificate: PEM files (the certificate file may hold the chain
+    after the leaf), as absolute paths.
+    """
+
+    certificate: str
+    private_key: str
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class TlsOptions:
+    """
+    How the edge terminates TLS for an app.
+
+    @ivar min_version: the oldest TLS version accepted, C{"1.0"} to C{"1.3"}.
+    @ivar ciphers: an OpenSSL cipher string (TLS 1.2 and older), or L{None}
+        for OpenSSL's defaults.
+    @ivar alpn: protocols the edge may select, in its order of preference.
+    """
+
+    min_version: str = "1.2"
+    ciphers: Optional[str] = None
+    alpn: Tuple[str, ...] = ()
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ClientAuth:
+    """
+    Mutual TLS at the edge: clients need a certificate signed by C{ca}.
+    """
+
+    ca: str
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class OriginTls:
+    """
+    TLS towards the origin.
+
+    @ivar ca: PEM file of the CAs trusted for the origin (L{None}: the
+        system store); used when the origin is verified.
+    @ivar server_name: the name sent as SNI and verified; L{None} means the
+        origin's own address.
+    @ivar certificate: a client certificate for origins that demand one.
+    """
+
+    ca: Optional[str] = None
+    server_name: Optional[str] = None
+    certificate: Optional[str] = None
+    private_key: Optional[str] = None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class App:
     """
     One Spectrum application: edge addresses and ports, and the pool behind.
@@ -192,6 +247,30 @@ class App:
     origin_tries: int = 3
     id: str = ""
     limits: Limits = Limits()
+    tls_options: TlsOptions = attr.Factory(TlsOptions)
+    client_auth: Optional[ClientAuth] = None
+    origin_tls: Optional[OriginTls] = None
+    #: on an edge port shared by hostname, take the names no app claims
+    sni_default: bool = False
+
+    @property
+    def terminates_tls(self) -> bool:
+        """
+        Whether the edge holds the TLS session with the client.
+        """
+        return self.tls != "off"
+
+    @property
+    def origin_tls_mode(self) -> str:
+        """
+        What the origin leg speaks: C{off} (plaintext), C{full} (TLS, not
+        verified) or C{strict} (TLS, verified).
+        """
+        if self.tls in ("full", "strict"):
+            return self.tls
+        if self.tls == "off" and self.origin_tls is not None:
+            return "strict"
+        return "off"
 
     def mapping_for(self, edge_port: int) -> PortMapping:
         """
@@ -313,6 +392,7 @@ class Config:
     admin: Optional[AdminSettings] = None
     events: Optional[EventLogSettings] = None
     analytics: AnalyticsSettings = AnalyticsSettings()
+    certificates: Tuple[CertificateFiles, ...] = ()
 
     def app(self, name: str) -> App:
         """

@@ -21,6 +21,8 @@ from spectrum.eventlog import EventLog
 from spectrum.listeners import Listener, listen
 from spectrum.model import App, Config
 from spectrum.protection import Protection
+from spectrum.proxy.router import listen_routed, routed_groups, set_routes
+from spectrum.proxy.tls import EdgeTls, TlsFileError
 from spectrum.record import Recorders
 from spectrum.runtime import AppRuntime
 
@@ -103,6 +105,11 @@ class SpectrumService(MultiService):
             root = admin_root(self.analytics, self.protection.firewall, service=self)
             self.admin = AdminService(config.admin, root, reactor)
             self.admin.setServiceParent(self)
+        #: certificates and per-app TLS state, reloaded with the config and
+        #: when the certificate files change
+        self.tls = EdgeTls(reactor)
+        #: seconds between checks of the certificate files; 0 turns it off
+        self.certificate_check_interval = 2.0
 
     # building and reconciling ---------------------------------------------
 
@@ -122,6 +129,11 @@ class SpectrumService(MultiService):
         @raise ListenError: an address could not be bound.
         """
         wanted = desired_listeners(config)
+        groups = routed_groups(config)
+        try:
+            tls = self.tls.prepare(config)
+        except TlsFileError as e:
+            raise ConfigError(config.source or "config", str(e)) from None
         fresh: Dict[str, AppRuntime] = {}
 
         def runtime_for(app: App) -> AppRuntime:
@@ -136,13 +148,18 @@ class SpectrumService(MultiService):
                 continue
             protocol, ip, port = key
             try:
-                bound[key] = listen(self.reactor, protocol, ip, port, runtime_for(app))
+                if key in groups:
+                    runtimes = [runtime_for(member) for member in groups[key]]
+                    bound[key] = listen_routed(self.reactor, protocol, ip, port, runtimes, self.tls)
+                else:
+                    bound[key] = listen(self.reactor, protocol, ip, port, runtime_for(app))
             except (CannotListenError, OSError) as e:
                 for listener in bound.values():
                     listener.stop()
                 raise ListenError(_listen_error(config, app, ip, port, e)) from None
 
         # Everything bound: commit.
+        self.tls.commit(tls)
         for app in config.apps:
             existing = self.runtimes.get(app.name)
             if existing is not None:
@@ -162,6 +179,9 @@ class SpectrumService(MultiService):
                     port=key[2],
                     protocol=key[0],
                 )
+            elif key in groups or hasattr(listener.factory, "route"):
+                members = groups.get(key, (wanted_app,))
+                set_routes(listener, [self.runtimes[m.name] for m in members], self.tls, key in groups)
             elif listener.runtime.app.name != wanted_app.name:
                 listener.retarget(self.runtimes[wanted_app.name])
         for key, listener in bound.items():
@@ -228,6 +248,8 @@ class SpectrumService(MultiService):
             runtime.health.start()
         if self.handle_sighup:
             self.install_sighup()
+        if self.certificate_check_interval:
+            self.tls.watch(self.certificate_check_interval)
 
     def _apply_or_exit(self) -> None:
         try:
@@ -264,6 +286,7 @@ class SpectrumService(MultiService):
         yield super().stopService()
         for runtime in self.runtimes.values():
             runtime.health.stop()
+        self.tls.stop()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None

@@ -23,6 +23,8 @@ ORIGIN_REFUSED = 521  # every origin tried refused the connection
 ORIGIN_CONNECT_TIMEOUT = 522  # every origin tried timed out
 ORIGIN_UNREACHABLE = 523  # no origin could be resolved or reached
 NO_HEALTHY_ORIGIN = 530  # spectrum: no origin was usable to try
+ORIGIN_TLS_FAILED = 525  # spectrum: the TLS handshake with the origin failed
+ORIGIN_TLS_INVALID = 526  # spectrum: the origin's certificate did not verify
 
 DESCRIPTIONS = {
     OPENED: "connection opened",
@@ -45,4 +47,6 @@ DESCRIPTIONS = {
     ORIGIN_CONNECT_TIMEOUT: "origin connect timed out",
     ORIGIN_UNREACHABLE: "origin unreachable",
     NO_HEALTHY_ORIGIN: "no usable origin",
+    ORIGIN_TLS_FAILED: "origin TLS handshake failed",
+    ORIGIN_TLS_INVALID: "origin certificate invalid",
 }

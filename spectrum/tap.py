@@ -25,6 +25,13 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Configuration file (YAML or JSON)."],
         ["drain-timeout", None, 10.0, "Seconds open connections get to finish at stop.", float],
+        [
+            "certificate-check",
+            None,
+            2.0,
+            "Seconds between checks of the certificate files for changes (0: only reload on SIGHUP).",
+            float,
+        ],
     ]
 
     config: Optional[Config] = None
@@ -58,6 +65,8 @@ class Options(usage.Options):
             raise SystemExit(f"spectrum: {e}") from None
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must be 0 or more seconds")
+        if self["certificate-check"] < 0:
+            raise usage.UsageError("--certificate-check must be 0 or more seconds")
 
 
 def makeService(options: Options) -> Any:
@@ -73,6 +82,7 @@ def makeService(options: Options) -> Any:
         handle_sighup=True,
         **_admin_arguments(options),
     )
+    service.certificate_check_interval = options["certificate-check"]
     return service
 
 

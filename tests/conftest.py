@@ -33,14 +33,29 @@ def require_program(name: str) -> str:
     return path
 
 
+#: Test ports come from below the kernel's ephemeral range (32768 and up on
+#: Linux), so the outgoing connections of a busy test run cannot take a port
+#: between the moment a test picks it and the moment it binds it.
+TEST_PORTS = (10000, 32000)
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     """
-    A port that was free a moment ago.
+    A port that was free a moment ago, outside the ephemeral range.
     """
+    import random
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(*TEST_PORTS)
+        with socket.socket(family, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 
 
 def free_port_range(count: int, host: str = "127.0.0.1") -> int:
@@ -51,7 +66,7 @@ def free_port_range(count: int, host: str = "127.0.0.1") -> int:
 
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(TEST_PORTS[0], TEST_PORTS[1] - count)
         socks: List[socket.socket] = []
         try:
             for port in range(base, base + count):

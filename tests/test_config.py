@@ -301,10 +301,10 @@ def test_unknown_top_level_key() -> None:
     assert error_of({"apps": [], "zones": {}}).startswith("config: unknown key 'zones'")
 
 
-def test_tls_not_yet() -> None:
+def test_tls_unknown_mode() -> None:
     data = seed()
-    data["apps"][0]["tls"] = "full"
-    assert error_of(data).startswith("apps[0].tls: ")
+    data["apps"][0]["tls"] = "on"
+    assert error_of(data) == "apps[0].tls: expected one of 'off', 'flexible', 'full', 'strict'; got 'on'"
 
 
 def test_wrong_type() -> None:

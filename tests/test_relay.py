@@ -419,3 +419,29 @@ def test_apply_rolls_back_when_a_port_is_taken() -> None:
             proxy.service.stopService()
     finally:
         taken.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipv4_and_ipv6_wildcards_share_a_port() -> None:
+    from spectrum.config import parse
+
+    port = free_port()
+    config = parse(
+        {
+            "apps": [
+                {
+                    "name": "dual",
+                    "protocol": "tcp",
+                    "ips": ["0.0.0.0", "::"],
+                    "ports": [{"destination_port": port}],
+                    "origin_direct": ["tcp://127.0.0.1:9"],
+                }
+            ]
+        }
+    )
+    proxy = Proxy(*config.apps)
+    try:
+        assert sorted(key[1] for key in proxy.service.listeners) == ["0.0.0.0", "::"]
+        assert {listener.bound_port() for listener in proxy.service.listeners.values()} == {port}
+    finally:
+        await proxy.stop()

@@ -10,7 +10,7 @@ transports' buffers. EOF is propagated as a half-close both ways.
 from __future__ import annotations
 
 import errno
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet import error as ierror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -134,6 +134,10 @@ class EdgeProtocol(Protocol):
     #: set in connectionMade, before anything else can happen
     record: ConnectionRecord
 
+    #: fields an earlier stage (TLS, SNI routing) puts on the record before
+    #: the edge checks run
+    record_fields: Optional[Dict[str, Any]] = None
+
     def __init__(self, runtime: AppRuntime) -> None:
         self.runtime = runtime
         self.reactor = runtime.reactor
@@ -174,6 +178,8 @@ class EdgeProtocol(Protocol):
             edge_port=host.port,
             connect_time=self.reactor.seconds(),
         )
+        if self.record_fields:
+            record.extra.update(self.record_fields)
         runtime.opened(self)
         refusal = runtime.check(record)
         if refusal is not None:
@@ -245,7 +251,7 @@ class EdgeProtocol(Protocol):
         self.record.origin_ip = origin.address
         self.record.origin_port = port
         timeout = self.runtime.app.timeouts.connect or None
-        factory = _OriginFactory(self, origin)
+        factory = self.origin_factory(origin)
         address = origin.address
         if isIPAddress(address) or isIPv6Address(address):
             self._pending = self.reactor.connectTCP(address, port, factory, timeout=timeout or 120)
@@ -256,9 +262,16 @@ class EdgeProtocol(Protocol):
 
             def failed(reason: Failure) -> None:
                 if not reason.check(CancelledError, ierror.ConnectingCancelledError):
-                    factory.clientConnectionFailed(None, reason)
+                    self.origin_failed(origin, reason)
 
             d.addErrback(failed)
+
+    def origin_factory(self, origin: Origin) -> ClientFactory:
+        """
+        The factory for a connection to C{origin} (subclasses wrap it, for
+        TLS towards the origin).
+        """
+        return _OriginFactory(self, origin)
 
     def origin_failed(self, origin: Origin, reason: Failure) -> None:
         """
