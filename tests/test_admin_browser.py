@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -137,9 +138,29 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
         assert origin_state("two")[1].endswith("down")
         wait.until(lambda d: "two" in d.find_element(By.ID, "health").text)
         assert browser.execute_script("return sessionStorage.getItem('spectrum-admin-token')") == EDIT
-        # The live charts draw lines once there are samples.
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-connections path.line"))
-        shot("01-dashboard.png")
+        # Live: three open connections moving bytes show in the table and
+        # the charts.
+        held = [socket.create_connection(("127.0.0.1", edge), timeout=5) for _ in range(3)]
+        try:
+            for sock in held:
+                assert sock.recv(100) == b"origin-one\n"
+            open_cell = app_css + ' td[data-label="Open"]'
+            for _ in range(30):
+                for sock in held:
+                    sock.sendall(b"z" * 20000 + b"\n")
+                    received = 0
+                    while received < 20001:
+                        received += len(sock.recv(65536))
+                if browser.find_element(By.CSS_SELECTOR, open_cell).text == "3":
+                    break
+                time.sleep(0.1)
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, open_cell).text == "3")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-connections path.line"))
+            time.sleep(1.2)
+            shot("01-dashboard.png")
+        finally:
+            for sock in held:
+                sock.close()
 
         # Add a block rule through the form.
         Select(browser.find_element(By.ID, "rule-mode")).select_by_value("block")

@@ -138,9 +138,11 @@ async function refreshLive() {
   state.samples.push(sample);
   if (state.samples.length > SAMPLES) state.samples.shift();
   drawChart($("#chart-connections"), [{ cls: "conn", values: state.samples.map((s) => s.connections), area: true }], formatCount);
+  // "to clients" first, so the dashed "from clients" stays visible on top
+  // when the two are equal (an echo).
   drawChart($("#chart-bytes"), [
-    { cls: "in", values: state.samples.map((s) => s.inRate) },
     { cls: "out", values: state.samples.map((s) => s.outRate) },
+    { cls: "in", values: state.samples.map((s) => s.inRate) },
   ], formatBytes);
   setStatus("live · " + new Date(live.time * 1000).toLocaleTimeString());
 }
