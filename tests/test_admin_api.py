@@ -189,6 +189,32 @@ async def test_no_wrong_or_read_token_changes_nothing(world: Any) -> None:
     assert [app.name for app in w.admin.service.config.apps] == ["echo"]
     assert not (w.tmp_path / "spectrum.state.json").exists()
 
+    # Updates and deletes of existing objects are refused the same way.
+    made_port = free_port()
+    status, made = await w.admin.call("POST", APPS, echo_app("made", made_port, w.origin_port.getHost().port))
+    status, rule = await w.admin.call("POST", USER_RULES, RULE)
+    app_id, rule_id = made["result"]["id"], rule["result"]["id"]
+    state = (w.tmp_path / "spectrum.state.json").read_text()
+    for kwargs, expected in [
+        ({"token": None}, 401),
+        ({"token": "wrong-token-0123456789abcdef"}, 401),
+        ({"token": READ}, 403),
+    ]:
+        for method, path, body in [
+            ("PUT", f"{APPS}/{app_id}", echo_app("made", free_port(), 9)),
+            ("DELETE", f"{APPS}/{app_id}", None),
+            ("PATCH", f"{USER_RULES}/{rule_id}", {"mode": "whitelist"}),
+            ("DELETE", f"{USER_RULES}/{rule_id}", None),
+        ]:
+            status, answer = await w.admin.call(method, path, body, **kwargs)
+            assert status == expected, (method, path, answer)
+            error_of(answer)
+    assert (w.tmp_path / "spectrum.state.json").read_text() == state
+    assert firewall.get(rule_id).mode == "block"
+    assert await echo_through(made_port) == b"ping"
+    status, _ = await w.admin.call("DELETE", f"{USER_RULES}/{rule_id}")
+    assert status == 200
+
     # Reads: no token is refused, the read token may.
     status, answer = await w.admin.call("GET", APPS, token=None)
     assert status == 401 and error_of(answer)
@@ -619,3 +645,61 @@ async def test_page_and_openapi_are_served(world: Any) -> None:
     spec = json.loads(await response.content())
     assert spec["openapi"].startswith("3.")
     assert "/client/v4/user/firewall/access_rules/rules" in spec["paths"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_keeps_api_apps_and_rules_even_when_the_file_changes_its_rules(world: Any) -> None:
+    import yaml
+
+    w = world()
+    made = free_port()
+    status, _ = await w.admin.call("POST", APPS, echo_app("made", made, w.origin_port.getHost().port))
+    assert status == 200
+    status, rule = await w.admin.call(
+        "POST", USER_RULES, {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.9"}}
+    )
+    assert status == 200
+    path = w.admin.config_path
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    data["access_rules"] = [{"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.8"}}]
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    assert w.admin.service.reload() is True
+    firewall = w.admin.service.protection.firewall
+    assert sorted(r.value for r in firewall.rules) == ["127.0.0.8", "127.0.0.9"]
+    assert await echo_through(made) == b"ping"
+    assert await echo_through(w.edge_port, bind="127.0.0.9") == b""
+    assert await echo_through(w.edge_port, bind="127.0.0.8") == b""
+    status, listed = await w.admin.call("GET", USER_RULES)
+    assert {(r["configuration"]["value"], r["source"]) for r in listed["result"]} == {
+        ("127.0.0.8", "config"),
+        ("127.0.0.9", "api"),
+    }
+    # The file's rule is read-only here.
+    config_rule = [r for r in listed["result"] if r["source"] == "config"][0]
+    status, answer = await w.admin.call("DELETE", f"{USER_RULES}/{config_rule['id']}")
+    assert status == 409 and "config file" in error_of(answer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_handler_answers_500_in_the_envelope_without_a_traceback(
+    world: Any, no_logged_errors: List[dict]
+) -> None:
+    w = world()
+
+    def broken(call: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    api = w.admin.service.admin.site.resource.api
+    for _, methods in api.routes:
+        if "GET" in methods and methods["GET"] == api.list_zones:
+            methods["GET"] = broken
+    status, answer = await w.admin.call("GET", "/client/v4/zones", token=READ)
+    assert status == 500
+    message = error_of(answer)
+    assert message == "internal error; the server log has the details"
+    assert "secret internals" not in json.dumps(answer)
+    # The failure went to the log (and only there).
+    assert any("secret internals" in str(e.get("log_failure")) for e in no_logged_errors)
+    no_logged_errors.clear()

@@ -62,6 +62,13 @@ def test_bad_token_configs_name_the_path() -> None:
     assert config_error({"tokens": {"name": "a"}}) == "admin.tokens: expected list, got a mapping"
 
 
+def test_admin_listens_on_loopback_by_default() -> None:
+    config = parse({"apps": [], "admin": {}})
+    assert config.admin is not None
+    assert config.admin.listen == "tcp:8080:interface=127.0.0.1"
+    assert config.admin.tokens == ()
+
+
 def test_token_paths_are_relative_to_the_config_file() -> None:
     config = parse(
         {

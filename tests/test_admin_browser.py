@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any, Iterator
 
 import pytest
 
-from adminkit import EDIT, document, echo_app
+from adminkit import EDIT, document
 from conftest import free_port, require_program
 from procs import ROOT, NamedOrigin, start_twistd, write_config
 
@@ -81,7 +82,21 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
     os.makedirs(SCREENSHOTS, exist_ok=True)
     origin = NamedOrigin("origin-one")
     admin_port, edge = free_port(), free_port()
-    data = document([echo_app("game", edge, origin.port)])
+    closed = free_port()
+    game = {
+        "name": "game",
+        "protocol": f"tcp/{edge}",
+        "ips": ["127.0.0.1"],
+        "origin_pool": {
+            "name": "game-servers",
+            "origins": [
+                {"name": "one", "address": "127.0.0.1", "port": origin.port},
+                {"name": "two", "address": "127.0.0.1", "port": closed},
+            ],
+            "monitor": {"type": "tcp", "interval": 0.5, "timeout": 0.5, "consecutive_down": 1, "consecutive_up": 1},
+        },
+    }
+    data = document([game])
     data["admin"]["listen"] = f"tcp:{admin_port}:interface=127.0.0.1"
     config = write_config(tmp_path / "spectrum.json", data)
     proxy = start_twistd(config, tmp_path / "twistd.log", ports=[admin_port, edge])
@@ -106,17 +121,46 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
         token.send_keys(EDIT)
         browser.find_element(By.ID, "login").click()
 
-        # The app, its port and its origin's health.
-        row = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '#apps tr[data-app="game"]')))
-        wait.until(lambda _: f"127.0.0.1:{edge}" in row.text)
-        health = row.find_element(By.CSS_SELECTOR, ".origin")
-        assert f"127.0.0.1:{origin.port}" in health.text
-        assert health.get_attribute("data-healthy") == "true"
-        assert "up" in health.text
+        # The app, its port and its origins' live health: one up, the one
+        # nothing listens for goes down at its first probe.
+        app_css = '#apps tr[data-app="game"]'
+        wait.until(lambda d: f"127.0.0.1:{edge}" in d.find_element(By.CSS_SELECTOR, app_css).text)
+
+        def origin_state(name: str) -> Any:
+            for item in browser.find_elements(By.CSS_SELECTOR, app_css + " .origin"):
+                if item.text.startswith(name + " "):
+                    return item.get_attribute("data-healthy"), item.text
+            return None
+
+        wait.until(lambda _: (origin_state("two") or ("",))[0] == "false")
+        healthy, text = origin_state("one")
+        assert healthy == "true" and f"127.0.0.1:{origin.port}" in text and text.endswith("up")
+        assert origin_state("two")[1].endswith("down")
+        wait.until(lambda d: "two" in d.find_element(By.ID, "health").text)
         assert browser.execute_script("return sessionStorage.getItem('spectrum-admin-token')") == EDIT
-        # The live charts draw lines once there are samples.
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-connections path.line"))
-        shot("01-dashboard.png")
+        # Live: three open connections moving bytes show in the table and
+        # the charts.
+        held = [socket.create_connection(("127.0.0.1", edge), timeout=5) for _ in range(3)]
+        try:
+            for sock in held:
+                assert sock.recv(100) == b"origin-one\n"
+            open_cell = app_css + ' td[data-label="Open"]'
+            for _ in range(30):
+                for sock in held:
+                    sock.sendall(b"z" * 20000 + b"\n")
+                    received = 0
+                    while received < 20001:
+                        received += len(sock.recv(65536))
+                if browser.find_element(By.CSS_SELECTOR, open_cell).text == "3":
+                    break
+                time.sleep(0.1)
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, open_cell).text == "3")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-connections path.line"))
+            time.sleep(1.2)
+            shot("01-dashboard.png")
+        finally:
+            for sock in held:
+                sock.close()
 
         # Add a block rule through the form.
         Select(browser.find_element(By.ID, "rule-mode")).select_by_value("block")

@@ -36,16 +36,18 @@ import re
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import attr
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from spectrum.admin import analytics_query as AQ
 from spectrum.admin.activity import RecentEvents, live_traffic
-from spectrum.admin.apps import BodyError, app_document, app_shape
+from spectrum.admin.apps import BodyError, app_document, app_shape, origin_health
 from spectrum.admin.auth import Authenticator, AuthError
 from spectrum.admin.state import AdminState, StateError, describe_error, now_iso
 from spectrum.config import ConfigError
+from spectrum.firewall import DuplicateRule, RuleError, make_rule
 
 #: The most a request body may hold.
 MAX_BODY = 1024 * 1024
@@ -451,6 +453,7 @@ class AdminAPI(Resource):
                 raise ApiError(400, BAD_REQUEST, describe_error(e, index)) from None
             raise ApiError(400, BAD_REQUEST, str(e)) from None
         config = _with_source(config, self.service.config)
+        # Imported here: spectrum.service imports this module (through the site).
         from spectrum.service import ListenError
 
         previous = self.state.apps
@@ -585,15 +588,13 @@ class AdminAPI(Resource):
             combine = all if match == "all" else any
             rules = [r for r in rules if combine(test(r) for test in tests)]
         if order is not None:
-            field = order.split(".")[-1]
-            rules.sort(key=lambda r: getattr(r, field if field != "target" else "target"), reverse=direction == "desc")
+            field = {"configuration.target": "target", "configuration.value": "value", "mode": "mode"}[order]
+            rules.sort(key=lambda r: getattr(r, field), reverse=direction == "desc")
         elif direction == "desc":
             rules.reverse()
         return paginate([self._rule_shape(r) for r in rules], call)
 
     def create_rule(self, call: Call) -> Any:
-        from spectrum.firewall import DuplicateRule, RuleError, make_rule
-
         scope, app = self._scope(call)
         body = call.object_body()
         check_fields(body, {"mode": str, "configuration": dict, "notes": str})
@@ -654,8 +655,6 @@ class AdminAPI(Resource):
         return rule
 
     def edit_rule(self, call: Call) -> Any:
-        from spectrum.firewall import RuleError
-
         rule = self._api_rule(call)
         body = call.object_body()
         if "configuration" in body:
@@ -739,15 +738,14 @@ class AdminAPI(Resource):
         Put the state file's rules (back) into the firewall: at start, and
         after a reload replaced the rule set with the config file's.
         """
-        from spectrum.firewall import DuplicateRule, RuleError, make_rule
-
         protection = getattr(self.service, "protection", None)
         if protection is None:
             return
         firewall = protection.firewall
+        present = {rule.id for rule in firewall.rules}
         for stored in self.state.rules:
             try:
-                if stored["id"] in self.rule_meta and any(r.id == stored["id"] for r in firewall.rules):
+                if stored["id"] in present and stored["id"] in self.rule_meta:
                     continue
                 configuration = stored["configuration"]
                 rule = make_rule(
@@ -788,7 +786,7 @@ class AdminAPI(Resource):
         return ids
 
     def aggregate_current(self, call: Call) -> Any:
-        wanted = call.arg("appID") or call.arg("app_id_param")
+        wanted = call.arg("appID")
         ids = set(wanted.split(",")) if wanted else None
         return AQ.aggregate_current(self.analytics, self._app_ids(), ids, self.reactor.seconds())
 
@@ -809,8 +807,6 @@ class AdminAPI(Resource):
     def health(self, call: Call) -> Any:
         apps = []
         changes: List[Dict[str, Any]] = []
-        from spectrum.admin.apps import origin_health
-
         for app in self.service.config.apps:
             runtime = self.service.runtimes.get(app.name)
             apps.append({"id": app.id, "name": app.name, "origins": origin_health(app, runtime)})
@@ -844,8 +840,6 @@ class AdminAPI(Resource):
 
 
 def _with_source(config: Any, running: Any) -> Any:
-    import attr
-
     if config.source is None and running.source is not None:
         return attr.evolve(config, source=running.source)
     return config

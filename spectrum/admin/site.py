@@ -46,6 +46,19 @@ def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Op
     return root
 
 
+class AdminSite(Site):
+    """
+    The admin's HTTP site; its access log leaves out successful reads, so a
+    page polling every second does not flood the log, and keeps every change
+    and every refusal.
+    """
+
+    def log(self, request: Any) -> None:
+        if request.method in (b"GET", b"HEAD") and request.code < 400:
+            return
+        super().log(request)
+
+
 class AdminService(Service):
     """
     Listens on C{admin.listen} (bound before privileges are dropped) and
@@ -61,7 +74,7 @@ class AdminService(Service):
             reactor = _reactor
         self.reactor = reactor
         self.settings = settings
-        self.site = Site(root)
+        self.site = AdminSite(root)
         self.site.noisy = False
         self.site.displayTracebacks = False
         self.port: Any = None

@@ -137,10 +137,12 @@ async function refreshLive() {
   state.last = { time: live.time, ingress, egress };
   state.samples.push(sample);
   if (state.samples.length > SAMPLES) state.samples.shift();
-  drawChart($("#chart-connections"), [{ cls: "conn", values: state.samples.map((s) => s.connections), area: true }], formatCount, true);
+  drawChart($("#chart-connections"), [{ cls: "conn", values: state.samples.map((s) => s.connections), area: true }], formatCount);
+  // "to clients" first, so the dashed "from clients" stays visible on top
+  // when the two are equal (an echo).
   drawChart($("#chart-bytes"), [
-    { cls: "in", values: state.samples.map((s) => s.inRate) },
     { cls: "out", values: state.samples.map((s) => s.outRate) },
+    { cls: "in", values: state.samples.map((s) => s.inRate) },
   ], formatBytes);
   setStatus("live · " + new Date(live.time * 1000).toLocaleTimeString());
 }
@@ -155,20 +157,21 @@ function svg(tag, attrs) {
   return node;
 }
 
-function niceMax(value, integers) {
-  if (integers && value <= 20) return Math.max(4, Math.ceil(value / 4) * 4);
-  if (value <= 1) return 1;
-  const power = Math.pow(10, Math.floor(Math.log10(value)));
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power;
-  return 10 * power;
+// The chart's top: four gridline steps of a round size (1, 2, 2.5 or 5
+// times a power of ten), at least one per step.
+function niceMax(value) {
+  const tick = Math.max(value / 4, 1);
+  const power = Math.pow(10, Math.floor(Math.log10(tick)));
+  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= tick) return 4 * step * power;
+  return 40 * power;
 }
 
-function drawChart(node, series, format, integers) {
+function drawChart(node, series, format) {
   const width = 600, height = 180, left = 56, right = 8, top = 10, bottom = 22;
   const plotW = width - left - right, plotH = height - top - bottom;
   let max = 0;
   for (const s of series) for (const v of s.values) max = Math.max(max, v);
-  max = niceMax(max, integers);
+  max = niceMax(max);
   node.replaceChildren();
   for (let i = 0; i <= 4; i++) {
     const y = top + plotH - (plotH * i) / 4;
@@ -204,7 +207,8 @@ function formatBytes(value) {
   const units = ["B/s", "KB/s", "MB/s", "GB/s"];
   let i = 0;
   while (value >= 1000 && i < units.length - 1) { value /= 1000; i += 1; }
-  return (value >= 10 || i === 0 ? Math.round(value) : value.toFixed(1)) + " " + units[i];
+  const shown = value >= 10 || Number.isInteger(value) ? Math.round(value) : value.toFixed(1);
+  return shown + " " + units[i];
 }
 
 function formatTotal(bytes) {
@@ -374,7 +378,7 @@ async function refreshEvents() {
         el("td", {}, e.Application),
         el("td", { class: "mono" }, e.ClientIP + ":" + e.ClientPort),
         el("td", {}, statusPill(e.Status)),
-        el("td", {}, e.Reason || e.ClientMatchedIpFirewall)));
+        el("td", { class: "wrap" }, e.Reason || e.ClientMatchedIpFirewall)));
     }
     labelCells($("#refused"));
   }
