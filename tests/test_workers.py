@@ -172,3 +172,23 @@ def test_workers_share_a_udp_port(tmp_path: Path, origin: EchoOrigin) -> None:
         status = node.stop()
         udp_origin.close()
     assert status in (0, -signal.SIGTERM), node.log()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path, origin: EchoOrigin) -> None:
+    port = free_port()
+    node = Node(tmp_path, "edge", {"apps": [app_config("echo", port, origin.port)], "workers": 2}).start()
+    try:
+        node.wait_log(r"worker 1 started")
+        deadline = time.monotonic() + 15
+        while listening_sockets(port) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert node.process is not None
+        node.process.kill()  # SIGKILL: no chance to stop the workers
+        node.process.wait()
+        deadline = time.monotonic() + 5
+        while listening_sockets(port):
+            assert time.monotonic() < deadline, "orphaned workers keep the edge port"
+            time.sleep(0.05)
+    finally:
+        node.stop()
