@@ -233,3 +233,44 @@ async def test_sentinel_finds_the_master(tmp_path: Any) -> None:
         sentinel.kill()
         sentinel.wait()
         master.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_password(tmp_path: Any) -> None:
+    from spectrum.store.redis import RedisStore
+
+    program = require_program("redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", "s3cret-pass"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    logged: List[str] = []
+
+    def observer(event: dict) -> None:
+        from twisted.logger import formatEvent
+
+        logged.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    good = RedisStore(f"redis://:s3cret-pass@127.0.0.1:{port}/0", node="a", reactor=reactor)
+    bad = RedisStore(f"redis://:wrong@127.0.0.1:{port}/0", node="b", reactor=reactor)
+    try:
+        await sleep(0.3)
+        good.start()
+        bad.start()
+        await until_available(good)
+        await good.put(RULES, "auth", {"ok": True})
+        await sleep(0.5)
+        assert not bad.available
+        refused = [line for line in logged if "refused for good" in line]
+        assert refused and all("127.0.0.1" in line and "wrong" not in line for line in refused)
+        # The password never reaches the log.
+        assert not any("s3cret-pass" in line for line in logged)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        await good.stop()
+        await bad.stop()
+        process.kill()
+        process.wait()
