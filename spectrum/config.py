@@ -37,6 +37,7 @@ from spectrum.model import (
     UDP_MAX_SESSIONS_DEFAULT,
     AccessRule,
     AdminSettings,
+    AdminToken,
     AnalyticsSettings,
     App,
     CertificateFiles,
@@ -118,6 +119,28 @@ def load(path: str) -> Config:
     else:
         data = _decode_yaml(name, text)
     return parse(data, source=name)
+
+
+def read(path: str) -> object:
+    """
+    The decoded document in the file C{path} (JSON by extension, else YAML),
+    not yet checked: what L{load} hands to L{parse}.
+
+    @raise ConfigError: the file cannot be read or decoded.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(name, f"cannot read the file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(name, f"not UTF-8 text (byte {e.start})") from None
+    if os.path.splitext(name)[1].lower() == ".json":
+        return _decode_json(name, text)
+    return _decode_yaml(name, text)
 
 
 def parse(data: object, source: str | None = None) -> Config:
@@ -486,7 +509,21 @@ class _Builder:
     def admin(self) -> AdminSettings | None:
         if "admin" not in self.data:
             return None
-        settings = AdminSettings(**self.data["admin"])
+        raw = dict(self.data["admin"])
+        tokens = tuple(
+            AdminToken(**dict(spec, token_file=self.relative(spec["token_file"]) if "token_file" in spec else None))
+            for spec in raw.pop("tokens", [])
+        )
+        seen: dict[str, int] = {}
+        for index, token in enumerate(tokens):
+            if token.name in seen:
+                raise self.fail(("admin", "tokens", index, "name"), f"duplicate token name {_show(token.name)}")
+            seen[token.name] = index
+            if token.token is not None and len(token.token.strip()) < 16:
+                raise self.fail(("admin", "tokens", index, "token"), "a token needs at least 16 characters")
+        if "state_file" in raw:
+            raw["state_file"] = self.relative(raw["state_file"])
+        settings = AdminSettings(tokens=tokens, **raw)
         from twisted.internet.endpoints import serverFromString
 
         try:

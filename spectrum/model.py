@@ -339,12 +339,36 @@ class GeoIPFiles:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class AdminToken:
+    """
+    One admin API token as configured: exactly one of C{token},
+    C{token_env} (an environment variable) and C{token_file} gives it.
+
+    @ivar permissions: C{read} or C{edit}.
+    @ivar email: when set, C{X-Auth-Email} must match it.
+    """
+
+    name: str
+    permissions: str = "read"
+    token: Optional[str] = attr.ib(default=None, repr=False)
+    token_env: Optional[str] = None
+    token_file: Optional[str] = None
+    email: Optional[str] = None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class AdminSettings:
     """
     The admin listener (a Twisted server endpoint description).
+
+    @ivar tokens: the API's tokens; with none, one is generated at start.
+    @ivar state_file: where apps and rules made through the API are kept
+        (absolute); L{None} for the default next to the config file.
     """
 
     listen: str = "tcp:8080:interface=127.0.0.1"
+    tokens: Tuple[AdminToken, ...] = ()
+    state_file: Optional[str] = None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)

@@ -67,6 +67,7 @@ class SpectrumService(MultiService):
         drain_timeout: float = 10.0,
         loader: Callable[[str], Config] = load,
         handle_sighup: bool = False,
+        admin_state: Any = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -86,6 +87,8 @@ class SpectrumService(MultiService):
         #: analytics) can attach their checks
         self.runtime_hooks: List[Callable[[AppRuntime], None]] = []
         self.handle_sighup = handle_sighup
+        #: the config document and what the admin API made (AdminState)
+        self.admin_state = admin_state
         self._previous_sighup: Any = None
         #: called with each config that apply() commits
         self.config_hooks: List[Callable[[Config], None]] = []
@@ -99,7 +102,7 @@ class SpectrumService(MultiService):
         self.event_log.install(self)
         self.admin: Optional[AdminService] = None
         if config.admin is not None:
-            root = admin_root(self.analytics, self.protection.firewall)
+            root = admin_root(self.analytics, self.protection.firewall, service=self)
             self.admin = AdminService(config.admin, root, reactor)
             self.admin.setServiceParent(self)
         #: certificates and per-app TLS state, reloaded with the config and

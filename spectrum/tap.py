@@ -35,11 +35,31 @@ class Options(usage.Options):
     ]
 
     config: Optional[Config] = None
+    #: the admin API's state (apps and rules it made), when there is an admin
+    admin_state: Any = None
+
+    def _with_admin_state(self, path: str, config: Config) -> Config:
+        """
+        The config with the apps the admin API made (kept in its state file)
+        added to the file's.
+        """
+        from spectrum.admin.state import AdminState, StateError, default_state_file
+
+        assert config.admin is not None
+        state = AdminState(config.admin.state_file or default_state_file(path))
+        try:
+            state.load()
+        except StateError as e:
+            raise SystemExit(f"spectrum: {e}") from None
+        self.admin_state = state
+        return state.loader()(path)
 
     def postOptions(self) -> None:
         path = self["config"] or default_config_path()
         try:
             self.config = load(path)
+            if self.config.admin is not None:
+                self.config = self._with_admin_state(path, self.config)
         except ConfigError as e:
             # One line naming the place in the file; nothing has been bound.
             raise SystemExit(f"spectrum: {e}") from None
@@ -60,6 +80,14 @@ def makeService(options: Options) -> Any:
         options.config,
         drain_timeout=options["drain-timeout"],
         handle_sighup=True,
+        **_admin_arguments(options),
     )
     service.certificate_check_interval = options["certificate-check"]
     return service
+
+
+def _admin_arguments(options: Options) -> Any:
+    state = options.admin_state
+    if state is None:
+        return {}
+    return {"admin_state": state, "loader": state.loader()}

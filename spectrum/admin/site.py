@@ -1,8 +1,10 @@
 """
 The admin site and the service that listens for it.
 
-For now the site serves only C{/metrics}; the JSON API and its
-authentication attach to L{admin_root}'s resource tree.
+The tree: C{/client/v4/...} the JSON API (L{spectrum.admin.api}),
+C{/metrics} Prometheus, C{/openapi.json} the API's description, C{/} the
+browser page (static files from C{spectrum/admin/static}, no build step).
+Any other path gets a 404 in the API's envelope.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from spectrum.admin.auth import TokenError
 from spectrum.admin.metrics import metrics_resource
+from spectrum.admin.state import StateError
 from spectrum.analytics import Analytics
 from spectrum.model import AdminSettings
 
@@ -27,13 +31,32 @@ class AdminListenError(Exception):
     """
 
 
-def admin_root(analytics: Analytics, firewall: Optional[Any] = None) -> Resource:
+def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Optional[Any] = None) -> Resource:
     """
-    The admin resource tree: C{/metrics}.
+    The admin resource tree: C{/metrics}; with C{service}, the API, its
+    description and the page too.
     """
-    root = Resource()
+    if service is None:
+        root = Resource()
+    else:
+        from spectrum.admin.page import Root
+
+        root = Root(service)
     root.putChild(b"metrics", metrics_resource(analytics, firewall))
     return root
+
+
+class AdminSite(Site):
+    """
+    The admin's HTTP site; its access log leaves out successful reads, so a
+    page polling every second does not flood the log, and keeps every change
+    and every refusal.
+    """
+
+    def log(self, request: Any) -> None:
+        if request.method in (b"GET", b"HEAD") and request.code < 400:
+            return
+        super().log(request)
 
 
 class AdminService(Service):
@@ -51,7 +74,7 @@ class AdminService(Service):
             reactor = _reactor
         self.reactor = reactor
         self.settings = settings
-        self.site = Site(root)
+        self.site = AdminSite(root)
         self.site.noisy = False
         self.site.displayTracebacks = False
         self.port: Any = None
@@ -74,6 +97,7 @@ class AdminService(Service):
 
     def privilegedStartService(self) -> None:
         try:
+            self._prepare()
             self._listen()
         except AdminListenError as e:
             # One line and exit status 1, not a traceback out of twistd.
@@ -81,7 +105,19 @@ class AdminService(Service):
             raise SystemExit(f"spectrum: {e}") from None
         super().privilegedStartService()
 
+    def _prepare(self) -> None:
+        # Tokens (read or generated) and the API's saved rules, before the
+        # port opens.
+        prepare = getattr(self.site.resource, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare(self.settings)
+            except (TokenError, StateError) as e:
+                raise AdminListenError(str(e)) from None
+
     def startService(self) -> None:
+        if self.port is None:
+            self._prepare()
         self._listen()
         super().startService()
 

@@ -1,0 +1,158 @@
+"""
+Who may use the admin API: bearer tokens with a permission (C{read} or
+C{edit}), also accepted as Cloudflare's C{X-Auth-Key} (with C{X-Auth-Email},
+which must match the token's email when it has one).
+
+Tokens come from the config (C{admin.tokens}: the token itself, an
+environment variable or a file). With none configured, a random edit token
+is generated at start and written, readable by its owner only, to a file
+next to the state file, so an admin site never runs without auth.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from typing import Iterable, Mapping, Optional, Sequence, Tuple
+
+import attr
+
+from spectrum.model import AdminToken
+
+READ = "read"
+EDIT = "edit"
+PERMISSIONS = (READ, EDIT)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Token:
+    """
+    One credential of the admin API.
+
+    @ivar secret: the token as sent by clients.
+    @ivar email: when set, C{X-Auth-Email} must match it (case-insensitive).
+    """
+
+    name: str
+    secret: str = attr.ib(repr=False)
+    permissions: str = READ
+    email: Optional[str] = None
+
+    @property
+    def can_edit(self) -> bool:
+        return self.permissions == EDIT
+
+
+class TokenError(Exception):
+    """
+    A configured token cannot be read; C{str()} is one line naming it.
+    """
+
+
+class AuthError(Exception):
+    """
+    A request that may not go on.
+
+    @ivar status: 401 (who are you?) or 403 (not allowed).
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def resolve(specs: Sequence[AdminToken], environ: Mapping[str, str] = os.environ) -> Tuple[Token, ...]:
+    """
+    The tokens named by C{specs}, read from the config, the environment or
+    their files.
+
+    @raise TokenError: one cannot be read, or is empty.
+    """
+    tokens = []
+    for index, spec in enumerate(specs):
+        where = f"admin.tokens[{index}] ({spec.name})"
+        if spec.token is not None:
+            secret = spec.token
+        elif spec.token_env is not None:
+            if spec.token_env not in environ:
+                raise TokenError(f"{where}: environment variable {spec.token_env} is not set")
+            secret = environ[spec.token_env]
+        else:
+            assert spec.token_file is not None
+            try:
+                with open(spec.token_file, encoding="utf-8") as f:
+                    secret = f.read()
+            except OSError as e:
+                raise TokenError(f"{where}: cannot read {spec.token_file}: {e.strerror or e}") from None
+        secret = secret.strip()
+        if len(secret) < 16:
+            raise TokenError(f"{where}: a token needs at least 16 characters")
+        tokens.append(Token(spec.name, secret, spec.permissions, spec.email))
+    return tuple(tokens)
+
+
+def generate(path: str) -> Token:
+    """
+    A new random edit token, written to C{path} (mode 0600, replacing what
+    was there).
+    """
+    secret = secrets.token_urlsafe(32)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = path + ".tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret + "\n")
+    os.replace(temporary, path)
+    return Token("generated", secret, EDIT)
+
+
+class Authenticator:
+    """
+    Checks a request's credentials against the tokens, in constant time.
+    """
+
+    def __init__(self, tokens: Iterable[Token]) -> None:
+        self.tokens = tuple(tokens)
+
+    def _find(self, secret: str) -> Optional[Token]:
+        given = secret.encode("utf-8", "surrogateescape")
+        found = None
+        # Compare with every token, so timing tells nothing of which matched.
+        for token in self.tokens:
+            if hmac.compare_digest(given, token.secret.encode("utf-8")):
+                found = token
+        return found
+
+    def authenticate(self, headers: Mapping[str, Optional[str]], mutation: bool) -> Token:
+        """
+        The token that C{headers} carry (C{authorization}, C{x-auth-key},
+        C{x-auth-email}, lower-case keys).
+
+        @raise AuthError: none, a wrong one, or a read token for a mutation.
+        """
+        authorization = headers.get("authorization")
+        key = headers.get("x-auth-key")
+        if authorization:
+            scheme, _, secret = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise AuthError(401, "Authorization must be 'Bearer <token>'")
+            token = self._find(secret.strip())
+            if token is None:
+                raise AuthError(401, "invalid token")
+        elif key:
+            email = (headers.get("x-auth-email") or "").strip()
+            if not email:
+                raise AuthError(401, "X-Auth-Key needs X-Auth-Email")
+            token = self._find(key.strip())
+            if token is None:
+                raise AuthError(401, "invalid X-Auth-Key")
+            if token.email is not None and token.email.lower() != email.lower():
+                raise AuthError(401, "X-Auth-Email does not match this key")
+        else:
+            raise AuthError(401, "no credentials: send 'Authorization: Bearer <token>' or X-Auth-Email and X-Auth-Key")
+        if mutation and not token.can_edit:
+            raise AuthError(403, f"token {token.name!r} may only read")
+        return token
