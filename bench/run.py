@@ -62,6 +62,11 @@ PACKAGES = {
 class NotApplicable(Exception):
     """This proxy does not do this kind of forwarding; the cell says why."""
 
+    def __init__(self, short: str, detail: str = "") -> None:
+        super().__init__(short)
+        self.short = short
+        self.detail = detail
+
 
 def which(name: str) -> Optional[str]:
     return shutil.which(name) or next(
@@ -209,11 +214,20 @@ class Workdir:
 class Origin:
     """A running origin: where proxies forward to."""
 
-    def __init__(self, procs: List[subprocess.Popen], port: int, tls_port: Optional[int] = None, **extra) -> None:
+    def __init__(self, procs: List[subprocess.Popen], ports: List[int], tls_ports: Sequence[int] = (), **extra) -> None:
         self.procs = procs
-        self.port = port
-        self.tls_port = tls_port
+        self.ports = ports
+        self.tls_ports = tls_ports
         self.extra = extra
+
+    def port_for(self, index: int, tls: bool = False) -> int:
+        """
+        The origin port for the C{index}th proxy.  Where the origin has
+        several, each proxy gets its own, so TIME_WAIT sockets one proxy
+        leaves behind (new-connection tests) never take ports from another.
+        """
+        ports = self.tls_ports if tls else self.ports
+        return ports[index % len(ports)]
 
     def stop(self) -> None:
         stop(self.procs)
@@ -223,11 +237,15 @@ def start_iperf3(work: Workdir) -> Origin:
     port = free_port()
     proc = spawn(["iperf3", "-s", "-p", str(port), "-B", "127.0.0.1"], work.path, f"iperf3-{port}")
     wait_listening(port, [proc], "iperf3 -s")
-    return Origin([proc], port)
+    return Origin([proc], [port])
 
 
 def start_nginx_http(work: Workdir) -> Origin:
-    port, tls_port = free_port(), free_port()
+    ports = [free_port() for _ in range(len(PEERS))]
+    tls_ports = [free_port() for _ in range(len(PEERS))]
+    port = ports[0]
+    listens = "\n".join(f"        listen 127.0.0.1:{p} backlog=4096;" for p in ports)
+    listens += "\n" + "\n".join(f"        listen 127.0.0.1:{p} ssl backlog=4096;" for p in tls_ports)
     tmp = os.path.join(work.path, f"origin-{port}")
     os.makedirs(os.path.join(tmp, "logs"))
     conf = os.path.join(tmp, "nginx.conf")
@@ -246,8 +264,7 @@ http {{
     keepalive_timeout 300s;
     default_type text/plain;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        listen 127.0.0.1:{tls_port} ssl backlog=4096;
+{listens}
         ssl_certificate {work.crt};
         ssl_certificate_key {work.key};
         root {work.path}/www;
@@ -256,9 +273,9 @@ http {{
 }}
 """)
     proc = spawn(["nginx", "-p", tmp, "-c", conf, "-e", f"{tmp}/error.log"], work.path, f"nginx-origin-{port}")
-    wait_listening(port, [proc], "nginx origin")
-    wait_listening(tls_port, [proc], "nginx origin (TLS)")
-    return Origin([proc], port, tls_port)
+    for p in ports + tls_ports:
+        wait_listening(p, [proc], "nginx origin")
+    return Origin([proc], ports, tls_ports)
 
 
 def start_holder(work: Workdir) -> Origin:
@@ -268,7 +285,7 @@ def start_holder(work: Workdir) -> Origin:
     countfile = os.path.join(work.path, f"accepted-{port}")
     proc = spawn([work.hold, "serve", str(port), countfile], work.path, f"hold-{port}")
     wait_listening(port, [proc], "hold serve")
-    return Origin([proc], port, countfile=countfile)
+    return Origin([proc], [port], countfile=countfile)
 
 
 # The proxies --------------------------------------------------------------
@@ -299,7 +316,7 @@ class Peer:
     def missing(self) -> List[str]:
         return [p for p in self.programs if not which(p)]
 
-    def start(self, kind: str, origin: Origin, work: Workdir) -> Running:
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
         """
         Start forwarding C{kind} ("tcp", "tls": terminate TLS and speak
         plaintext to the origin, "udp": TCP and UDP on one port) to C{origin}.
@@ -308,7 +325,7 @@ class Peer:
             raise NotApplicable(f"no {kind}")
         port = free_port()
         tmp = tempfile.mkdtemp(prefix=f"{self.name}-", dir=work.path)
-        procs = self.launch(kind, port, origin.port, tmp, work)
+        procs = self.launch(kind, port, origin.port_for(index), tmp, work)
         try:
             wait_listening(port, procs, self.name)
             if kind == "udp":
@@ -326,8 +343,8 @@ class Direct(Peer):
     name = "direct"
     kinds = ("tcp", "tls", "udp")
 
-    def start(self, kind: str, origin: Origin, work: Workdir) -> Running:
-        return Running([], origin.tls_port if kind == "tls" else origin.port)
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
+        return Running([], origin.port_for(index, tls=kind == "tls"))
 
 
 class Spectrum(Peer):
@@ -368,7 +385,7 @@ class Spectrum(Peer):
             try:
                 load(path)
             except ConfigError as e:
-                raise NotApplicable(f"not in this build ({e.message})") from None
+                raise NotApplicable("not in this build", f"config loader: {e}") from None
         finally:
             sys.path.remove(ROOT)
         env = dict(os.environ, PYTHONPATH=ROOT)
@@ -376,7 +393,20 @@ class Spectrum(Peer):
         # --drain-timeout is given because the foundation's default ("10",
         # a string) is not converted and postOptions fails comparing it.
         argv = [sys.executable, "-m", "twisted", "--log-level=warn", "spectrum", "--config", path, "--drain-timeout", "1"]
+        self._log = os.path.join(tmp, "spectrum.log")
         return [spawn(argv, tmp, "spectrum", cwd=ROOT, env=env)]
+
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
+        try:
+            return super().start(kind, origin, work, index)
+        except RuntimeError:
+            if kind == "tcp":
+                raise
+            # The loader took the config but the service could not serve it
+            # (say, a UDP app before the UDP listener lands).
+            with open(self._log) as f:
+                last = (f.read().strip().splitlines() or ["?"])[-1]
+            raise NotApplicable("not in this build", f"spectrum exited: {last}") from None
 
 
 class HAProxy(Peer):
@@ -505,6 +535,7 @@ class PortForward(Peer):
 class Options:
     duration = 3
     idle_connections = 10000
+    profile: Optional[str] = None
 
 
 def _run(argv: List[str], timeout: float) -> str:
@@ -735,12 +766,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--peers", help="comma-separated proxies: " + ",".join(p.name for p in PEERS))
     parser.add_argument("--save", metavar="FILE", help="also write the table, command and machine facts here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
+    parser.add_argument("--profile", metavar="DIR", help="record spectrum with py-spy during each run, into DIR")
     args = parser.parse_args(argv)
 
     opts = Options()
     runs = args.runs or (1 if args.quick else 3)
     opts.duration = args.duration or (2 if args.quick else 3)
     opts.idle_connections = args.idle_connections or (2000 if args.quick else 10000)
+    if args.profile:
+        if not which("py-spy"):
+            parser.error("--profile needs py-spy (pip install py-spy)")
+        os.makedirs(args.profile, exist_ok=True)
+        opts.profile = args.profile
     scenarios = SCENARIOS
     if args.only:
         wanted = args.only.split(",")
@@ -834,9 +871,11 @@ def run_scenario(scenario: Scenario, peers: Sequence[Peer], runs: int, opts: Opt
                 continue
             if not scenario.fresh:
                 try:
-                    running[peer.name] = peer.start(scenario.kind, origin, work)
+                    running[peer.name] = peer.start(scenario.kind, origin, work, peers.index(peer))
                 except NotApplicable as e:
-                    notes[cell] = f"n/a ({e})"
+                    notes[cell] = f"n/a ({e.short})"
+                    if e.detail:
+                        print(f"  {peer.name}: n/a: {e.detail}", file=sys.stderr)
                     continue
                 except Exception as e:
                     notes[cell] = "failed to start"
@@ -854,17 +893,19 @@ def run_scenario(scenario: Scenario, peers: Sequence[Peer], runs: int, opts: Opt
                     if scenario.fresh:
                         here = scenario.origin(work)
                         try:
-                            proxy = peer.start(scenario.kind, here, work)
+                            proxy = peer.start(scenario.kind, here, work, peers.index(peer))
                             try:
                                 result = scenario.measure(proxy, here, work, opts)
                             finally:
                                 proxy.stop()
                         finally:
                             here.stop()
+                    elif opts.profile and isinstance(peer, Spectrum):
+                        result = profiled(scenario, peer, run, proxy, origin, work, opts)
                     else:
                         result = scenario.measure(proxy, origin, work, opts)
                 except NotApplicable as e:
-                    notes[cell] = f"n/a ({e})"
+                    notes[cell] = f"n/a ({e.short})"
                     continue
                 except Exception as e:
                     print(f"  {peer.name} run {run + 1}: {e}", file=sys.stderr, flush=True)
@@ -881,6 +922,28 @@ def run_scenario(scenario: Scenario, peers: Sequence[Peer], runs: int, opts: Opt
             proxy.stop()
         if origin is not None:
             origin.stop()
+
+
+def profiled(scenario: Scenario, peer: Peer, run: int, proxy: Running, origin: Origin, work: Workdir,
+             opts: Options) -> Dict[str, float]:  # fmt: skip
+    """
+    C{scenario.measure}, with py-spy sampling spectrum meanwhile: a flame
+    graph (.svg) and collapsed stacks (.txt, for grep and sort).
+    """
+    assert opts.profile
+    stem = os.path.join(opts.profile, f"{scenario.key}-{peer.name}-{run + 1}")
+    spies = [
+        subprocess.Popen(["py-spy", "record", "--nonblocking", "--pid", str(proxy.procs[0].pid), "--format", fmt,
+                          "-o", f"{stem}.{ext}", "-d", str(opts.duration + 1)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fmt, ext in (("flamegraph", "svg"), ("raw", "txt"))
+    ]  # fmt: skip
+    time.sleep(0.5)
+    try:
+        return scenario.measure(proxy, origin, work, opts)
+    finally:
+        for spy in spies:
+            spy.wait(30)
 
 
 #: the peer each ratio compares spectrum with, per figure
