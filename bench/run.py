@@ -351,9 +351,9 @@ class Spectrum(Peer):
     name = "spectrum"
     kinds = ("tcp", "tls", "udp")
 
-    def __init__(self, extra_config: str = "", name: str = "spectrum") -> None:
-        self.extra_config = extra_config
+    def __init__(self, name: str = "spectrum", env: Optional[Dict[str, str]] = None) -> None:
         self.name = name
+        self.env = env or {}
 
     def config(self, kind: str, port: int, target: int, work: Workdir) -> str:
         app = f"""
@@ -363,7 +363,7 @@ class Spectrum(Peer):
     ports: [{{destination_port: {port}, origin_port: {target}}}]
     origin_pool: {{name: bench, origins: [{{name: origin, address: 127.0.0.1}}]}}
 """
-        text = self.extra_config
+        text = ""
         if kind == "tls":
             text += f"certificates:\n  - {{certificate: {work.crt}, private_key: {work.key}}}\n"
             app += "    tls: flexible\n"
@@ -388,7 +388,7 @@ class Spectrum(Peer):
                 raise NotApplicable("not in this build", f"config loader: {e}") from None
         finally:
             sys.path.remove(ROOT)
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        env = dict(os.environ, PYTHONPATH=ROOT, **self.env)
         # "python -m twisted" is twist: foreground, no pidfile, same plugin.
         # --drain-timeout is given because the foundation's default ("10",
         # a string) is not converted and postOptions fails comparing it.
@@ -708,7 +708,17 @@ SCENARIOS = [
              [("kib", "memory per idle conn (KiB, RSS delta / N)", "{:.1f}")], fresh=True, needs=("gcc",)),
 ]  # fmt: skip
 
-PEERS: List[Peer] = [Direct(), Spectrum(), HAProxy(), NginxStream(), Socat(), Stunnel(), PortForward()]
+PEERS: List[Peer] = [
+    Direct(),
+    Spectrum(),
+    # The zero-copy path (spectrum/proxy/splice.py), opt-in for now.
+    Spectrum("spectrum-splice", {"SPECTRUM_ZERO_COPY": "1"}),
+    HAProxy(),
+    NginxStream(),
+    Socat(),
+    Stunnel(),
+    PortForward(),
+]
 #: Peers that cannot do a scenario for a reason other than its kind.
 SKIP = {("idle_mem", "socat"): "a process per connection"}
 

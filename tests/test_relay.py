@@ -15,6 +15,7 @@ from twisted.internet import defer
 
 from spectrum import status as S
 from spectrum.model import Config, Origin, Timeouts
+from spectrum.proxy import splice
 
 from conftest import free_port, free_port_range
 from relaykit import (
@@ -32,6 +33,18 @@ MB = 1024 * 1024
 #: two transport buffers' worth of Twisted's 64 KiB high-water mark, plus one
 #: read, both ways.
 BUFFER_BOUND = 256 * 1024
+
+
+@pytest.fixture(autouse=True, params=["twisted", "splice"])
+def relay_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """
+    Every test here runs twice: on the normal path (Twisted transports copy
+    the bytes through Python) and on the zero-copy path (os.splice).
+    """
+    if request.param == "splice" and not splice.available():
+        pytest.skip("os.splice is not available on this platform")
+    monkeypatch.setattr(splice, "ENABLED", request.param == "splice")
+    return request.param
 
 
 def origin_at(port: int, name: str = "o", host: str = "127.0.0.1", weight: float = 1.0) -> Origin:
@@ -419,3 +432,74 @@ def test_apply_rolls_back_when_a_port_is_taken() -> None:
             proxy.service.stopService()
     finally:
         taken.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_path_in_use_moves_a_megabyte_each_way(relay_path: str) -> None:
+    data = bytes(range(256)) * (MB // 256)
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("path", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        await sleep(0.05)
+        (edge,) = edge_protocols(proxy)
+        assert (edge.splice is not None) == (relay_path == "splice")
+        client.transport.write(data)
+        client.transport.loseWriteConnection()
+        assert sha(await client.done) == sha(data)
+        await sleep(0.05)
+        event = proxy.events[-1][1]
+        assert event["ClientBytes"] == MB and event["OriginBytes"] == MB
+        assert event["Status"] == S.NORMAL
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_zero_copy_falls_back_where_splice_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(splice, "ENABLED", True)
+    monkeypatch.setattr(splice, "_splice", None)
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("fallback", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        client.transport.write(b"still relayed")
+        await sleep(0.05)
+        (edge,) = edge_protocols(proxy)
+        assert edge.splice is None
+        client.transport.loseWriteConnection()
+        assert await client.done == b"still relayed"
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_zero_copy_frees_its_pipes(relay_path: str) -> None:
+    if relay_path != "splice":
+        pytest.skip("pipes exist on the zero-copy path only")
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("pipes", [origin_at(port.getHost().port)]))
+    try:
+        before = open_fds()
+        for _ in range(5):
+            client = await connect_client(proxy.port())
+            client.transport.write(b"x" * 100000)
+            client.transport.loseWriteConnection()
+            assert len(await client.done) == 100000
+        await sleep(0.1)
+        # Sockets and pipes (four per connection that carried bytes) are
+        # all closed again.
+        assert open_fds() <= before
+    finally:
+        await proxy.stop()
+        await port.stopListening()

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from spectrum import status as S
 from spectrum.model import Origin, PortMapping
+from spectrum.proxy import splice
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 from spectrum.runtime import AppRuntime
 
@@ -149,6 +150,8 @@ class EdgeProtocol(Protocol):
         self._idle_mark = -1
         self._idle_quiet = 0
         self._finished = False
+        #: the zero-copy state (spectrum.proxy.splice) when on that path
+        self.splice: Any = None
 
     # client side -----------------------------------------------------------
 
@@ -289,6 +292,9 @@ class EdgeProtocol(Protocol):
             transport.setTcpNoDelay(True)
             transport.setTcpKeepAlive(True)
         self._write = origin_transport.write
+        if splice.ENABLED:
+            # Plain TCP both ways: move bytes in the kernel (else no-op).
+            splice.attach(self, leg)
         # Each side's buffer filling up pauses reading on the other.
         origin_transport.registerProducer(client, True)
         client.registerProducer(origin_transport, True)
@@ -356,6 +362,8 @@ class EdgeProtocol(Protocol):
             transports.append(self.origin_leg.transport)
         for transport in transports:
             total += len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        if self.splice is not None:
+            total += self.splice.pending()
         return total
 
     def _maybe_finish(self) -> None:
