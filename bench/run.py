@@ -107,7 +107,9 @@ def _listening(port: int, udp: bool = False) -> bool:
     return False
 
 
-def wait_listening(port: int, procs: Sequence[subprocess.Popen], what: str, udp: bool = False, timeout: float = 15) -> None:
+def wait_listening(
+    port: int, procs: Sequence[subprocess.Popen], what: str, udp: bool = False, timeout: float = 15
+) -> None:
     deadline = time.monotonic() + timeout
     while not _listening(port, udp):
         for p in procs:
@@ -192,10 +194,27 @@ class Workdir:
     def prepare(self) -> None:
         if which("openssl"):
             subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-nodes", "-keyout", self.key, "-out", self.crt, "-days", "2", "-subj", "/CN=localhost"],
-                check=True, capture_output=True,
-            )  # fmt: skip
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    self.key,
+                    "-out",
+                    self.crt,
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+                check=True,
+                capture_output=True,
+            )
             with open(self.pem, "w") as out:
                 out.write(open(self.crt).read() + open(self.key).read())
         www = os.path.join(self.path, "www")
@@ -392,7 +411,17 @@ class Spectrum(Peer):
         # "python -m twisted" is twist: foreground, no pidfile, same plugin.
         # --drain-timeout is given because the foundation's default ("10",
         # a string) is not converted and postOptions fails comparing it.
-        argv = [sys.executable, "-m", "twisted", "--log-level=warn", "spectrum", "--config", path, "--drain-timeout", "1"]
+        argv = [
+            sys.executable,
+            "-m",
+            "twisted",
+            "--log-level=warn",
+            "spectrum",
+            "--config",
+            path,
+            "--drain-timeout",
+            "1",
+        ]
         self._log = os.path.join(tmp, "spectrum.log")
         return [spawn(argv, tmp, "spectrum", cwd=ROOT, env=env)]
 
@@ -457,7 +486,9 @@ class NginxStream(Peer):
         proxy_pass 127.0.0.1:{target};
     }}"""
         if kind == "udp":
-            servers += f"\n    server {{ listen 127.0.0.1:{port} udp; proxy_pass 127.0.0.1:{target}; proxy_timeout 20s; }}"
+            servers += (
+                f"\n    server {{ listen 127.0.0.1:{port} udp; proxy_pass 127.0.0.1:{target}; proxy_timeout 20s; }}"
+            )
         conf = os.path.join(tmp, "nginx.conf")
         with open(conf, "w") as f:
             f.write(f"""
@@ -487,10 +518,22 @@ class Socat(Peer):
         listen = f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096"
         if kind == "tls":
             listen = f"OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096,cert={work.pem},verify=0"
-        procs = [spawn(["socat", "-lf", os.path.join(tmp, "socat.log"), listen, f"TCP:127.0.0.1:{target},nodelay"], tmp, "socat")]
+        procs = [
+            spawn(
+                ["socat", "-lf", os.path.join(tmp, "socat.log"), listen, f"TCP:127.0.0.1:{target},nodelay"],
+                tmp,
+                "socat",
+            )
+        ]
         if kind == "udp":
             udp = f"UDP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"
-            procs.append(spawn(["socat", "-lf", os.path.join(tmp, "socat-udp.log"), udp, f"UDP:127.0.0.1:{target}"], tmp, "socat-udp"))
+            procs.append(
+                spawn(
+                    ["socat", "-lf", os.path.join(tmp, "socat-udp.log"), udp, f"UDP:127.0.0.1:{target}"],
+                    tmp,
+                    "socat-udp",
+                )
+            )
         return procs
 
 
@@ -524,8 +567,19 @@ class PortForward(Peer):
 
     def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
         # Per-connection "Starting factory" logs off, as for every peer.
-        argv = [sys.executable, "-m", "twisted", "--log-level=warn", "portforward",
-                "-p", f"tcp:{port}:interface=127.0.0.1", "-h", "127.0.0.1", "-d", str(target)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "twisted",
+            "--log-level=warn",
+            "portforward",
+            "-p",
+            f"tcp:{port}:interface=127.0.0.1",
+            "-h",
+            "127.0.0.1",
+            "-d",
+            str(target),
+        ]
         return [spawn(argv, tmp, "portforward", cwd=tmp)]
 
 
@@ -547,8 +601,10 @@ def _run(argv: List[str], timeout: float) -> str:
 
 def iperf3_tcp(streams: int) -> Callable[[Running, Origin, Workdir, Options], Dict[str, float]]:
     def measure(proxy: Running, origin: Origin, work: Workdir, opts: Options) -> Dict[str, float]:
-        out = _run(["iperf3", "-c", "127.0.0.1", "-p", str(proxy.port), "-t", str(opts.duration),
-                    "-P", str(streams), "-J"], opts.duration + 30)  # fmt: skip
+        out = _run(
+            ["iperf3", "-c", "127.0.0.1", "-p", str(proxy.port), "-t", str(opts.duration), "-P", str(streams), "-J"],
+            opts.duration + 30,
+        )
         result = json.loads(out)
         if "error" in result:
             raise RuntimeError(f"iperf3: {result['error']}")
@@ -558,8 +614,24 @@ def iperf3_tcp(streams: int) -> Callable[[Running, Origin, Workdir, Options], Di
 
 
 def iperf3_udp(proxy: Running, origin: Origin, work: Workdir, opts: Options) -> Dict[str, float]:
-    out = _run(["iperf3", "-c", "127.0.0.1", "-p", str(proxy.port), "-u", "-l", "64", "-b", "0",
-                "-t", str(opts.duration), "-J"], opts.duration + 30)  # fmt: skip
+    out = _run(
+        [
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            str(proxy.port),
+            "-u",
+            "-l",
+            "64",
+            "-b",
+            "0",
+            "-t",
+            str(opts.duration),
+            "-J",
+        ],
+        opts.duration + 30,
+    )
     result = json.loads(out)
     if "error" in result:
         raise RuntimeError(f"iperf3: {result['error']}")
@@ -615,7 +687,9 @@ def s_time(proxy: Running, origin: Origin, work: Workdir, opts: Options, clients
     # openssl s_time -new: a full handshake per connection, no resumption.
     argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{proxy.port}", "-new", "-time", str(opts.duration)]
     started = time.monotonic()
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(clients)]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(clients)
+    ]
     total = 0
     for p in procs:
         out, _ = p.communicate(timeout=opts.duration + 30)
@@ -642,8 +716,9 @@ def idle_memory(proxy: Running, origin: Origin, work: Workdir, opts: Options) ->
     base_count = accepted()
     time.sleep(0.3)
     before = rss_kib(proxy.pids())
-    holder = subprocess.Popen([work.hold, "connect", str(proxy.port)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [work.hold, "connect", str(proxy.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         # Open in batches smaller than the smallest listen backlog among the
         # peers (Twisted's 50), waiting for the origin to see each batch, so
@@ -671,9 +746,17 @@ def idle_memory(proxy: Running, origin: Origin, work: Workdir, opts: Options) ->
 
 
 class Scenario:
-    def __init__(self, key: str, title: str, kind: str, origin: Callable[[Workdir], Origin],
-                 measure: Callable, metrics: List[Tuple[str, str, str]], fresh: bool = False,
-                 needs: Tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        key: str,
+        title: str,
+        kind: str,
+        origin: Callable[[Workdir], Origin],
+        measure: Callable,
+        metrics: List[Tuple[str, str, str]],
+        fresh: bool = False,
+        needs: Tuple[str, ...] = (),
+    ) -> None:
         self.key = key
         self.title = title
         self.kind = kind
@@ -687,26 +770,84 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("bulk1", "bulk, 1 stream", "tcp", start_iperf3, iperf3_tcp(1),
-             [("gbit", "TCP bulk, 1 stream (Gbit/s)", "{:.2f}")], needs=("iperf3",)),
-    Scenario("bulk8", "bulk, 8 streams", "tcp", start_iperf3, iperf3_tcp(8),
-             [("gbit", "TCP bulk, 8 streams (Gbit/s)", "{:.2f}")], needs=("iperf3",)),
-    Scenario("rps", "requests at 50 connections", "tcp", start_nginx_http, wrk_rps,
-             [("rps", "HTTP req/s, 50 keep-alive conns", "{:,.0f}"),
-              ("p50", "  p50 latency (ms)", "{:.2f}"),
-              ("p99", "  p99 latency (ms)", "{:.2f}")], needs=("wrk", "nginx")),
-    Scenario("cps", "new connections", "tcp", start_nginx_http, wrk_cps,
-             [("cps", "new connections/s (wrk, Connection: close)", "{:,.0f}")], needs=("wrk", "nginx")),
-    Scenario("tls_hs", "TLS handshakes", "tls", start_nginx_http, s_time,
-             [("hs", "TLS handshakes/s (s_time -new, 4 clients)", "{:,.0f}")], needs=("openssl", "nginx")),
-    Scenario("tls_bulk", "TLS bulk", "tls", start_nginx_http, wrk_tls_bulk,
-             [("gbit", "TLS bulk, 4 conns (Gbit/s)", "{:.2f}")], needs=("wrk", "nginx", "openssl")),
-    Scenario("udp_pps", "UDP 64-byte packets", "udp", start_iperf3, iperf3_udp,
-             [("pps", "UDP 64 B packets/s received", "{:,.0f}"),
-              ("loss", "  UDP loss (%)", "{:.1f}")], needs=("iperf3",)),
-    Scenario("idle_mem", "idle memory", "tcp", start_holder, idle_memory,
-             [("kib", "memory per idle conn (KiB, RSS delta / N)", "{:.1f}")], fresh=True, needs=("gcc",)),
-]  # fmt: skip
+    Scenario(
+        "bulk1",
+        "bulk, 1 stream",
+        "tcp",
+        start_iperf3,
+        iperf3_tcp(1),
+        [("gbit", "TCP bulk, 1 stream (Gbit/s)", "{:.2f}")],
+        needs=("iperf3",),
+    ),
+    Scenario(
+        "bulk8",
+        "bulk, 8 streams",
+        "tcp",
+        start_iperf3,
+        iperf3_tcp(8),
+        [("gbit", "TCP bulk, 8 streams (Gbit/s)", "{:.2f}")],
+        needs=("iperf3",),
+    ),
+    Scenario(
+        "rps",
+        "requests at 50 connections",
+        "tcp",
+        start_nginx_http,
+        wrk_rps,
+        [
+            ("rps", "HTTP req/s, 50 keep-alive conns", "{:,.0f}"),
+            ("p50", "  p50 latency (ms)", "{:.2f}"),
+            ("p99", "  p99 latency (ms)", "{:.2f}"),
+        ],
+        needs=("wrk", "nginx"),
+    ),
+    Scenario(
+        "cps",
+        "new connections",
+        "tcp",
+        start_nginx_http,
+        wrk_cps,
+        [("cps", "new connections/s (wrk, Connection: close)", "{:,.0f}")],
+        needs=("wrk", "nginx"),
+    ),
+    Scenario(
+        "tls_hs",
+        "TLS handshakes",
+        "tls",
+        start_nginx_http,
+        s_time,
+        [("hs", "TLS handshakes/s (s_time -new, 4 clients)", "{:,.0f}")],
+        needs=("openssl", "nginx"),
+    ),
+    Scenario(
+        "tls_bulk",
+        "TLS bulk",
+        "tls",
+        start_nginx_http,
+        wrk_tls_bulk,
+        [("gbit", "TLS bulk, 4 conns (Gbit/s)", "{:.2f}")],
+        needs=("wrk", "nginx", "openssl"),
+    ),
+    Scenario(
+        "udp_pps",
+        "UDP 64-byte packets",
+        "udp",
+        start_iperf3,
+        iperf3_udp,
+        [("pps", "UDP 64 B packets/s received", "{:,.0f}"), ("loss", "  UDP loss (%)", "{:.1f}")],
+        needs=("iperf3",),
+    ),
+    Scenario(
+        "idle_mem",
+        "idle memory",
+        "tcp",
+        start_holder,
+        idle_memory,
+        [("kib", "memory per idle conn (KiB, RSS delta / N)", "{:.1f}")],
+        fresh=True,
+        needs=("gcc",),
+    ),
+]
 
 PEERS: List[Peer] = [
     Direct(),
@@ -749,14 +890,20 @@ def machine_facts() -> List[str]:
         "python": sys.version.split()[0],
         "twisted": first([sys.executable, "-c", "import twisted; print(twisted.__version__)"]),
         "haproxy": first(["haproxy", "-v"]) if which("haproxy") else "missing",
-        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip() if which("nginx") else "missing",
+        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+        if which("nginx")
+        else "missing",
         "socat": first(["socat", "-V"]) if which("socat") else "missing",
-        "stunnel": (subprocess.run(["stunnel4", "-version"], capture_output=True, text=True).stderr.strip().splitlines() or ["?"])[-1]
-        if which("stunnel4") else "missing",
+        "stunnel": (
+            subprocess.run(["stunnel4", "-version"], capture_output=True, text=True).stderr.strip().splitlines()
+            or ["?"]
+        )[-1]
+        if which("stunnel4")
+        else "missing",
         "iperf3": first(["iperf3", "-v"]) if which("iperf3") else "missing",
         "wrk": first(["wrk", "-v"]) if which("wrk") else "missing",
         "openssl": first(["openssl", "version"]) if which("openssl") else "missing",
-    }  # fmt: skip
+    }
     git = first(["git", "-C", ROOT, "log", "-1", "--format=%h %s"])
     return [
         f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
@@ -814,8 +961,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if 2 * opts.idle_connections + 200 > limit:
         # A proxy holds two descriptors per relayed connection.
         opts.idle_connections = (limit - 200) // 2
-        print(f"note: the open files limit is {limit} and cannot be raised here; "
-              f"idle memory uses {opts.idle_connections} connections", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: the open files limit is {limit} and cannot be raised here; "
+            f"idle memory uses {opts.idle_connections} connections",
+            file=sys.stderr,
+        )
 
     missing_tools = sorted({t for s in scenarios for t in s.needs if not which(t)})
     missing_peers = {p.name: p.missing() for p in peers if p.missing()}
@@ -823,8 +973,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for tool in missing_tools:
         lines.append(f"missing load generator/origin: {tool} (Debian: apt-get install {PACKAGES.get(tool, tool)})")
     for name, progs in missing_peers.items():
-        lines.append(f"missing peer: {name} needs {', '.join(progs)} (Debian: apt-get install "
-                     f"{' '.join(PACKAGES.get(p, p) for p in progs if p in PACKAGES) or 'libnginx-mod-stream'})")  # fmt: skip
+        lines.append(
+            f"missing peer: {name} needs {', '.join(progs)} (Debian: apt-get install "
+            f"{' '.join(PACKAGES.get(p, p) for p in progs if p in PACKAGES) or 'libnginx-mod-stream'})"
+        )
     for line in lines:
         print(line, file=sys.stderr)
 
@@ -858,8 +1010,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def run_scenario(scenario: Scenario, peers: Sequence[Peer], runs: int, opts: Options, work: Workdir,
-                 figures: Dict, notes: Dict) -> None:  # fmt: skip
+def run_scenario(
+    scenario: Scenario, peers: Sequence[Peer], runs: int, opts: Options, work: Workdir, figures: Dict, notes: Dict
+) -> None:
     # Fresh scenarios (memory) get a new origin and proxy for every run.
     origin = None if scenario.fresh else scenario.origin(work)
     running: Dict[str, Running] = {}
@@ -934,8 +1087,9 @@ def run_scenario(scenario: Scenario, peers: Sequence[Peer], runs: int, opts: Opt
             origin.stop()
 
 
-def profiled(scenario: Scenario, peer: Peer, run: int, proxy: Running, origin: Origin, work: Workdir,
-             opts: Options) -> Dict[str, float]:  # fmt: skip
+def profiled(
+    scenario: Scenario, peer: Peer, run: int, proxy: Running, origin: Origin, work: Workdir, opts: Options
+) -> Dict[str, float]:
     """
     C{scenario.measure}, with py-spy sampling spectrum meanwhile: a flame
     graph (.svg) and collapsed stacks (.txt, for grep and sort).
@@ -943,11 +1097,25 @@ def profiled(scenario: Scenario, peer: Peer, run: int, proxy: Running, origin: O
     assert opts.profile
     stem = os.path.join(opts.profile, f"{scenario.key}-{peer.name}-{run + 1}")
     spies = [
-        subprocess.Popen(["py-spy", "record", "--nonblocking", "--pid", str(proxy.procs[0].pid), "--format", fmt,
-                          "-o", f"{stem}.{ext}", "-d", str(opts.duration + 1)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--nonblocking",
+                "--pid",
+                str(proxy.procs[0].pid),
+                "--format",
+                fmt,
+                "-o",
+                f"{stem}.{ext}",
+                "-d",
+                str(opts.duration + 1),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for fmt, ext in (("flamegraph", "svg"), ("raw", "txt"))
-    ]  # fmt: skip
+    ]
     time.sleep(0.5)
     try:
         return scenario.measure(proxy, origin, work, opts)
