@@ -666,6 +666,7 @@ def _wrk(argv: List[str], opts: Options) -> Dict[str, float]:
     m = re.search(r"(\d+) requests in", out)
     if m and errors > 0.01 * int(m.group(1)):
         figures["errors"] = errors
+        print("  wrk reported errors:\n    " + "\n    ".join(out.strip().splitlines()[-6:]), file=sys.stderr)
     return figures
 
 
@@ -923,7 +924,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--peers", help="comma-separated proxies: " + ",".join(p.name for p in PEERS))
     parser.add_argument("--save", metavar="FILE", help="also write the table, command and machine facts here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
-    parser.add_argument("--profile", metavar="DIR", help="record spectrum with py-spy during each run, into DIR")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy spectrum and portforward during each run, into DIR")
     args = parser.parse_args(argv)
 
     opts = Options()
@@ -1063,7 +1064,7 @@ def run_scenario(
                                 proxy.stop()
                         finally:
                             here.stop()
-                    elif opts.profile and isinstance(peer, Spectrum):
+                    elif opts.profile and isinstance(peer, (Spectrum, PortForward)):
                         result = profiled(scenario, peer, run, proxy, origin, work, opts)
                     else:
                         result = scenario.measure(proxy, origin, work, opts)
@@ -1102,6 +1103,8 @@ def profiled(
                 "py-spy",
                 "record",
                 "--nonblocking",
+                "--rate",
+                "400",
                 "--pid",
                 str(proxy.procs[0].pid),
                 "--format",
