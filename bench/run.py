@@ -126,12 +126,18 @@ def spawn(argv: List[str], tmp: str, name: str, **kw) -> subprocess.Popen:
 
 
 def stop(procs: Sequence[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    # Forking peers (socat) leave children behind: signal the whole tree.
+    tree: List[int] = []
+    todo = [p.pid for p in procs if p.poll() is None]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children(pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + 5
     for p in procs:
         try:
@@ -529,7 +535,7 @@ class Socat(Peer):
             udp = f"UDP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"
             procs.append(
                 spawn(
-                    ["socat", "-lf", os.path.join(tmp, "socat-udp.log"), udp, f"UDP:127.0.0.1:{target}"],
+                    ["socat", "-T", "10", "-lf", os.path.join(tmp, "socat-udp.log"), udp, f"UDP:127.0.0.1:{target}"],
                     tmp,
                     "socat-udp",
                 )
@@ -599,22 +605,39 @@ def _run(argv: List[str], timeout: float) -> str:
     return done.stdout
 
 
+def _iperf3(argv: List[str], opts: Options) -> dict:
+    # iperf3's server takes one test at a time and may still be tearing the
+    # last one down (socat's forked children linger): wait and try again.
+    for attempt in range(10):
+        out = _run_allow_fail(argv, opts.duration + 30)
+        result = json.loads(out)
+        error = result.get("error", "")
+        if "busy" in error and attempt < 9:
+            time.sleep(0.5)
+            continue
+        if error:
+            raise RuntimeError(f"iperf3: {error}")
+        return result
+    raise AssertionError("unreachable")
+
+
+def _run_allow_fail(argv: List[str], timeout: float) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout).stdout
+
+
 def iperf3_tcp(streams: int) -> Callable[[Running, Origin, Workdir, Options], Dict[str, float]]:
     def measure(proxy: Running, origin: Origin, work: Workdir, opts: Options) -> Dict[str, float]:
-        out = _run(
+        result = _iperf3(
             ["iperf3", "-c", "127.0.0.1", "-p", str(proxy.port), "-t", str(opts.duration), "-P", str(streams), "-J"],
-            opts.duration + 30,
+            opts,
         )
-        result = json.loads(out)
-        if "error" in result:
-            raise RuntimeError(f"iperf3: {result['error']}")
         return {"gbit": result["end"]["sum_received"]["bits_per_second"] / 1e9}
 
     return measure
 
 
 def iperf3_udp(proxy: Running, origin: Origin, work: Workdir, opts: Options) -> Dict[str, float]:
-    out = _run(
+    result = _iperf3(
         [
             "iperf3",
             "-c",
@@ -630,11 +653,8 @@ def iperf3_udp(proxy: Running, origin: Origin, work: Workdir, opts: Options) -> 
             str(opts.duration),
             "-J",
         ],
-        opts.duration + 30,
+        opts,
     )
-    result = json.loads(out)
-    if "error" in result:
-        raise RuntimeError(f"iperf3: {result['error']}")
     total = result["end"]["sum"]
     sent = total["packets"]
     lost = total["lost_packets"]
@@ -914,7 +934,15 @@ def machine_facts() -> List[str]:
     ] + [f"{k}: {v}" for k, v in versions.items()]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # SIGTERM (and SIGINT, which a background shell job ignores) stop the
+    # peers and print what was measured so far.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 run, 2 s tests, 2,000 idle connections")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3; --quick 1)")
@@ -1004,6 +1032,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = render(scenarios, peers, figures, notes, runs)
     print(table)
     if args.save:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         command = "python bench/run.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
         with open(args.save, "w") as f:
             f.write(results_markdown(command, table, facts, lines, runs, opts))
