@@ -3,11 +3,13 @@ Zero-copy relay for plain TCP to plain TCP: bytes move socket -> pipe ->
 socket with C{splice(2)} and never enter Python.
 
 The two legs stay ordinary Twisted TCP transports; only how each one reads
-and writes changes.  L{attach} replaces C{doRead} and C{doWrite} on the two
-transport instances, so everything else (half-close, C{loseConnection},
-C{abortConnection}, C{connectionLost}, the reactor's bookkeeping) is
-Twisted's own code, and L{spectrum.proxy.tcp.EdgeProtocol} sees the same
-callbacks as on the normal path:
+and writes changes.  L{attach} moves the two transport instances to
+subclasses of C{tcp.Server} and C{tcp.Client} whose C{doRead} and
+C{doWrite} splice (same layout, no new attributes, so no memory per
+connection beyond one small L{SpliceRelay}).  Everything else (half-close,
+C{loseConnection}, C{abortConnection}, C{connectionLost}, the reactor's
+bookkeeping) is Twisted's own code, and L{spectrum.proxy.tcp.EdgeProtocol}
+sees the same callbacks as on the normal path:
 
   - reading a leg splices what its socket holds into that direction's pipe,
     then at once from the pipe into the other leg's socket (no extra poll
@@ -24,8 +26,10 @@ callbacks as on the normal path:
   - bytes read are added to the legs' C{received} counters, which the
     records and the idle timer read, exactly as C{dataReceived} does.
 
-Pipes are made on a direction's first byte, so an idle connection costs no
-descriptors beyond its two sockets.  Where C{os.splice} is missing (not
+Pipes are taken on a direction's first byte, so an idle connection costs
+no descriptors beyond its two sockets, and an empty pipe goes back to a
+small per-process pool when its connection closes, so short connections
+do not pay for pipe2() and close() each time.  Where C{os.splice} is missing (not
 Linux, Python < 3.10) or a transport is not a plain TCP socket transport
 (TLS, a test transport), L{attach} returns C{False} and the caller keeps the
 normal path.
@@ -42,7 +46,7 @@ import fcntl
 import os
 import termios
 from array import array
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 from twisted.internet import main, tcp
 
@@ -55,6 +59,10 @@ CHUNK = 64 * 1024
 _splice = getattr(os, "splice", None)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+
+#: Most empty pipes kept for reuse (two descriptors each).
+POOL_SIZE = 32
+_pool: List[Tuple[int, int]] = []
 
 
 def available() -> bool:
@@ -70,7 +78,7 @@ def eligible(transport: Any) -> bool:
     waiting in its write buffer (TLS, for one, is not).
     """
     return (
-        isinstance(transport, tcp.Connection)
+        type(transport) in _SPLICING
         and not getattr(transport, "TLS", False)
         and transport.connected
         and not transport.disconnecting
@@ -84,16 +92,32 @@ def attach(edge: Any, leg: Any) -> bool:
     Move the bytes between C{edge}'s client and C{leg}'s origin with
     splice from now on.
 
-    @param edge: an L{EdgeProtocol}; its C{received} counts client bytes.
+    @param edge: an L{EdgeProtocol}; its C{received} counts client bytes,
+        and its C{splice} attribute receives the L{SpliceRelay}.
     @param leg: its L{OriginProtocol}; its C{received} counts origin bytes.
     @return: C{False} (and nothing changed) where the fast path does not
         apply.
     """
-    if _splice is None or not (eligible(edge.transport) and eligible(leg.transport)):
+    client, origin = edge.transport, leg.transport
+    if _splice is None or not (eligible(client) and eligible(origin)) or client.protocol is not edge:
         return False
-    relay = SpliceRelay(edge, leg)
-    edge.splice = relay
+    edge.splice = SpliceRelay(edge, leg)
+    client.__class__ = _SPLICING[type(client)]
+    origin.__class__ = _SPLICING[type(origin)]
     return True
+
+
+def close_pool() -> None:
+    """
+    Close the pipes kept for reuse.
+    """
+    while _pool:
+        for fd in _pool.pop():
+            os.close(fd)
+
+
+#: L{_Direction.drain}: the pipe is empty, Twisted's doWrite may run.
+_DRAINED = object()
 
 
 class _Direction:
@@ -116,7 +140,7 @@ class _Direction:
 
     def do_read(self) -> Any:
         if self.write_fd < 0:
-            self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.read_fd, self.write_fd = _pool.pop() if _pool else os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             n = _splice(self.src.fileno(), self.write_fd, CHUNK, flags=_FLAGS)
         except OSError as e:
@@ -147,7 +171,11 @@ class _Direction:
             self.pending -= n
         return None
 
-    def do_write(self, twisted_do_write: Any) -> Any:
+    def drain(self) -> Any:
+        """
+        C{dst} is writable: move what the pipe holds.  L{_DRAINED} when the
+        pipe is empty, else what C{doWrite} returns.
+        """
         if self.pending:
             error = self._flush()
             if error is not None and error.errno not in _AGAIN:
@@ -158,14 +186,16 @@ class _Direction:
                 # resumeProducing, not startReading: it leaves a leg that is
                 # closing alone.
                 self.src.resumeProducing()
-        # The pipe is empty: Twisted's own doWrite stops writing and carries
-        # out any close or half-close that was waiting for the buffer.
-        return twisted_do_write()
+        return _DRAINED
 
     def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            if fd >= 0:
-                os.close(fd)
+        if self.read_fd < 0:
+            return
+        if not self.pending and len(_pool) < POOL_SIZE:
+            _pool.append((self.read_fd, self.write_fd))
+        else:
+            os.close(self.read_fd)
+            os.close(self.write_fd)
         self.read_fd = self.write_fd = -1
 
 
@@ -174,42 +204,22 @@ class SpliceRelay:
     The splice state of one relayed connection: one L{_Direction} each way.
     """
 
-    __slots__ = ("upstream", "downstream", "_transports", "_lost")
+    __slots__ = ("upstream", "downstream", "_lost")
 
     def __init__(self, edge: Any, leg: Any) -> None:
         client, origin = edge.transport, leg.transport
         self.upstream = _Direction(client, origin, edge)
         self.downstream = _Direction(origin, client, leg)
-        self._transports = (client, origin)
         self._lost = 0
-        self._install(client, self.upstream, self.downstream)
-        self._install(origin, self.downstream, self.upstream)
 
-    def _install(self, transport: Any, reads: _Direction, writes: _Direction) -> None:
-        twisted_do_write = transport.doWrite
-        twisted_lost = transport.connectionLost
-        transport.doRead = reads.do_read
-        transport.doWrite = lambda: writes.do_write(twisted_do_write)
-
-        def connectionLost(reason: Any) -> None:
-            try:
-                twisted_lost(reason)
-            finally:
-                self._one_lost()
-
-        transport.connectionLost = connectionLost
-
-    def _one_lost(self) -> None:
+    def one_lost(self) -> None:
+        """
+        One leg's socket is closed; once both are, free the pipes.
+        """
         self._lost += 1
-        if self._lost < 2:
-            return
-        # Both sockets are closed: free the pipes and break the cycles
-        # between the transports and this object.
-        self.upstream.close()
-        self.downstream.close()
-        for transport in self._transports:
-            for name in ("doRead", "doWrite", "connectionLost"):
-                transport.__dict__.pop(name, None)
+        if self._lost == 2:
+            self.upstream.close()
+            self.downstream.close()
 
     def pending(self) -> int:
         """
@@ -222,3 +232,57 @@ class SpliceRelay:
                 fcntl.ioctl(direction.read_fd, termios.FIONREAD, buf)
                 total += buf[0]
         return total
+
+
+class _SplicingServer(tcp.Server):
+    """
+    The client leg on the zero-copy path (its protocol is the edge).
+    """
+
+    def doRead(self) -> Any:
+        return self.protocol.splice.upstream.do_read()
+
+    def doWrite(self) -> Any:
+        result = self.protocol.splice.downstream.drain()
+        # With the pipe empty, Twisted's doWrite stops writing and carries
+        # out any close or half-close that was waiting for the buffer.
+        return super().doWrite() if result is _DRAINED else result
+
+    def connectionLost(self, reason: Any) -> None:
+        relay = self.protocol.splice
+        try:
+            super().connectionLost(reason)
+        finally:
+            relay.one_lost()
+
+
+def _relay_of(origin_transport: Any) -> SpliceRelay:
+    # An origin reached through an endpoint (by hostname) has its protocol
+    # wrapped once.
+    protocol = origin_transport.protocol
+    return getattr(protocol, "_wrappedProtocol", protocol).edge.splice
+
+
+class _SplicingClient(tcp.Client):
+    """
+    The origin leg on the zero-copy path (its protocol's C{edge} holds the
+    relay).
+    """
+
+    def doRead(self) -> Any:
+        return _relay_of(self).downstream.do_read()
+
+    def doWrite(self) -> Any:
+        result = _relay_of(self).upstream.drain()
+        return super().doWrite() if result is _DRAINED else result
+
+    def connectionLost(self, reason: Any) -> None:
+        relay = _relay_of(self)
+        try:
+            super().connectionLost(reason)
+        finally:
+            relay.one_lost()
+
+
+#: The transport classes the fast path takes, and what they become.
+_SPLICING = {tcp.Server: _SplicingServer, tcp.Client: _SplicingClient}
