@@ -901,6 +901,11 @@ def machine_facts() -> List[str]:
         except Exception:
             return "?"
 
+    def matching(cmd: List[str], start: str) -> str:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        lines = (done.stdout + done.stderr).splitlines()
+        return next((line.strip() for line in lines if line.startswith(start)), "?")
+
     cpu = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -914,13 +919,8 @@ def machine_facts() -> List[str]:
         "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
         if which("nginx")
         else "missing",
-        "socat": first(["socat", "-V"]) if which("socat") else "missing",
-        "stunnel": (
-            subprocess.run(["stunnel4", "-version"], capture_output=True, text=True).stderr.strip().splitlines()
-            or ["?"]
-        )[-1]
-        if which("stunnel4")
-        else "missing",
+        "socat": matching(["socat", "-V"], "socat version") if which("socat") else "missing",
+        "stunnel": matching(["stunnel4", "-version"], "stunnel ") if which("stunnel4") else "missing",
         "iperf3": first(["iperf3", "-v"]) if which("iperf3") else "missing",
         "wrk": first(["wrk", "-v"]) if which("wrk") else "missing",
         "openssl": first(["openssl", "version"]) if which("openssl") else "missing",
@@ -1034,8 +1034,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.save:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         command = "python bench/run.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
-        with open(args.save, "w") as f:
-            f.write(results_markdown(command, table, facts, lines, runs, opts))
+        facts.append(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        save_results(args.save, results_markdown(command, table, facts, lines, runs, opts))
         print(f"saved to {args.save}", file=sys.stderr)
     return 0
 
@@ -1204,10 +1204,31 @@ def render(scenarios: Sequence[Scenario], peers: Sequence[Peer], figures: Dict, 
     return "\n".join(out)
 
 
+BEGIN, END = "<!-- bench/run.py output: begin -->", "<!-- bench/run.py output: end -->"
+
+
+def save_results(path: str, generated: str) -> None:
+    """
+    Write C{generated} into C{path} between the markers, keeping whatever
+    else the file says (the analysis written by hand around it).
+    """
+    block = f"{BEGIN}\n{generated}\n{END}"
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = "# Benchmark results\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def results_markdown(command: str, table: str, facts: List[str], missing: List[str], runs: int, opts: Options) -> str:
+    loaded = os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
     parts = [
-        "# Benchmark results",
-        "",
         "Made with:",
         "",
         f"    {command}",
@@ -1218,6 +1239,12 @@ def results_markdown(command: str, table: str, facts: List[str], missing: List[s
         "",
     ]
     parts += [f"- {fact}" for fact in facts]
+    if loaded:
+        parts += [
+            "",
+            "The machine was loaded by other work while these figures were taken (see the load",
+            "averages): absolute figures are noisy; compare columns within this table.",
+        ]
     if missing:
         parts += ["", "Missing:"] + [f"- {m}" for m in missing]
     parts += ["", "## Figures", "", table, ""]
