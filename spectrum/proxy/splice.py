@@ -29,10 +29,12 @@ sees the same callbacks as on the normal path:
 Pipes are taken on a direction's first byte, so an idle connection costs
 no descriptors beyond its two sockets, and an empty pipe goes back to a
 small per-process pool when its connection closes, so short connections
-do not pay for pipe2() and close() each time.  Where C{os.splice} is missing (not
-Linux, Python < 3.10) or a transport is not a plain TCP socket transport
-(TLS, a test transport), L{attach} returns C{False} and the caller keeps the
-normal path.
+do not pay for pipe2() and close() each time.
+
+Where C{os.splice} is missing (not Linux, Python < 3.10), a transport is
+not a plain TCP socket transport (TLS, a test transport), or a leg already
+has bytes in its write buffer (a PROXY header written at connect), L{attach}
+returns C{False} and the connection keeps the normal path.
 
 The fast path is off unless C{SPECTRUM_ZERO_COPY=1} is in the environment
 (or L{ENABLED} is set), until it has run in production as long as the
