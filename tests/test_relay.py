@@ -8,13 +8,15 @@ from __future__ import annotations
 import collections
 import socket
 import time
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, protocol, reactor
 
 from spectrum import status as S
 from spectrum.model import Config, Origin, Timeouts
+from spectrum.proxy import splice
 
 from conftest import free_port, free_port_range
 from relaykit import (
@@ -32,6 +34,18 @@ MB = 1024 * 1024
 #: two transport buffers' worth of Twisted's 64 KiB high-water mark, plus one
 #: read, both ways.
 BUFFER_BOUND = 256 * 1024
+
+
+@pytest.fixture(autouse=True, params=["twisted", "splice"])
+def relay_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """
+    Every test here runs twice: on the normal path (Twisted transports copy
+    the bytes through Python) and on the zero-copy path (os.splice).
+    """
+    if request.param == "splice" and not splice.available():
+        pytest.skip("os.splice is not available on this platform")
+    monkeypatch.setattr(splice, "ENABLED", request.param == "splice")
+    return request.param
 
 
 def origin_at(port: int, name: str = "o", host: str = "127.0.0.1", weight: float = 1.0) -> Origin:
@@ -445,3 +459,135 @@ async def test_ipv4_and_ipv6_wildcards_share_a_port() -> None:
         assert {listener.bound_port() for listener in proxy.service.listeners.values()} == {port}
     finally:
         await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_path_in_use_moves_a_megabyte_each_way(relay_path: str) -> None:
+    data = bytes(range(256)) * (MB // 256)
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("path", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        await sleep(0.05)
+        (edge,) = edge_protocols(proxy)
+        assert (edge.splice is not None) == (relay_path == "splice")
+        assert (type(edge.transport).__name__ == "_SplicingServer") == (relay_path == "splice")
+        client.transport.write(data)
+        client.transport.loseWriteConnection()
+        assert sha(await client.done) == sha(data)
+        await sleep(0.05)
+        event = proxy.events[-1][1]
+        assert event["ClientBytes"] == MB and event["OriginBytes"] == MB
+        assert event["Status"] == S.NORMAL
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_zero_copy_falls_back_where_splice_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(splice, "ENABLED", True)
+    monkeypatch.setattr(splice, "_splice", None)
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("fallback", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        client.transport.write(b"still relayed")
+        await sleep(0.05)
+        (edge,) = edge_protocols(proxy)
+        assert edge.splice is None
+        client.transport.loseWriteConnection()
+        assert await client.done == b"still relayed"
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_zero_copy_frees_its_pipes(relay_path: str) -> None:
+    if relay_path != "splice":
+        pytest.skip("pipes exist on the zero-copy path only")
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("pipes", [origin_at(port.getHost().port)]))
+    try:
+        splice.close_pool()
+        before = open_fds()
+        for _ in range(5):
+            client = await connect_client(proxy.port())
+            client.transport.write(b"x" * 100000)
+            client.transport.loseWriteConnection()
+            assert len(await client.done) == 100000
+        await sleep(0.1)
+        # Sockets are closed, and pipes (two per direction that carried
+        # bytes) closed or kept for the next connections, a bounded few.
+        assert open_fds() <= before + 2 * splice.POOL_SIZE
+        splice.close_pool()
+        assert open_fds() <= before
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+class _PingPong(protocol.Protocol):
+    """
+    Writes a message, waits for its echo, and again, C{rounds} times.
+    """
+
+    def __init__(self, rounds: int, message: bytes) -> None:
+        self.rounds = rounds
+        self.message = message
+        self.buffer = b""
+        self.done_rounds = 0
+        self.done: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.message)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= len(self.message):
+            assert self.buffer[: len(self.message)] == self.message
+            self.buffer = self.buffer[len(self.message) :]
+            self.done_rounds += 1
+            if self.done_rounds == self.rounds:
+                self.transport.loseConnection()
+                return
+            self.transport.write(self.message)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.done_rounds)
+
+
+@pytest_twisted.ensureDeferred
+async def test_fifty_connections_ping_pong_concurrently() -> None:
+    # Many small request/response exchanges at once, as a load generator
+    # does: every exchange completes, none stalls, every byte is counted.
+    rounds, message = 100, b"q" * 100
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("pingpong", [origin_at(port.getHost().port)]))
+    try:
+        clients = [_PingPong(rounds, message) for _ in range(50)]
+        for client in clients:
+            factory = protocol.ClientFactory.forProtocol(lambda c=client: c)
+            reactor.connectTCP("127.0.0.1", proxy.port(), factory)
+        finished = defer.gatherResults([c.done for c in clients])
+        timeout = reactor.callLater(20, finished.cancel)
+        assert await finished == [rounds] * 50
+        timeout.cancel()
+        await sleep(0.2)
+        closes = [event for kind, event in proxy.events if kind == "disconnect"]
+        assert len(closes) == 50
+        assert {event["ClientBytes"] for event in closes} == {rounds * len(message)}
+        assert {event["OriginBytes"] for event in closes} == {rounds * len(message)}
+    finally:
+        await proxy.stop()
+        await port.stopListening()

@@ -138,6 +138,10 @@ class RoutedEdge(EdgeProtocol):
     when the app asks for it; the record carries the TLS fields.
     """
 
+    #: bytes held during routing are written after the join, so the
+    #: zero-copy path (which would overtake them) stays off here
+    zero_copy = False
+
     def __init__(
         self,
         runtime: AppRuntime,

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from spectrum import status as S
 from spectrum.model import Origin, PortMapping
+from spectrum.proxy import splice
 from spectrum.proxy.proxyproto import header_for
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 from spectrum.runtime import AppRuntime
@@ -134,6 +135,8 @@ class EdgeProtocol(Protocol):
     transport: Any
     #: set in connectionMade, before anything else can happen
     record: ConnectionRecord
+    #: whether the zero-copy path may take over once the origin is joined
+    zero_copy = True
 
     #: fields an earlier stage (TLS, SNI routing) puts on the record before
     #: the edge checks run
@@ -162,6 +165,8 @@ class EdgeProtocol(Protocol):
         self._idle_mark = -1
         self._idle_quiet = 0
         self._finished = False
+        #: the zero-copy state (spectrum.proxy.splice) when on that path
+        self.splice: Any = None
 
     # client side -----------------------------------------------------------
 
@@ -315,6 +320,9 @@ class EdgeProtocol(Protocol):
         preamble = self.origin_preamble()
         if preamble:
             self._write(preamble)
+        if splice.ENABLED and self.zero_copy:
+            # Plain TCP both ways: move bytes in the kernel (else no-op).
+            splice.attach(self, leg)
         # Each side's buffer filling up pauses reading on the other.
         origin_transport.registerProducer(client, True)
         client.registerProducer(origin_transport, True)
@@ -397,6 +405,8 @@ class EdgeProtocol(Protocol):
             transports.append(self.origin_leg.transport)
         for transport in transports:
             total += len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        if self.splice is not None:
+            total += self.splice.pending()
         return total
 
     def _maybe_finish(self) -> None:
