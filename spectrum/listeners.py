@@ -22,6 +22,18 @@ from spectrum.runtime import AppRuntime
 BACKLOG = 1024
 
 
+def edge_socket_options(sock: socket.socket, family: int, reuse_port: bool) -> socket.socket:
+    """
+    Set what every edge socket (TCP or UDP) gets: IPv6 only for an IPv6
+    address, and SO_REUSEPORT when worker processes share the port.
+    """
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
 class _EdgePort(tcp.Port):
     """
     A TCP port where an IPv6 address means IPv6 only, so C{0.0.0.0} and
@@ -33,12 +45,7 @@ class _EdgePort(tcp.Port):
     reuse_port = False
 
     def createInternetSocket(self) -> socket.socket:
-        sock = super().createInternetSocket()
-        if self.addressFamily == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if self.reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        return sock
+        return edge_socket_options(super().createInternetSocket(), self.addressFamily, self.reuse_port)
 
 
 class Listener:

@@ -542,12 +542,9 @@ class _EdgeUDPPort(udp.Port):
     reuse_port = False
 
     def createInternetSocket(self) -> socket.socket:
-        sock = super().createInternetSocket()
-        if self.addressFamily == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if self.reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        return sock
+        from spectrum.listeners import edge_socket_options
+
+        return edge_socket_options(super().createInternetSocket(), self.addressFamily, self.reuse_port)
 
 
 def listen_udp(
