@@ -174,7 +174,7 @@ class Backoff:
     def __init__(
         self,
         clock: Callable[[], float],
-        free: int = 5,
+        free: int = 20,
         base: float = 1.0,
         ceiling: float = 60.0,
         max_sources: int = 10000,
