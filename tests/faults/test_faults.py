@@ -159,6 +159,43 @@ def _send_quietly(s: socket.socket, payload: bytes) -> None:
         pass
 
 
+def test_origin_resets_while_the_client_stops_reading(proxy: Proxy, fault: Any) -> None:
+    fault.describe(
+        "origin resets while its client reads nothing (bytes stranded in the proxy)",
+        "4 echo threads; 10 clients with 4 KiB receive buffers that never read",
+    )
+    rss0, fds0 = warm(proxy)
+    with Bystanders(proxy.ports["echo"]) as others:
+        stuck = []
+        for _ in range(10):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", proxy.ports["dying"]))
+            s.setblocking(False)
+            stuck.append(s)
+        sent = [0] * len(stuck)
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            for i, s in enumerate(stuck):
+                try:
+                    while sent[i] < 1 * MB:
+                        sent[i] += s.send(b"y" * 65536)
+                except (BlockingIOError, OSError):
+                    pass
+            time.sleep(0.05)
+        assert min(sent) >= 200000, sent
+        fault.check("the origin reset every connection (200 kB in) while the clients read nothing")
+        started = time.monotonic()
+        proxy.settle_fds(fds0, timeout=10)
+        fault.check(f"both legs of every one closed within {time.monotonic() - started:.1f}s")
+        for s in stuck:
+            s.close()
+        fault.check(others.check())
+    back_to_baseline(proxy, fault, rss0, fds0)
+    still_serves(proxy, fault)
+    no_errors_logged(proxy, fault)
+
+
 def test_origin_accepts_and_never_answers(proxy: Proxy, fault: Any) -> None:
     fault.describe("origin accepts, reads, never answers (idle timeout 1 s)", "4 echo threads; 50 stalled clients")
     rss0, fds0 = warm(proxy)
