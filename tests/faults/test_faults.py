@@ -22,9 +22,9 @@ import time
 from typing import Any, Iterator, List
 
 import pytest
-from faultkit import Bystanders, Origins, Proxy, app, echo_once, exchange, fault_fixture  # noqa: F401
 
 from conftest import free_port
+from faultkit import Bystanders, Origins, Proxy, app, echo_once, exchange, fault_fixture  # noqa: F401
 from procs import STOPPED_BY_SIGTERM, accepts, wait_until, write_config
 
 pytestmark = pytest.mark.faults
