@@ -6,6 +6,7 @@ static files cannot be escaped with C{..} however it is spelled.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Iterator, Tuple
 
@@ -148,3 +149,51 @@ def test_brute_force_is_slowed_down_and_tokens_never_logged(admin: Tuple[str, Tw
 
     time.sleep(float(refused.headers["Retry-After"]) + 0.1)
     assert requests.get(zones, headers={"Authorization": f"Bearer {EDIT}"}, timeout=5).status_code == 200
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("token", [None, EDIT])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_admin_bodies_are_neither_kept_nor_spooled(
+    admin: Tuple[str, Twistd], token: Any, chunked: bool
+) -> None:
+    """
+    64 MiB sent to the admin port, with or without a token, declared or
+    chunked: the proxy keeps at most 1 MiB of it (no temporary file, no
+    memory growth) and answers 401 or 413.
+    """
+    url, proxy = admin
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    fds = len(os.listdir(f"/proc/{proxy.pid}/fd"))
+    before = _rss(proxy.pid)
+    size = 64 * 1024 * 1024
+    head = "POST /client/v4/user/firewall/access_rules/rules HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {size}\r\n\r\n"
+    chunk = b"x" * 65536
+    peak_fds = fds
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head.encode())
+        for i in range(size // len(chunk)):
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if i % 128 == 0:
+                peak_fds = max(peak_fds, len(os.listdir(f"/proc/{proxy.pid}/fd")))
+        if chunked:
+            s.sendall(b"0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = s.recv(65536)
+            if not data:
+                break
+            answer += data
+    status = answer.split(b"\r\n", 1)[0]
+    assert status.split()[1] == (b"413" if token else b"401"), status
+    assert peak_fds <= fds + 1, "the body was spooled to a file"
+    grown = _rss(proxy.pid) - before
+    assert grown < 8 * 1024 * 1024, f"RSS grew {grown / 1024 / 1024:.1f} MiB"
+    assert proxy.poll() is None

@@ -200,7 +200,7 @@ def decode_body(request: Request) -> Tuple[bool, Any]:
     """
     content = request.content
     raw = content.read(MAX_BODY + 1) if content is not None else b""
-    if len(raw) > MAX_BODY:
+    if len(raw) > MAX_BODY or getattr(request, "too_large", False):
         raise ApiError(413, TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
     if not raw.strip():
         return False, None
