@@ -3,8 +3,9 @@ A many-connection origin in its own process, for fault tests: one
 C{selectors} loop, so ten thousand connections cost no threads, and the
 test process keeps its file descriptors for clients.
 
-Usage: C{python origin.py MODE [MODE...]}; one listening port per mode on
-127.0.0.1, their numbers printed on one line once all listen. Modes:
+Usage: C{python origin.py MODE[@PORT] [...]}; one listening port per mode
+on 127.0.0.1 (PORT, or any free one), their numbers printed on one line
+once all listen. Modes:
 
   - C{echo}: send back what arrives (reading pauses while 1 MiB waits to go);
   - C{reset:N}: echo, and reset the connection (RST) once N bytes arrived;
@@ -29,10 +30,11 @@ def main(modes: List[str]) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     sel = selectors.DefaultSelector()
     listeners: Dict[socket.socket, str] = {}
-    for mode in modes:
+    for spec in modes:
+        mode, _, port = spec.partition("@")
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", int(port or 0)))
         s.listen(4096)
         s.setblocking(False)
         listeners[s] = mode
