@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import Any, Dict, List
 
@@ -146,8 +147,12 @@ def api(admin: int, method: str, path: str, body: Any = None) -> Any:
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.load(answer)
+    except urllib.error.HTTPError as e:
+        # An error in the envelope (a duplicate rule is a 409): just the answer.
+        return json.load(e)
 
 
 def rss(pid: int) -> int:

@@ -44,6 +44,7 @@ def origins() -> Iterator[Origins]:
 @pytest.fixture
 def proxy(tmp_path: Any, origins: Origins) -> Iterator[Proxy]:
     echo, reset, silent, noread = origins.ports
+    shared = free_port()
     p = Proxy(
         tmp_path,
         [
@@ -51,11 +52,15 @@ def proxy(tmp_path: Any, origins: Origins) -> Iterator[Proxy]:
             app("dying", free_port(), reset),
             app("silent", free_port(), silent, timeouts={"idle": 1}),
             app("noread", free_port(), noread, timeouts={"idle": 2}),
+            app("tls", free_port(), echo, tls="flexible", timeouts={"handshake": 1}),
+            app("sni-a", shared, echo, dns={"type": "CNAME", "name": "a.localhost"}, timeouts={"handshake": 1}),
+            app("sni-b", shared, echo, dns={"type": "CNAME", "name": "b.localhost"}, timeouts={"handshake": 1}),
         ],
         "--drain-timeout",
         "2",
     )
-    p.ports = {a: int(a_port) for a, a_port in zip(["echo", "dying", "silent", "noread"], ports_of(p))}
+    names = ["echo", "dying", "silent", "noread", "tls", "sni-a", "sni-b"]
+    p.ports = {a: int(a_port) for a, a_port in zip(names, ports_of(p))}
     yield p
     p.kill()
 
@@ -492,3 +497,80 @@ def test_stop_with_a_thousand_open_connections(proxy: Proxy, fault: Any) -> None
     assert "Server Shut Down." in log.splitlines()[-1]
     assert "Traceback" not in log
     fault.check("clean shutdown, no traceback")
+
+
+def tls_echo(port: int, server_name: str, payload: bytes) -> bytes:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as s:
+            s.sendall(payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                data = s.recv(65536)
+                if not data:
+                    break
+                got += data
+            return bytes(got)
+
+
+def client_hello(server_name: str) -> bytes:
+    import ssl
+
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def slowloris(proxy: Proxy, count: int, fault: Any, record: bool) -> None:
+    # The first bytes of a TLS record header: a handshake record of 512 bytes.
+    half = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+    slow = []
+    for port in (proxy.ports["tls"], proxy.ports["sni-a"]):
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(half)
+            slow.append(s)
+    # Real TLS clients get through meanwhile, on both ports.
+    payload = random.randbytes(200000)
+    assert tls_echo(proxy.ports["tls"], "tls.localhost", payload) == payload
+    hello = client_hello("b.localhost")
+    assert echo_once(proxy.ports["sni-a"], hello) == hello
+    started = time.monotonic()
+    outcomes = [read_until_closed(s, 5) for s in slow]
+    waited = time.monotonic() - started
+    for s in slow:
+        s.close()
+    assert waited < 4, waited
+    if record:
+        fault.check("a full TLS client is served on the terminating port during the attack")
+        fault.check("a whole ClientHello is routed by SNI (and echoed back unchanged) during the attack")
+        fault.check(f"all {2 * count} slow handshakes closed within {waited:.1f}s ({outcomes.count('reset')} reset)")
+
+
+def test_slowloris_on_tls_handshakes_and_sni_reads(proxy: Proxy, fault: Any) -> None:
+    count = 300
+    fault.describe(
+        "slowloris: half a ClientHello, then nothing (handshake timeout 1 s)",
+        f"4 echo threads; {count} on a TLS-terminating port + {count} on an SNI-routing port, twice",
+    )
+    rss0, fds0 = warm(proxy)
+    with Bystanders(proxy.ports["echo"]) as others:
+        # The first round grows the heap to what 600 TLS connections need;
+        # the second is measured against it.
+        slowloris(proxy, count, fault, record=False)
+        proxy.settle_fds(fds0)
+        warmed = proxy.rss()
+        slowloris(proxy, count, fault, record=True)
+        fault.check(others.check())
+    fault.figures.update(rss_before_first_round_mb=round(rss0 / MB, 1))
+    rss0 = warmed
+    back_to_baseline(proxy, fault, rss0, fds0)
+    still_serves(proxy, fault)
+    no_errors_logged(proxy, fault)
