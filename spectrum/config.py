@@ -444,6 +444,9 @@ class _Builder:
             zone_id=zone.get("id", "local"),
             zone_name=zone_name,
             source=self.source,
+            store=self.store(("store",), self.data.get("store", "memory")),
+            node=self.data.get("node"),
+            workers=self.data.get("workers", 1),
             access_rules=self.access_rules(geoip),
             geoip=geoip,
             admin=self.admin(),
@@ -560,7 +563,18 @@ class _Builder:
             max_connections=limits.get("max_connections", 0),
             per_ip_connections=limits.get("per_ip_connections", 0),
             per_ip_rate=float(rate),
+            per_ip_rate_scope=limits.get("per_ip_rate_scope", "node"),
         )
+
+    def store(self, path: _Path, url: str) -> str:
+        if url != "memory":
+            from spectrum.store.url import StoreURLError, parse_url
+
+            try:
+                parse_url(url)
+            except StoreURLError as e:
+                raise self.fail(path, str(e)) from None
+        return url
 
     # Leaves
 

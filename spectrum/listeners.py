@@ -28,10 +28,16 @@ class _EdgePort(tcp.Port):
     C{::} can both be listed for one app without colliding.
     """
 
+    #: set SO_REUSEPORT, so the worker processes of C{workers: N} each
+    #: bind the same address and the kernel spreads new connections
+    reuse_port = False
+
     def createInternetSocket(self) -> socket.socket:
         sock = super().createInternetSocket()
         if self.addressFamily == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         return sock
 
 
@@ -67,9 +73,11 @@ class Listener:
         return self.listening.getHost().port  # type: ignore[attr-defined]
 
 
-def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime) -> Listener:
+def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime, reuse_port: bool = False) -> Listener:
     """
     Bind C{ip}:C{port} for C{protocol} and serve it with C{runtime}.
+
+    @param reuse_port: share the port with other processes (SO_REUSEPORT).
 
     @raise twisted.internet.error.CannotListenError: the address is taken or
         not available.
@@ -77,13 +85,14 @@ def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime)
     if protocol == "udp":
         from spectrum.proxy.udp import listen_udp
 
-        edge, udp_port = listen_udp(reactor, ip, port, runtime)
+        edge, udp_port = listen_udp(reactor, ip, port, runtime, reuse_port=reuse_port)
         return Listener(protocol, ip, port, edge, udp_port)  # type: ignore[arg-type]
     if protocol != "tcp":
         raise ValueError(f"no listener for protocol {protocol!r}")
     factory = EdgeFactory(runtime)
     if isinstance(reactor, _ReactorWithPorts):
         edge_port = _EdgePort(port, factory, BACKLOG, ip, reactor)
+        edge_port.reuse_port = reuse_port
         edge_port.startListening()
         listening: IListeningPort = edge_port
     else:

@@ -170,6 +170,9 @@ class Limits:
     max_connections: int = 0
     per_ip_connections: int = 0
     per_ip_rate: float = 0.0
+    #: "node": each node counts alone; "cluster": the nodes sharing a store
+    #: count together (see L{spectrum.cluster.ClusterRate})
+    per_ip_rate_scope: str = "node"
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -404,6 +407,12 @@ class Config:
     zone_id: str = "local"
     zone_name: Optional[str] = None
     source: Optional[str] = None
+    #: "memory" or a Redis URL (see L{spectrum.store.url})
+    store: str = "memory"
+    #: this node's name in per-node figures; L{None}: the host name
+    node: Optional[str] = None
+    #: processes sharing the listening ports
+    workers: int = 1
     access_rules: Tuple[AccessRule, ...] = ()
     geoip: GeoIPFiles = GeoIPFiles()
     admin: Optional[AdminSettings] = None

@@ -90,6 +90,8 @@ class SpectrumService(MultiService):
         #: the config document and what the admin API made (AdminState)
         self.admin_state = admin_state
         self._previous_sighup: Any = None
+        #: a worker of C{workers: N}: share edge ports with the others
+        self.reuse_port = False
         #: called with each config that apply() commits
         self.config_hooks: List[Callable[[Config], None]] = []
         # Edge protection (access rules, geo, limits), analytics, the event
@@ -150,9 +152,11 @@ class SpectrumService(MultiService):
             try:
                 if key in groups:
                     runtimes = [runtime_for(member) for member in groups[key]]
-                    bound[key] = listen_routed(self.reactor, protocol, ip, port, runtimes, self.tls)
+                    bound[key] = listen_routed(
+                        self.reactor, protocol, ip, port, runtimes, self.tls, reuse_port=self.reuse_port
+                    )
                 else:
-                    bound[key] = listen(self.reactor, protocol, ip, port, runtime_for(app))
+                    bound[key] = listen(self.reactor, protocol, ip, port, runtime_for(app), reuse_port=self.reuse_port)
             except (CannotListenError, OSError) as e:
                 for listener in bound.values():
                     listener.stop()

@@ -25,6 +25,9 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Configuration file (YAML or JSON)."],
         ["drain-timeout", None, 10.0, "Seconds open connections get to finish at stop.", float],
+        ["workers", None, None, "Processes sharing the edge ports (overrides workers: in the config).", int],
+        ["worker", None, None, "(internal) Run as worker N of a supervisor.", int],
+        ["store-socket", None, None, "(internal) The supervisor's store socket, for a worker."],
         [
             "certificate-check",
             None,
@@ -65,6 +68,8 @@ class Options(usage.Options):
             raise SystemExit(f"spectrum: {e}") from None
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must be 0 or more seconds")
+        if self["workers"] is not None and not 1 <= self["workers"] <= 256:
+            raise usage.UsageError("--workers must be a number from 1 to 256")
         if self["certificate-check"] < 0:
             raise usage.UsageError("--certificate-check must be 0 or more seconds")
 
@@ -76,14 +81,61 @@ def makeService(options: Options) -> Any:
     from spectrum.service import SpectrumService
 
     assert options.config is not None
+    config = options.config
+    workers = options["workers"] or config.workers
+    if options["worker"] is None and workers > 1:
+        from spectrum.supervisor import make_supervisor
+
+        return make_supervisor(
+            config, workers, options["drain-timeout"], extra=["--certificate-check", str(options["certificate-check"])]
+        )
+    if options["worker"]:
+        config = _worker_config(config, options["worker"])
     service = SpectrumService(
-        options.config,
+        config,
         drain_timeout=options["drain-timeout"],
         handle_sighup=True,
         **_admin_arguments(options),
     )
+    _add_store(service, config, options)
     service.certificate_check_interval = options["certificate-check"]
     return service
+
+
+def _worker_config(config: Config, worker: int) -> Config:
+    """
+    Worker N > 0 of C{workers: N}: the admin site runs in worker 0 only,
+    and each worker writes an event log of its own (C{events.w1.jsonl}).
+    """
+    import os
+
+    import attr
+
+    events = config.events
+    if events is not None:
+        stem, ext = os.path.splitext(events.path)
+        events = attr.evolve(events, path=f"{stem}.w{worker}{ext}")
+    return attr.evolve(config, admin=None, events=events)
+
+
+def _add_store(service: Any, config: Config, options: Options) -> None:
+    from spectrum.cluster import Cluster, node_name
+    from spectrum.store import make_store
+
+    worker = options["worker"]
+    node = node_name(config, worker)
+    if worker is not None:
+        from spectrum.workers import ParentWatch
+
+        service.reuse_port = True
+        ParentWatch(service.reactor).setServiceParent(service)
+    if options["store-socket"]:
+        from spectrum.store.shared import SharedStore
+
+        store = SharedStore(options["store-socket"], node=node, reactor=service.reactor)
+    else:
+        store = make_store(config.store, node=node, reactor=service.reactor)
+    Cluster(store, reactor=service.reactor).attach(service)
 
 
 def _admin_arguments(options: Options) -> Any:

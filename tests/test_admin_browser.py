@@ -126,11 +126,23 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
         app_css = '#apps tr[data-app="game"]'
         wait.until(lambda d: f"127.0.0.1:{edge}" in d.find_element(By.CSS_SELECTOR, app_css).text)
 
+        def fresh(read: Any) -> Any:
+            # Read again when a redraw replaced the element under our feet.
+            for _ in range(20):
+                try:
+                    return read()
+                except StaleElementReferenceException:
+                    time.sleep(0.05)
+            return read()
+
         def origin_state(name: str) -> Any:
-            for item in browser.find_elements(By.CSS_SELECTOR, app_css + " .origin"):
-                if item.text.startswith(name + " "):
-                    return item.get_attribute("data-healthy"), item.text
-            return None
+            def read() -> Any:
+                for item in browser.find_elements(By.CSS_SELECTOR, app_css + " .origin"):
+                    if item.text.startswith(name + " "):
+                        return item.get_attribute("data-healthy"), item.text
+                return None
+
+            return fresh(read)
 
         wait.until(lambda _: (origin_state("two") or ("",))[0] == "false")
         healthy, text = origin_state("one")
@@ -151,7 +163,7 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
                     received = 0
                     while received < 20001:
                         received += len(sock.recv(65536))
-                if browser.find_element(By.CSS_SELECTOR, open_cell).text == "3":
+                if fresh(lambda: browser.find_element(By.CSS_SELECTOR, open_cell).text) == "3":
                     break
                 time.sleep(0.1)
             wait.until(lambda d: d.find_element(By.CSS_SELECTOR, open_cell).text == "3")
@@ -168,18 +180,24 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
         browser.find_element(By.ID, "rule-value").send_keys("127.0.0.9")
         browser.find_element(By.ID, "rule-notes").send_keys("blocked from the page")
         browser.find_element(By.ID, "rule-add").click()
-        rule_row = wait.until(
-            EC.presence_of_element_located((By.XPATH, '//table[@id="rules"]//tr[td[contains(., "127.0.0.9")]]'))
-        )
-        assert "block" in rule_row.text and "blocked from the page" in rule_row.text
-        rule_id = rule_row.get_attribute("data-rule")
+        rule_xpath = '//table[@id="rules"]//tr[td[contains(., "127.0.0.9")]]'
+        wait.until(EC.presence_of_element_located((By.XPATH, rule_xpath)))
+
+        def rule_row() -> Any:
+            row = browser.find_element(By.XPATH, rule_xpath)
+            return row.text, row.get_attribute("data-rule")
+
+        rule_text, rule_id = fresh(rule_row)
+        assert "block" in rule_text and "blocked from the page" in rule_text
         shot("02-rule-added.png")
 
         # The next connection from that address is refused, and the page says so.
         assert reply_from(edge, "127.0.0.9") == b""
         assert reply_from(edge, "127.0.0.1") == b"origin-one\n"
-        refused = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '#refused tr[data-client="127.0.0.9"]')))
-        assert "403" in refused.text and "127.0.0.9" in refused.text
+        refused_css = '#refused tr[data-client="127.0.0.9"]'
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, refused_css)))
+        refused_text = fresh(lambda: browser.find_element(By.CSS_SELECTOR, refused_css).text)
+        assert "403" in refused_text and "127.0.0.9" in refused_text
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#events tr[data-event="clientFiltered"]'))
         browser.execute_script("document.getElementById('refused').scrollIntoView()")
         shot("03-refused.png")
@@ -191,7 +209,7 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
             return wait.until(lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True)
 
         click(row_css + ' [data-action="edit"]')
-        Select(browser.find_element(By.CSS_SELECTOR, row_css + " select")).select_by_value("whitelist")
+        fresh(lambda: Select(browser.find_element(By.CSS_SELECTOR, row_css + " select")).select_by_value("whitelist"))
         click(row_css + ' [data-action="save"]')
         wait.until(lambda d: "whitelist" in d.find_element(By.CSS_SELECTOR, row_css).text)
         assert reply_from(edge, "127.0.0.9") == b"origin-one\n"

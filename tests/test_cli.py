@@ -430,7 +430,13 @@ def test_sigterm_closes_what_is_left_at_the_drain_deadline(
         assert time.monotonic() - stopped < 5
         assert "closing 1 connections still open at the drain deadline" in proxy.log()
         client.sock.settimeout(5)
-        assert client.sock.recv(100) == b""
+        # Closed: a reset when the abort's close ran before the process
+        # exited (it does when the store holds the reactor for its last
+        # push), an orderly end when the exit came first.
+        try:
+            assert client.sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
     finally:
         client.close()
         proxy.kill()

@@ -474,3 +474,39 @@ def test_not_a_mapping(tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(str(path))
     assert str(caught.value) == f"{path}: expected a mapping at the top, got a list"
+
+
+# The store, the node name and workers (issue 8).
+
+
+def test_store_node_workers() -> None:
+    config = parse({"apps": [], "store": "rediss://cache:6380/2?ca=/etc/ca.pem", "node": "edge-1", "workers": 4})
+    assert (config.store, config.node, config.workers) == ("rediss://cache:6380/2?ca=/etc/ca.pem", "edge-1", 4)
+    config = parse({"apps": []})
+    assert (config.store, config.node, config.workers) == ("memory", None, 1)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("store", "mongodb://x", "store: expected memory or a redis://, rediss:// or redis+sentinel:// URL"),
+        ("store", "redis://h:0/0", "store: 'redis://h:0/0': port '0' is not a number from 1 to 65535"),
+        ("store", "redis://h/x", "store: 'redis://h/x': the database must be a number, as in /0"),
+        ("store", "redis+sentinel://h:26379", "store: 'redis+sentinel://h:26379' names no Sentinel service"),
+        ("workers", 0, "workers: must be at least 1, got 0"),
+        ("workers", "2", "workers: expected integer, got string '2'"),
+        ("node", "edge 1", "node: expected letters, digits, '.', '-' or '_' (at most 64), got 'edge 1'"),
+    ],
+)
+def test_bad_store_node_workers(key: str, value: object, message: str) -> None:
+    assert error_of({"apps": [], key: value}).startswith(message)
+
+
+def test_per_ip_rate_scope() -> None:
+    data = seed()
+    data["apps"][0]["limits"] = {"per_ip_rate": 5, "per_ip_rate_scope": "cluster"}
+    assert parse(data).apps[0].limits.per_ip_rate_scope == "cluster"
+    data["apps"][0]["limits"] = {"per_ip_rate": 5}
+    assert parse(data).apps[0].limits.per_ip_rate_scope == "node"
+    data["apps"][0]["limits"] = {"per_ip_rate_scope": "planet"}
+    assert error_of(data).startswith("apps[0].limits.per_ip_rate_scope: ")

@@ -304,6 +304,7 @@ class AdminAPI(Resource):
             (zone + r"/spectrum/health", {"GET": self.health}),
             (zone + r"/spectrum/events", {"GET": self.events}),
             (zone + r"/spectrum/live", {"GET": self.live}),
+            (zone + r"/spectrum/cluster", {"GET": self.cluster}),
         ]
         self.routes: List[Tuple[re.Pattern[str], Dict[str, Handler]]] = [
             (re.compile("^" + pattern + "/?$"), methods) for pattern, methods in routes
@@ -486,6 +487,7 @@ class AdminAPI(Resource):
             except StateError:
                 self.log.failure("admin API: could not restore the state file")
             raise ApiError(409, CONFLICT, re.sub(r"^apps\[\d+\] ", "", str(e))) from None
+        self._tell_cluster("apps")
 
     def create_app(self, call: Call) -> Any:
         app_id = uuid.uuid4().hex
@@ -715,6 +717,13 @@ class AdminAPI(Resource):
             self.state.rules = previous
             undo()
             raise ApiError(500, INTERNAL, str(e)) from None
+        self._tell_cluster("rules")
+
+    def _tell_cluster(self, kind: str) -> None:
+        # Other nodes sharing the store apply the change too (spectrum.cluster).
+        cluster = getattr(self.service, "cluster", None)
+        if cluster is not None:
+            cluster.local_change(kind)
 
     def api_rules(self) -> List[Dict[str, Any]]:
         """
@@ -777,6 +786,10 @@ class AdminAPI(Resource):
 
     @property
     def analytics(self) -> Any:
+        # With a shared store: the whole cluster's figures (spectrum.cluster).
+        view = getattr(getattr(self.service, "cluster", None), "view", None)
+        if view is not None:
+            return view
         analytics = getattr(self.service, "analytics", None)
         if analytics is None:
             raise ApiError(404, NO_ROUTE, "this spectrum keeps no analytics")
@@ -829,6 +842,16 @@ class AdminAPI(Resource):
 
     def live(self, call: Call) -> Any:
         return {"time": self.reactor.seconds(), "apps": live_traffic(self.service, self.recent)}
+
+    def cluster(self, call: Call) -> Any:
+        """
+        This node, the store, and each node's own figures and view of origin
+        health (the analytics endpoints report the cluster's sums).
+        """
+        cluster = getattr(self.service, "cluster", None)
+        if cluster is None:
+            raise ApiError(404, NO_ROUTE, "this spectrum has no store")
+        return cluster.status()
 
 
 def _source(request: Request) -> str:

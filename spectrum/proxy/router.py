@@ -519,16 +519,25 @@ class RouterFactory(ServerFactory):
 
 
 def listen_routed(
-    reactor: Any, protocol: str, ip: str, port: int, runtimes: Sequence[AppRuntime], tls: EdgeTls
+    reactor: Any,
+    protocol: str,
+    ip: str,
+    port: int,
+    runtimes: Sequence[AppRuntime],
+    tls: EdgeTls,
+    reuse_port: bool = False,
 ) -> Listener:
     """
     Bind C{ip}:C{port} and serve it with a L{RouterFactory}.
+
+    @param reuse_port: share the port with other processes (SO_REUSEPORT).
     """
     if protocol != "tcp":
         raise ValueError(f"no routed listener for protocol {protocol!r}")
     factory = RouterFactory(runtimes, tls)
     if isinstance(reactor, _ReactorWithPorts):
         edge_port = _EdgePort(port, factory, BACKLOG, ip, reactor)
+        edge_port.reuse_port = reuse_port
         edge_port.startListening()
         listening: Any = edge_port
     else:

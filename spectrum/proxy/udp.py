@@ -536,22 +536,34 @@ class _EdgeUDPPort(udp.Port):
     ports, so C{0.0.0.0} and C{::} can both be listed for one app.
     """
 
+    #: set SO_REUSEPORT for the workers of C{workers: N}; the kernel sends
+    #: a client's datagrams to one worker (by address hash), so its session
+    #: stays in one process while the workers stay the same
+    reuse_port = False
+
     def createInternetSocket(self) -> socket.socket:
         sock = super().createInternetSocket()
         if self.addressFamily == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         return sock
 
 
-def listen_udp(reactor: Any, ip: str, port: int, runtime: AppRuntime) -> Tuple[UDPEdge, UDPListening]:
+def listen_udp(
+    reactor: Any, ip: str, port: int, runtime: AppRuntime, reuse_port: bool = False
+) -> Tuple[UDPEdge, UDPListening]:
     """
     Bind C{ip}:C{port} for UDP and serve it with C{runtime}.
+
+    @param reuse_port: share the port with other processes (SO_REUSEPORT).
 
     @raise twisted.internet.error.CannotListenError: the address is taken.
     """
     edge = UDPEdge(runtime)
     if isinstance(reactor, PosixReactorBase):
         listening: Any = _EdgeUDPPort(port, edge, ip, MAX_DATAGRAM, reactor)
+        listening.reuse_port = reuse_port
         listening.startListening()
     else:
         listening = reactor.listenUDP(port, edge, interface=ip, maxPacketSize=MAX_DATAGRAM)

@@ -1,0 +1,870 @@
+"""
+This node's side of the shared store.
+
+The data plane never waits here: it reads the local firewall and the local
+config, which this module keeps in step with the store, and it writes to
+the local analytics, which this module copies to the store on a timer.
+
+  - Access rules and apps made through the admin API are documents in the
+    store. A change on any node is published; every node applies it to its
+    own firewall or config within a second (L{changed}).
+  - Analytics: every second the node's counters (L{flatten} of
+    L{spectrum.analytics.Analytics}) are diffed against the last second's,
+    and the difference is filed under the current minute. The store sums
+    them per node and per minute; L{view} is the cluster's sum, rebuilt
+    every second, which the admin API reports.
+  - Recent events (closed and refused connections) and each node's view of
+    origin health go to the store too.
+
+When the store is out of reach, rules and apps stay as they were last
+known, the API still changes the local node (the change is pushed when the
+store returns), and counter differences wait in memory, one bucket per
+minute, for at most L{MAX_PENDING_MINUTES} minutes: older buckets are
+merged into the oldest one kept, so no count is ever dropped, only filed
+under a later minute. Events wait up to L{MAX_PENDING_EVENTS}; older ones
+are dropped (and counted). When the store comes back the node resyncs:
+documents are read again (and pushed, when the store lost them), and if
+the store lost this node's figures (a Redis restarted without
+persistence), the node pushes them again from what it remembers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any, Dict, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from spectrum.model import Config
+from spectrum.record import CONNECT
+from spectrum.store.interface import APPS, KINDS, RULES, IStoreListener, StoreUnavailable
+
+#: Seconds between pushes of counters, events and health, and between
+#: refreshes of the cluster view.
+FLUSH_INTERVAL = 1.0
+#: Minutes of counter differences kept while the store is out of reach.
+MAX_PENDING_MINUTES = 60
+#: Events kept while the store is out of reach.
+MAX_PENDING_EVENTS = 1000
+#: Events sent per push: the store keeps the newest 1,000 of the whole
+#: cluster and the API shows 100, so a busy node sends its newest only
+#: (every event is in the node's own event log, C{events.path}).
+EVENTS_PER_PUSH = 100
+#: Separates the parts of a flat counter name (never in app or origin names
+#: that a person types).
+SEP = "\x1f"
+
+
+def node_name(config: Config, worker: Optional[int] = None) -> str:
+    """
+    This process's name in per-node figures: C{node} from the config (or
+    the host name), with C{-wN} for worker N.
+    """
+    base = config.node or socket.gethostname().split(".")[0] or "node"
+    return base if worker is None else f"{base}-w{worker}"
+
+
+# Analytics as flat counters ---------------------------------------------------
+
+
+def _add(flat: Dict[str, int], name: str, value: int) -> None:
+    if value:
+        flat[name] = flat.get(name, 0) + value
+
+
+def _counters(flat: Dict[str, int], prefix: str, counters: Any) -> None:
+    for kind, count in counters.events.items():
+        _add(flat, f"{prefix}e:{kind}", count)
+    _add(flat, prefix + "bi", counters.bytes_ingress)
+    _add(flat, prefix + "bo", counters.bytes_egress)
+
+
+def flatten(analytics: Any) -> Dict[str, int]:
+    """
+    Every running figure of C{analytics} as C{{name: int}}, so that figures
+    of several nodes add up name by name (durations in microseconds).
+    """
+    flat: Dict[str, int] = {}
+    for (app, origin), series in analytics.series.items():
+        prefix = f"s{SEP}{app}{SEP}{origin}{SEP}"
+        _counters(flat, prefix, series)
+        _add(flat, prefix + "cur", series.current)
+        for status, count in series.statuses.items():
+            _add(flat, f"{prefix}st:{status}", count)
+        durations = series.durations
+        for index, count in enumerate(durations.counts):
+            _add(flat, f"{prefix}d:{index}", count)
+        _add(flat, prefix + "dn", durations.count)
+        _add(flat, prefix + "dt", round(durations.total * 1e6))
+    for app, stats in analytics.apps.items():
+        for country, counters in stats.countries.items():
+            _counters(flat, f"c{SEP}{app}{SEP}{country}{SEP}", counters)
+        for version, counters in stats.ip_versions.items():
+            _counters(flat, f"v{SEP}{app}{SEP}{version}{SEP}", counters)
+    return flat
+
+
+def difference(new: Dict[str, int], old: Dict[str, int]) -> Dict[str, int]:
+    """
+    C{new - old}, name by name, without the zeros.
+    """
+    delta = {name: value - old.get(name, 0) for name, value in new.items() if value != old.get(name, 0)}
+    for name, value in old.items():
+        if name not in new and value:
+            delta[name] = -value
+    return delta
+
+
+def _merge_into(target: Dict[str, int], counts: Dict[str, int]) -> None:
+    for name, value in counts.items():
+        target[name] = target.get(name, 0) + value
+
+
+def _apply_counter(counters: Any, field: str, value: int) -> None:
+    if field.startswith("e:"):
+        kind = field[2:]
+        counters.events[kind] = counters.events.get(kind, 0) + value
+    elif field == "bi":
+        counters.bytes_ingress += value
+    elif field == "bo":
+        counters.bytes_egress += value
+
+
+def build_view(totals: Dict[str, int], minutes: Dict[int, Dict[str, int]], window: int, reactor: Any) -> Any:
+    """
+    An L{spectrum.analytics.Analytics} holding C{totals} (summed flat
+    counters) and C{minutes} (minute -> summed flat counters), for the
+    admin API to read as it reads a node's own.
+    """
+    from spectrum.analytics import BOUNDS, Analytics, AppStats, Counters, Minute, Series
+
+    view = Analytics(reactor, window)
+    for name, value in totals.items():
+        parts = name.split(SEP)
+        if len(parts) != 4:
+            continue
+        what, app, key, field = parts
+        stats = view.apps.get(app)
+        if stats is None:
+            stats = view.apps[app] = AppStats(window)
+        if what == "s":
+            series = view.series.get((app, key))
+            if series is None:
+                series = view.series[(app, key)] = Series()
+            if field == "cur":
+                series.current += value
+            elif field.startswith("st:"):
+                status = int(field[3:])
+                series.statuses[status] = series.statuses.get(status, 0) + value
+            elif field.startswith("d:"):
+                index = int(field[2:])
+                if 0 <= index < len(series.durations.counts):
+                    series.durations.counts[index] += value
+            elif field == "dn":
+                series.durations.count += value
+            elif field == "dt":
+                series.durations.total += value / 1e6
+            else:
+                _apply_counter(series, field, value)
+        elif what in ("c", "v"):
+            table = stats.countries if what == "c" else stats.ip_versions
+            slot: Any = key if what == "c" else int(key)
+            counters = table.get(slot)
+            if counters is None:
+                counters = table[slot] = Counters()
+            _apply_counter(counters, field, value)
+    # Lowest and highest durations are not sums: take the bucket bounds.
+    for series in view.series.values():
+        durations = series.durations
+        used = [i for i, count in enumerate(durations.counts) if count]
+        if used:
+            durations.low = BOUNDS[used[0] - 1] if used[0] else 0.0
+            durations.high = BOUNDS[min(used[-1], len(BOUNDS) - 1)]
+    now = reactor.seconds()
+    newest = int(now // 60)
+    for number, counts in minutes.items():
+        if not newest - window < number <= newest:
+            continue
+        for name, value in counts.items():
+            parts = name.split(SEP)
+            if len(parts) != 4 or parts[0] != "s":
+                continue
+            stats = view.apps.get(parts[1])
+            if stats is None:
+                stats = view.apps[parts[1]] = AppStats(window)
+            slot = number % window
+            bucket = stats.minutes[slot]
+            if bucket is None or bucket.minute != number:
+                bucket = stats.minutes[slot] = Minute(number)
+            _apply_counter(bucket, parts[3], value)
+    return view
+
+
+def per_app(totals: Dict[str, int]) -> Dict[str, Dict[str, Any]]:
+    """
+    One node's figures per app: open connections, events by kind, bytes.
+    """
+    result: Dict[str, Dict[str, Any]] = {}
+    for name, value in totals.items():
+        parts = name.split(SEP)
+        if len(parts) != 4 or parts[0] != "s":
+            continue
+        app, field = parts[1], parts[3]
+        entry = result.setdefault(app, {"connections": 0, "events": {}, "bytesIngress": 0, "bytesEgress": 0})
+        if field == "cur":
+            entry["connections"] += value
+        elif field.startswith("e:"):
+            entry["events"][field[2:]] = entry["events"].get(field[2:], 0) + value
+        elif field == "bi":
+            entry["bytesIngress"] += value
+        elif field == "bo":
+            entry["bytesEgress"] += value
+    return result
+
+
+# Cluster-wide per_ip_rate --------------------------------------------------------
+
+
+class ClusterRate:
+    """
+    C{per_ip_rate} counted across the nodes sharing a store, for apps with
+    C{limits.per_ip_rate_scope: cluster}.
+
+    Counting is in one-second windows. The edge check reads only local
+    numbers: what this node admitted from the address in the current
+    second, and what the other nodes had admitted at the last sync. Every
+    C{interval} the new admissions go to the store (L{IStore.hit}), which
+    answers with the cluster's count. So the cluster-wide limit can be
+    overshot by what the other nodes admit within one sync interval; the
+    node's own token bucket (C{per_ip_rate}) applies as well.
+    """
+
+    def __init__(self, store: Any, reactor: Any, interval: float = 0.1) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.interval = interval
+        self._second = -1
+        #: (app, ip) -> [admitted here this second, of which sent, others' count]
+        self.counts: Dict[Any, List[int]] = {}
+        self._syncer = LoopingCall(self.sync)
+        self._syncer.clock = reactor
+
+    def start(self) -> None:
+        self._syncer.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._syncer.running:
+            self._syncer.stop()
+
+    def _roll(self) -> None:
+        second = int(self.reactor.seconds())
+        if second != self._second:
+            self._second = second
+            self.counts = {}
+
+    def check(self, runtime: Any, record: Any) -> Optional[int]:
+        """
+        The edge check: refuse with 429 when the cluster has admitted
+        C{per_ip_rate} connections from the address this second.
+        """
+        limits = getattr(runtime.app, "limits", None)
+        if limits is None or not limits.per_ip_rate or limits.per_ip_rate_scope != "cluster":
+            return None
+        self._roll()
+        key = (runtime.app.name, record.client_ip)
+        entry = self.counts.get(key)
+        if entry is None:
+            entry = self.counts[key] = [0, 0, 0]
+        if entry[0] + entry[2] >= limits.per_ip_rate:
+            from spectrum import status as S
+
+            record.reason = f"per_ip_rate {limits.per_ip_rate:g}/s exceeded across the cluster"
+            return S.PER_IP_RATE
+        entry[0] += 1
+        return None
+
+    def sync(self) -> Any:
+        if not self.store.available:
+            return None
+        self._roll()
+        second = self._second
+        for (app, ip), entry in list(self.counts.items()):
+            # Sent even when nothing is new here: the answer brings the
+            # other nodes' count.
+            fresh = entry[0] - entry[1]
+            entry[1] = entry[0]
+            d = self.store.hit(f"{app}{SEP}{ip}", 1, fresh)
+            d.addCallback(self._counted, (app, ip), entry, second)
+            d.addErrback(lambda f: f.trap(StoreUnavailable))
+        return None
+
+    def _counted(self, total: int, key: Any, entry: List[int], second: int) -> None:
+        if second == self._second and self.counts.get(key) is entry:
+            entry[2] = max(0, int(total) - entry[1])
+
+
+# The node's side -----------------------------------------------------------------
+
+
+@implementer(IStoreListener)
+class Cluster(Service):
+    """
+    Keeps this node and the store in step (see the module docstring).
+
+    @ivar view: the cluster's analytics (an L{spectrum.analytics.Analytics}),
+        or L{None} until the store has been read once.
+    @ivar nodes: each node's figures per app, from the last refresh.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: Any, reactor: Any = None, interval: float = FLUSH_INTERVAL) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.store = store
+        self.node = store.node
+        self.interval = interval
+        self.service: Any = None
+        #: documents as last seen in the store, by kind and id
+        self.known: Dict[str, Dict[str, Any]] = {kind: {} for kind in KINDS}
+        #: ids changed here while the store was out of reach
+        self.dirty: Dict[str, set] = {kind: set() for kind in KINDS}
+        self.synced = False
+        self.view: Any = None
+        self.nodes: Dict[str, Dict[str, Any]] = {}
+        self.health_view: Dict[str, Any] = {}
+        self.recent_events: List[Dict[str, Any]] = []
+        # counters: the last flattened snapshot, what waits, what went out
+        self._last: Dict[str, int] = {}
+        self.pending: Dict[int, Dict[str, int]] = {}
+        self.pushed: Dict[str, int] = {}
+        self._history: Dict[int, Dict[str, int]] = {}
+        self.events_pending: List[Dict[str, Any]] = []
+        self.events_dropped = 0
+        self._health_sent: Dict[str, str] = {}
+        # summed minute buckets of the cluster, and when all were last read
+        self._minutes_cache: Dict[int, Dict[str, int]] = {}
+        self._full_read = float("-inf")
+        self._window_read = 0
+        self._busy = False
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = reactor
+        self._finishing: Optional[Deferred[Any]] = None
+        self._finish_waiters: List[Deferred[None]] = []
+        self._done = False
+        self.rate = ClusterRate(store, reactor)
+        #: whether other processes share the store: only then does the API
+        #: report the store's sums (a lone process's own figures are exact
+        #: and have no lag)
+        from spectrum.store.memory import MemoryStore
+
+        self.shared = not isinstance(store, MemoryStore)
+
+    # wiring ------------------------------------------------------------------
+
+    def attach(self, service: Any) -> None:
+        """
+        Serve C{service} (a L{spectrum.service.SpectrumService}): become its
+        child, its C{cluster}, and a recorder of its events.
+        """
+        self.service = service
+        service.cluster = self
+        service.recorders.add(self._record)
+        # After the protection's checks (installed first): an address over
+        # the cluster's per_ip_rate is refused after the local limits.
+        service.runtime_hooks.append(lambda runtime: runtime.checks.append(self.rate.check))
+        # A reload whose access_rules changed replaces the firewall's rules
+        # with the file's: put the store's back.
+        service.config_hooks.append(lambda config: self._reapply_rules())
+        self.setServiceParent(service)
+
+    def _reapply_rules(self) -> None:
+        protection = getattr(self.service, "protection", None)
+        if protection is None or not self.known[RULES]:
+            return
+        present = {rule.id for rule in protection.firewall.rules}
+        missing = {id: doc for id, doc in self.known[RULES].items() if id not in present}
+        if missing:
+            self._apply(RULES, missing)
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.listen(self)
+        self.store.start()
+        self._ticker.start(self.interval, now=False)
+        self.rate.start()
+        # At shutdown the service stops its children (this one) before it
+        # drains its connections; the store stays up through the drain, so
+        # the connections that close then are counted too. The reactor waits
+        # for this before it stops.
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._finish)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.rate.stop()
+        # Not waited for here: the service drains only after its children
+        # have stopped.
+        self._finish()
+        return None
+
+    def _finish(self) -> Deferred[None]:
+        """
+        Once the service has drained (or its drain time is over), push what
+        is left and disconnect; a Deferred that fires when done.
+        """
+        if self._finishing is None:
+            self._finishing = self._close()
+            self._finishing.addBoth(self._closed)
+        if self._done:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._finish_waiters.append(waiter)
+        return waiter
+
+    def _closed(self, result: Any) -> None:
+        self._done = True
+        waiters, self._finish_waiters = self._finish_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    @inlineCallbacks
+    def _close(self) -> Any:
+        service = self.service
+        if service is not None:
+            deadline = self.reactor.seconds() + getattr(service, "drain_timeout", 0) + 1.0
+            while (service.running or service.listeners or service.open_connections()) and (
+                self.reactor.seconds() < deadline
+            ):
+                yield deferLater(self.reactor, 0.05, lambda: None)
+        if self._ticker.running:
+            self._ticker.stop()
+        while self._busy:  # a push under way finishes first
+            yield deferLater(self.reactor, 0.05, lambda: None)
+        if service is not None and self.store.available and self.synced:
+            try:
+                self.collect()
+                yield self._push()
+            except Exception:
+                self.log.failure("store: last push at stop failed")
+        self.store.unlisten(self)
+        yield self.store.stop()
+
+    @property
+    def api(self) -> Any:
+        admin = getattr(self.service, "admin", None)
+        root = getattr(getattr(admin, "site", None), "resource", None)
+        return getattr(root, "api", None)
+
+    # documents: local -> store ----------------------------------------------------
+
+    def local_docs(self, kind: str) -> Dict[str, Any]:
+        """
+        The documents of C{kind} as this node has them.
+        """
+        api = self.api
+        if kind == RULES:
+            if api is not None:
+                return {rule["id"]: rule for rule in api.api_rules()}
+            return dict(self.known[RULES])
+        state = getattr(self.service, "admin_state", None)
+        if state is not None:
+            return dict(state.apps)
+        return dict(self.known[APPS])
+
+    def local_change(self, kind: str) -> None:
+        """
+        The admin API changed C{kind} here: tell the store (now, or once it
+        is back).
+        """
+        local = self.local_docs(kind)
+        known = self.known[kind]
+        for id, doc in local.items():
+            if known.get(id) != doc:
+                self._send(kind, id, doc)
+        for id in list(known):
+            if id not in local:
+                self._send(kind, id, None)
+
+    def _send(self, kind: str, id: str, doc: Optional[Dict[str, Any]]) -> None:
+        if not self.store.available or not self.synced:
+            self.dirty[kind].add(id)
+            return
+        if doc is None:
+            self.known[kind].pop(id, None)
+            d = self.store.delete(kind, id)
+        else:
+            self.known[kind][id] = doc
+            d = self.store.put(kind, id, doc)
+
+        def failed(failure: Any) -> None:
+            failure.trap(StoreUnavailable)
+            self.dirty[kind].add(id)
+
+        d.addErrback(failed)
+        d.addErrback(lambda f: self.log.failure("store: writing {kind} {id} failed", f, kind=kind, id=id))
+
+    # documents: store -> local ----------------------------------------------------
+
+    def changed(self, kind: str, id: str, doc: Optional[Dict[str, Any]]) -> None:
+        if kind not in KINDS:
+            return
+        if doc is None:
+            if id not in self.known[kind] and id not in self.local_docs(kind):
+                return
+            self.known[kind].pop(id, None)
+        else:
+            if self.known[kind].get(id) == doc and self.local_docs(kind).get(id) == doc:
+                return  # our own write, echoed
+            self.known[kind][id] = doc
+        self.dirty[kind].discard(id)
+        self._apply(kind, {id: doc})
+
+    def _apply(self, kind: str, changes: Dict[str, Optional[Dict[str, Any]]]) -> None:
+        try:
+            if kind == RULES:
+                self._apply_rules(changes)
+            else:
+                self._apply_apps(changes)
+        except Exception:
+            self.log.failure("store: could not apply {count} {kind} changes", count=len(changes), kind=kind)
+
+    def _apply_rules(self, changes: Dict[str, Optional[Dict[str, Any]]]) -> None:
+        from spectrum.firewall import DuplicateRule, RuleError, make_rule
+
+        protection = getattr(self.service, "protection", None)
+        if protection is None:
+            return
+        firewall = protection.firewall
+        api = self.api
+        for id, doc in changes.items():
+            if doc is None:
+                try:
+                    firewall.remove(id)
+                except KeyError:
+                    pass
+                if api is not None:
+                    api.rule_meta.pop(id, None)
+                self.log.info("access rule {id} removed (from the store)", id=id)
+                continue
+            try:
+                configuration = doc["configuration"]
+                rule = make_rule(
+                    doc["mode"],
+                    configuration["target"],
+                    configuration["value"],
+                    doc.get("notes", ""),
+                    doc.get("app"),
+                    id,
+                )
+                try:
+                    old = firewall.get(id)
+                except KeyError:
+                    old = None
+                if old is not None and (old.target, old.value, old.app) == (rule.target, rule.value, rule.app):
+                    firewall.update(id, mode=rule.mode, notes=rule.notes)
+                else:
+                    if old is not None:
+                        firewall.remove(id)
+                    firewall.add(rule)
+            except (KeyError, TypeError, RuleError, DuplicateRule) as e:
+                self.log.warn("store: access rule {id} not applied here: {error}", id=id, error=str(e))
+                continue
+            if api is not None:
+                api.rule_meta[id] = {
+                    "scope": doc.get("scope", "user"),
+                    "source": "api",
+                    "created_on": doc.get("created_on", api.started_on),
+                    "modified_on": doc.get("modified_on", api.started_on),
+                }
+            self.log.info(
+                "access rule {id} in force (from the store): {mode} {target} {value}",
+                id=id,
+                mode=rule.mode,
+                target=rule.target,
+                value=rule.value,
+            )
+        self._save_state(rules=True)
+
+    def _state(self) -> Any:
+        state = getattr(self.service, "admin_state", None)
+        if state is None:
+            from spectrum.admin.state import AdminState
+            from spectrum.config import ConfigError, read
+
+            state = AdminState(None)
+            source = self.service.config.source
+            if source:
+                try:
+                    document = read(source)
+                except ConfigError:
+                    document = None
+                if isinstance(document, dict):
+                    state.base = document
+                    state.base_source = source
+            self.service.admin_state = state
+        return state
+
+    def _apply_apps(self, changes: Dict[str, Optional[Dict[str, Any]]]) -> None:
+        import attr
+
+        from spectrum.config import ConfigError
+        from spectrum.service import ListenError
+
+        state = self._state()
+        apps = dict(state.apps)
+        for id, entry in changes.items():
+            if entry is None:
+                apps.pop(id, None)
+            else:
+                apps[id] = entry
+        try:
+            config = state.build(apps)
+        except ConfigError as e:
+            self.log.warn("store: apps not applied here: {error}", error=str(e))
+            return
+        if config.source is None and self.service.config.source is not None:
+            config = attr.evolve(config, source=self.service.config.source)
+        previous = state.apps
+        state.apps = apps
+        try:
+            self.service.apply(config)
+        except ListenError as e:
+            state.apps = previous
+            self.log.warn("store: apps not applied here: {error}", error=str(e))
+            return
+        self.log.info("apps: {count} in force ({changed} changed through the store)", count=len(config.apps),
+                      changed=len(changes))  # fmt: skip
+        self._save_state()
+
+    def _save_state(self, rules: bool = False) -> None:
+        from spectrum.admin.state import StateError
+
+        state = getattr(self.service, "admin_state", None)
+        if state is None or state.path is None:
+            return
+        api = self.api
+        if rules and api is not None:
+            state.rules = api.api_rules()
+        try:
+            state.save()
+        except StateError as e:
+            self.log.warn("store: {error}", error=str(e))
+
+    # resync ------------------------------------------------------------------
+
+    def resync(self) -> None:
+        self.synced = False
+        self._full_read = float("-inf")
+        self._resync().addErrback(self._resync_failed)
+
+    def _resync_failed(self, failure: Any) -> None:
+        if failure.check(StoreUnavailable):
+            return  # the next reconnect resyncs
+        self.log.failure("store: resync failed", failure)
+
+    @inlineCallbacks
+    def _resync(self) -> Any:
+        for kind in KINDS:
+            stored = yield self.store.documents(kind)
+            local = self.local_docs(kind)
+            dirty, self.dirty[kind] = self.dirty[kind], set()
+            if not stored and local:
+                # A fresh store, or one that lost its data (a Redis restarted
+                # without persistence): what this node has seeds it.
+                dirty |= set(local)
+            self.known[kind] = dict(stored)
+            # What changed here while away wins over the store.
+            for id in dirty:
+                doc = local.get(id)
+                if doc is None:
+                    self.known[kind].pop(id, None)
+                    yield self.store.delete(kind, id)
+                else:
+                    self.known[kind][id] = doc
+                    yield self.store.put(kind, id, doc)
+            changes: Dict[str, Optional[Dict[str, Any]]] = {
+                id: doc for id, doc in self.known[kind].items() if local.get(id) != doc
+            }
+            changes.update({id: None for id in local if id not in self.known[kind]})
+            if changes:
+                self._apply(kind, changes)
+        yield self._recover_counts()
+        self.synced = True
+        self.log.info("store: {node} in step ({rules} rules, {apps} apps from the store)", node=self.node,
+                      rules=len(self.known[RULES]), apps=len(self.known[APPS]))  # fmt: skip
+
+    @inlineCallbacks
+    def _recover_counts(self) -> Any:
+        """
+        If the store lost this node's figures (a Redis restarted without
+        persistence), push them again: the minutes remembered, and the rest
+        into the totals.
+        """
+        if not self.pushed:
+            return
+        totals = yield self.store.totals()
+        if totals.get(self.node):
+            return
+        self.log.warn("store: it lost this node's figures; pushing them again")
+        rest = dict(self.pushed)
+        for minute in sorted(self._history):
+            counts = self._history[minute]
+            yield self.store.add_counts(self.node, minute, counts)
+            _merge_into(rest, {name: -value for name, value in counts.items()})
+        rest = {name: value for name, value in rest.items() if value}
+        if rest:
+            yield self.store.add_counts(self.node, None, rest)
+
+    # counters, events, health: local -> store -----------------------------------------
+
+    def _record(self, kind: str, record: Any) -> None:
+        if kind == CONNECT:
+            return
+        event = record.as_event(kind)
+        event["Node"] = self.node
+        self.events_pending.append(event)
+        if len(self.events_pending) > MAX_PENDING_EVENTS:
+            drop = len(self.events_pending) - MAX_PENDING_EVENTS
+            del self.events_pending[:drop]
+            self.events_dropped += drop
+
+    def collect(self) -> None:
+        """
+        File the counters' change since the last call under this minute.
+        """
+        analytics = getattr(self.service, "analytics", None)
+        if analytics is None:
+            return
+        snapshot = flatten(analytics)
+        delta = difference(snapshot, self._last)
+        self._last = snapshot
+        if not delta:
+            return
+        minute = int(self.reactor.seconds() // 60)
+        _merge_into(self.pending.setdefault(minute, {}), delta)
+        while len(self.pending) > MAX_PENDING_MINUTES:
+            # Keep the newest minutes; the oldest go into the next oldest,
+            # so totals stay whole.
+            oldest, second = sorted(self.pending)[:2]
+            _merge_into(self.pending[second], self.pending.pop(oldest))
+
+    def _tick(self) -> Any:
+        if self._busy:
+            return None
+        self.collect()
+        if not (self.store.available and self.synced):
+            return None
+        self._busy = True
+        d = self._push()
+        d.addCallback(lambda _: self._refresh())
+        d.addErrback(self._tick_failed)
+
+        def done(result: Any) -> Any:
+            self._busy = False
+            return result
+
+        return d.addBoth(done)
+
+    def _tick_failed(self, failure: Any) -> None:
+        if failure.check(StoreUnavailable):
+            return
+        self.log.failure("store: push or refresh failed", failure)
+
+    @inlineCallbacks
+    def _push(self) -> Any:
+        for minute in sorted(self.pending):
+            counts = self.pending[minute]
+            yield self.store.add_counts(self.node, minute, counts)
+            del self.pending[minute]
+            _merge_into(self.pushed, counts)
+            _merge_into(self._history.setdefault(minute, {}), counts)
+        for old in sorted(self._history)[:-MAX_PENDING_MINUTES]:
+            del self._history[old]
+        if self.events_pending:
+            events, self.events_pending = self.events_pending[-EVENTS_PER_PUSH:], []
+            try:
+                yield self.store.add_events(events)
+            except Exception:
+                self.events_pending[:0] = events
+                raise
+        yield self._push_health()
+
+    def _push_health(self) -> Deferred[Any]:
+        from twisted.internet.defer import gatherResults
+
+        from spectrum.admin.apps import origin_health
+
+        writes = []
+        for app in self.service.config.apps:
+            runtime = self.service.runtimes.get(app.name)
+            for entry in origin_health(app, runtime):
+                key = f"{app.name}/{entry.get('name')}"
+                text = json.dumps(entry, sort_keys=True, default=str)
+                if self._health_sent.get(key) == text:
+                    continue
+                state = json.loads(text)
+                writes.append(self.store.put_health(self.node, key, state).addCallback(self._health_done, key, text))
+        return gatherResults(writes, consumeErrors=True)
+
+    def _health_done(self, _: Any, key: str, text: str) -> None:
+        self._health_sent[key] = text
+
+    @inlineCallbacks
+    def _refresh(self) -> Any:
+        """
+        Read the cluster's figures back: the view the admin API reports.
+        """
+        window = self.service.analytics.window if getattr(self.service, "analytics", None) else 60
+        now = self.reactor.seconds()
+        newest = int(now // 60)
+        totals = yield self.store.totals()
+        # Past minutes change only when a node pushes late (after an
+        # outage): read the whole window once a minute, the last three
+        # minutes every time.
+        full = now - self._full_read >= 60 or window != self._window_read
+        first = newest - window + 1 if full else newest - 2
+        minutes = yield self.store.minutes(first, newest)
+        if full:
+            self._full_read, self._window_read = now, window
+        cache = self._minutes_cache
+        for minute in [m for m in cache if m >= first or m <= newest - window]:
+            del cache[minute]
+        for buckets in minutes.values():
+            for minute, counts in buckets.items():
+                _merge_into(cache.setdefault(minute, {}), counts)
+        summed: Dict[str, int] = {}
+        for counts in totals.values():
+            _merge_into(summed, counts)
+        if self.shared:
+            self.view = build_view(summed, cache, window, self.reactor)
+        self.nodes = {node: per_app(counts) for node, counts in totals.items()}
+        self.health_view = yield self.store.health()
+        self.recent_events = yield self.store.recent_events(100)
+
+    def status(self) -> Dict[str, Any]:
+        """
+        The cluster as the admin API shows it: this node, the store, and
+        each node's figures and view of origin health.
+        """
+        return {
+            "node": self.node,
+            "store": {
+                "kind": type(self.store).__name__,
+                "available": bool(self.store.available),
+                "in_step": self.synced,
+                "pending_minutes": len(self.pending),
+                "pending_events": len(self.events_pending),
+                "events_dropped": self.events_dropped,
+            },
+            "nodes": self.nodes,
+            "health": self.health_view,
+            "events": self.recent_events,
+        }

@@ -1,0 +1,194 @@
+"""
+C{workers: N}: N processes share the edge port, the supervisor restarts one
+that dies, and stops them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from nodekit import EchoOrigin, Node, app_config, echo_once, listening_sockets, wait_port
+
+
+@pytest.fixture
+def origin():
+    server = EchoOrigin()
+    yield server
+    server.close()
+
+
+def test_two_workers_share_the_port_and_one_is_restarted(tmp_path: Path, origin: EchoOrigin) -> None:
+    port = free_port()
+    node = Node(tmp_path, "edge", {"apps": [app_config("echo", port, origin.port)], "workers": 2}).start()
+    try:
+        started = node.wait_log(r"worker (\d) started \(pid (\d+)\)", count=2)
+        pids = {int(m.group(1)): int(m.group(2)) for m in started}
+        assert sorted(pids) == [0, 1]
+        wait_port(port)
+        deadline = time.monotonic() + 10
+        while listening_sockets(port) < 2:
+            assert time.monotonic() < deadline, "the two workers do not both listen"
+            time.sleep(0.05)
+        for i in range(40):
+            assert echo_once(port, b"hello %d" % i) == b"hello %d" % i
+
+        os.kill(pids[0], signal.SIGKILL)
+        # Once it is gone (connections queued on its socket at the moment it
+        # died are reset: the kernel's doing), the other worker serves every
+        # new connection until it is back.
+        node.wait_log(r"worker 0 exited")
+        assert listening_sockets(port) == 1
+        for i in range(40):
+            assert echo_once(port, b"during %d" % i) == b"during %d" % i
+        restarted = node.wait_log(r"worker 0 started \(pid (\d+)\)", count=2)[-1]
+        assert int(restarted.group(1)) != pids[0]
+        deadline = time.monotonic() + 10
+        while listening_sockets(port) < 2:
+            assert time.monotonic() < deadline, "the restarted worker does not listen"
+            time.sleep(0.05)
+        assert echo_once(port, b"after") == b"after"
+    finally:
+        status = node.stop()
+    # twistd ends by the signal that stopped it (or 0 on older Twisted).
+    assert status in (0, -signal.SIGTERM), node.log()
+    # Every worker is gone with the supervisor: nothing listens any more.
+    assert listening_sockets(port) == 0
+
+
+def test_workers_option_overrides_the_config(tmp_path: Path, origin: EchoOrigin) -> None:
+    port = free_port()
+    node = Node(tmp_path, "edge", {"apps": [app_config("echo", port, origin.port)]}, ["--workers", "3"]).start()
+    try:
+        node.wait_log(r"worker 2 started", count=1)
+        deadline = time.monotonic() + 10
+        while listening_sockets(port) < 3:
+            assert time.monotonic() < deadline, "three workers do not all listen"
+            time.sleep(0.05)
+        assert echo_once(port) == b"ping"
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_workers_share_rules_apps_and_figures(tmp_path: Path, origin: EchoOrigin, kind: str) -> None:
+    """
+    The workers share state: with the memory store the supervisor holds it
+    and serves it to them, with Redis they use Redis. The admin API (worker
+    0's) sees both workers' traffic, and a rule or an app made through it
+    applies in every worker.
+    """
+    from test_cluster import ClusterNode, settled, wait_until
+
+    from rediskit import RedisServer
+
+    redis = RedisServer().start() if kind == "redis" else None
+    store = redis.url() if redis is not None else "memory"
+    node = ClusterNode(tmp_path, "edge", store, origin)
+    node.process.config_path.write_text(node.process.config_path.read_text() + "workers: 2\n")
+    node.start()
+    try:
+        node.process.wait_log(r"store: edge-w1 in step")
+        node.ready()
+        deadline = time.monotonic() + 10
+        while listening_sockets(node.edge) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = settled(node)["count"]
+        for i in range(60):
+            assert echo_once(node.edge, b"%d" % i) == b"%d" % i
+        wait_until(lambda: node.summary()["count"] >= before + 120, 5.0, "figures of both workers")
+        assert node.summary()["count"] == before + 120
+        nodes = node.api("GET", "/zones/local/spectrum/cluster")["nodes"]
+        # The kernel spread the connections over both workers.
+        assert set(nodes) == {"edge-w0", "edge-w1"}
+        assert all(nodes[w]["echo"]["events"].get("connect", 0) > 0 for w in nodes), nodes
+
+        # A rule made through the API refuses clients in both workers.
+        node.api("POST", "/user/firewall/access_rules/rules",
+                 {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.1"}})  # fmt: skip
+        time.sleep(0.5)
+        refused = 0
+        for _ in range(30):
+            try:
+                refused += echo_once(node.edge, b"x") == b""
+            except OSError:
+                refused += 1
+        assert refused == 30
+
+        # An app made through the API listens in both workers.
+        port = free_port()
+        node.api("POST", "/zones/local/spectrum/apps",
+                 {"protocol": f"tcp/{port}", "origin_direct": [f"tcp://127.0.0.1:{origin.port}"],
+                  "dns": {"type": "CNAME", "name": "made.example.com"}, "ip_firewall": False})  # fmt: skip
+        deadline = time.monotonic() + 3
+        while listening_sockets(port) < 2:
+            assert time.monotonic() < deadline, "the app made through the API does not listen in both workers"
+            time.sleep(0.05)
+        assert echo_once(port, b"new app") == b"new app"
+    finally:
+        status = node.stop()
+        if redis is not None:
+            redis.kill()
+    assert status in (0, -signal.SIGTERM), node.process.log()
+
+
+def test_worker_command_lines() -> None:
+    from spectrum.workers import TWISTD, worker_argv
+
+    build = worker_argv("/etc/s.yaml", 10.0, "/tmp/x/store.sock", ["twistd", "-n", "spectrum", "--workers", "2"])
+    assert build(1) == [*TWISTD, "-n", "--pidfile=", "spectrum", "--config", "/etc/s.yaml", "--drain-timeout",
+                        "10.0", "--store-socket", "/tmp/x/store.sock", "--worker", "1"]  # fmt: skip
+    # A log file of its own per worker: twistd rotates the file it writes.
+    build = worker_argv("/etc/s.yaml", 5.0, None, ["twistd", "--logfile", "/var/log/s.log", "spectrum"])
+    assert build(0)[len(TWISTD) : len(TWISTD) + 3] == ["-n", "--pidfile=", "--logfile=/var/log/s.log.w0"]
+    assert "--store-socket" not in build(0)
+    build = worker_argv("/etc/s.yaml", 5.0, None, ["twistd", "-l", "-", "spectrum"])
+    assert not any(a.startswith("--logfile") for a in build(0))
+
+
+def test_workers_share_a_udp_port(tmp_path: Path, origin: EchoOrigin) -> None:
+    from nodekit import UDPEchoOrigin, udp_echo_once, udp_sockets
+
+    udp_origin = UDPEchoOrigin()
+    port, udp_port = free_port(), free_port(kind=socket.SOCK_DGRAM)
+    udp_app = dict(app_config("dns", udp_port, udp_origin.port), protocol="udp")
+    node = Node(tmp_path, "edge", {"apps": [app_config("echo", port, origin.port), udp_app], "workers": 2}).start()
+    try:
+        node.wait_log(r"worker 1 started")
+        deadline = time.monotonic() + 15
+        while udp_sockets(udp_port) < 2 or listening_sockets(port) < 2:
+            assert time.monotonic() < deadline, "the two workers do not both bind the TCP and UDP ports"
+            time.sleep(0.05)
+        for i in range(20):
+            assert udp_echo_once(udp_port, b"datagram %d" % i) == b"datagram %d" % i
+    finally:
+        status = node.stop()
+        udp_origin.close()
+    assert status in (0, -signal.SIGTERM), node.log()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path, origin: EchoOrigin) -> None:
+    port = free_port()
+    node = Node(tmp_path, "edge", {"apps": [app_config("echo", port, origin.port)], "workers": 2}).start()
+    try:
+        node.wait_log(r"worker 1 started")
+        deadline = time.monotonic() + 15
+        while listening_sockets(port) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert node.process is not None
+        node.process.kill()  # SIGKILL: no chance to stop the workers
+        node.process.wait()
+        deadline = time.monotonic() + 5
+        while listening_sockets(port):
+            assert time.monotonic() < deadline, "orphaned workers keep the edge port"
+            time.sleep(0.05)
+    finally:
+        node.stop()
