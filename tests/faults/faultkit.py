@@ -76,14 +76,13 @@ class Proxy:
     A C{twistd spectrum} for a fault test, its event log and its figures.
     """
 
-    def __init__(self, tmp: Any, apps: List[Dict[str, Any]], *options: str) -> None:
+    def __init__(self, tmp: Any, apps: List[Dict[str, Any]], *options: str, extra: Any = None, wait: Any = ()) -> None:
         raise_nofile()
         self.events_path = os.path.join(os.fspath(tmp), "events.jsonl")
-        self.config = write_config(
-            os.path.join(os.fspath(tmp), "spectrum.json"),
-            {"apps": apps, "events": {"path": self.events_path, "flush_interval": 0.1}},
-        )
-        ports = [int(a["protocol"].split("/")[1]) for a in apps]
+        document = {"apps": apps, "events": {"path": self.events_path, "flush_interval": 0.1}}
+        document.update(extra or {})
+        self.config = write_config(os.path.join(os.fspath(tmp), "spectrum.json"), document)
+        ports = [int(a["protocol"].split("/")[1]) for a in apps] + list(wait)
         self.twistd: Twistd = start_twistd(self.config, os.path.join(os.fspath(tmp), "twistd.log"), ports, options)
         self.pid = self.twistd.pid
 

@@ -574,3 +574,69 @@ def test_slowloris_on_tls_handshakes_and_sni_reads(proxy: Proxy, fault: Any) -> 
     back_to_baseline(proxy, fault, rss0, fds0)
     still_serves(proxy, fault)
     no_errors_logged(proxy, fault)
+
+
+def test_redis_killed_and_restarted_under_load(tmp_path: Any, origins: Origins, fault: Any) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from rediskit import RedisServer
+
+    redis = RedisServer().start()
+    admin = free_port()
+    token = "fault-token-0123456789abcdef"
+    edge = free_port()
+    p = Proxy(
+        tmp_path,
+        [app("echo", edge, origins.ports[0])],
+        extra={
+            "store": redis.url(),
+            "admin": {
+                "listen": f"tcp:{admin}:interface=127.0.0.1",
+                "tokens": [{"name": "ops", "token": token, "permissions": "edit"}],
+            },
+        },
+        wait=[admin],
+    )
+    p.ports = {"echo": edge}
+
+    def add_rule(value: str) -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{admin}/client/v4/user/firewall/access_rules/rules",
+            method="POST",
+            data=json.dumps({"mode": "block", "configuration": {"target": "ip", "value": value}}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        fault.describe("Redis (the store) SIGKILLed for 2 s, then restarted", "4 echo threads through the proxy")
+        p.twistd.wait_for_log("connected")
+        rss0, fds0 = warm(p)
+        assert add_rule("192.0.2.10") == 200
+        with Bystanders(edge) as others:
+            redis.kill()
+            down = time.monotonic()
+            before = others.done
+            time.sleep(2)
+            during = others.done - before
+            assert during > 20, during
+            fault.check(f"{during} checked echoes while Redis was down (the data plane never waits on it)")
+            redis.start()
+            p.twistd.wait_for_log("reachable again", timeout=15)
+            fault.check(f"the store reconnected {time.monotonic() - down:.1f}s after the kill")
+            wait_until(lambda: add_rule("192.0.2.11") == 200, 10, 0.2, "a rule to be accepted again")
+            fault.check("a rule is made through the API again after the restart")
+            fault.check(others.check())
+        back_to_baseline(p, fault, rss0, fds0)
+        still_serves(p, fault)
+        assert "Unhandled" not in p.twistd.log() and "Traceback" not in p.twistd.log()
+        fault.check("no traceback in the log")
+    finally:
+        p.kill()
+        redis.kill()
