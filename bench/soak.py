@@ -51,6 +51,8 @@ class Stats:
         self.bytes = 0
         self.errors: List[str] = []
         self.flap_errors = 0
+        #: UDP datagrams with no answer within 2 s (UDP may drop; counted apart)
+        self.udp_lost = 0
         self.flapping = threading.Event()
 
     def ok(self, kind: str, n: int) -> None:
@@ -134,6 +136,10 @@ def udp_client(port: int, stats: Stats, stop: threading.Event, seed: int) -> Non
                 try:
                     s.send(payload)
                     back = s.recv(65536)
+                except socket.timeout:
+                    with stats.lock:
+                        stats.udp_lost += 1
+                    break
                 except OSError as e:
                     stats.error(f"udp: {type(e).__name__}: {e}")
                     break
@@ -232,7 +238,10 @@ def main() -> int:
     rules: List[str] = []
     samples: List[int] = []
     minute = 0
-    print("minute  connections(tcp/tls/udp)        errors  flap-errors  checked-MiB    RSS-MiB  fds", flush=True)
+    print(
+        "minute  connections(tcp/tls/udp)        errors  flap-errors  udp-lost  checked-MiB    RSS-MiB  fds",
+        flush=True,
+    )
     try:
         while time.monotonic() < end:
             now = time.monotonic()
@@ -274,7 +283,7 @@ def main() -> int:
                 c = stats.connections
                 print(
                     f"{minute:6d}  {c['tcp']:9d}/{c['tls']:7d}/{c['udp']:8d}  {len(stats.errors):12d}"
-                    f"  {stats.flap_errors:11d}  {stats.bytes / MB:11.1f}  {size / MB:9.1f}"
+                    f"  {stats.flap_errors:11d}  {stats.udp_lost:8d}  {stats.bytes / MB:11.1f}  {size / MB:9.1f}"
                     f"  {len(os.listdir(f'/proc/{proxy.pid}/fd')):4d}",
                     flush=True,
                 )
