@@ -316,6 +316,13 @@ class SpectrumService(MultiService):
             self.log.info("closing {count} connections still open at the drain deadline", count=left)
             for runtime in self.all_runtimes():
                 runtime.abort_all(S.SHUTDOWN, "closed at shutdown")
+            # An aborted connection reports its loss on a later reactor turn:
+            # wait (briefly) so its event is recorded before the reactor stops.
+            closed = DeferredList([runtime.when_idle() for runtime in self.all_runtimes()], consumeErrors=True)
+            late = self.reactor.callLater(1.0, closed.cancel)
+            yield closed
+            if late.active():
+                late.cancel()
 
 
 def _listen_error(config: Config, app: App, ip: str, port: int, error: Exception) -> str:

@@ -44,7 +44,7 @@ from twisted.web.server import Request
 from spectrum.admin import analytics_query as AQ
 from spectrum.admin.activity import RecentEvents, live_traffic
 from spectrum.admin.apps import BodyError, app_document, app_shape, origin_health
-from spectrum.admin.auth import Authenticator, AuthError
+from spectrum.admin.auth import Authenticator, AuthError, Backoff
 from spectrum.admin.state import AdminState, StateError, describe_error, now_iso
 from spectrum.config import ConfigError
 from spectrum.firewall import DuplicateRule, RuleError, make_rule
@@ -66,6 +66,7 @@ CONFLICT = 1409
 DUPLICATE_RULE = 10009
 READ_ONLY = 1403
 TOO_LARGE = 1413
+SLOW_DOWN = 10429
 INTERNAL = 1500
 
 
@@ -199,7 +200,7 @@ def decode_body(request: Request) -> Tuple[bool, Any]:
     """
     content = request.content
     raw = content.read(MAX_BODY + 1) if content is not None else b""
-    if len(raw) > MAX_BODY:
+    if len(raw) > MAX_BODY or getattr(request, "too_large", False):
         raise ApiError(413, TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
     if not raw.strip():
         return False, None
@@ -280,6 +281,8 @@ class AdminAPI(Resource):
         self.recent = recent
         self.reactor = service.reactor
         self.started_on = now_iso(self.reactor.seconds())
+        #: refuses a source address for a while after repeated wrong credentials
+        self.backoff = Backoff(self.reactor.seconds)
         #: access rule id -> {"scope", "source", "created_on", "modified_on"}
         self.rule_meta: Dict[str, Dict[str, Any]] = {}
         zone = r"/zones/(?P<zone>[^/]+)"
@@ -333,10 +336,22 @@ class AdminAPI(Resource):
             headers = {
                 name: (request.getHeader(name) or None) for name in ("authorization", "x-auth-key", "x-auth-email")
             }
+            source = _source(request)
+            wait = self.backoff.retry_after(source)
+            if wait > 0:
+                seconds = math.ceil(wait)
+                request.setHeader(b"Retry-After", str(seconds).encode("ascii"))
+                raise ApiError(429, SLOW_DOWN, f"too many failed authentications; retry in {seconds}s")
             try:
                 self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
             except AuthError as e:
+                if e.status == 401 and (headers["authorization"] or headers["x-auth-key"]):
+                    self.backoff.failed(source)
+                    self.log.warn(
+                        "admin: failed authentication from {source}: {reason}", source=source, reason=e.message
+                    )
                 raise ApiError(e.status, AUTH, f"Authentication error: {e.message}") from None
+            self.backoff.succeeded(source)
             if not path.startswith(prefix):
                 raise ApiError(404, NO_ROUTE, f"no route for {path}")
             rest = path[len(prefix) :]
@@ -837,6 +852,14 @@ class AdminAPI(Resource):
         if cluster is None:
             raise ApiError(404, NO_ROUTE, "this spectrum has no store")
         return cluster.status()
+
+
+def _source(request: Request) -> str:
+    """
+    The address a request came from (its host), for the auth backoff.
+    """
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or address)
 
 
 def _with_source(config: Any, running: Any) -> Any:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from typing import Iterable, Mapping, Optional, Sequence, Tuple
+from collections import OrderedDict
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import attr
 
@@ -156,3 +157,65 @@ class Authenticator:
         if mutation and not token.can_edit:
             raise AuthError(403, f"token {token.name!r} may only read")
         return token
+
+
+class Backoff:
+    """
+    Slows down guessing: after C{free} wrong credentials from one source
+    address, that address is refused (without checking what it sends) for
+    C{base} seconds, doubling with each further failure up to C{ceiling}.
+    A success forgets the address. At most C{max_sources} addresses are
+    remembered (the least recently failing is forgotten first), so a flood
+    of sources cannot grow memory without bound.
+
+    @param clock: returns the time in seconds (C{reactor.seconds}).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        free: int = 20,
+        base: float = 1.0,
+        ceiling: float = 60.0,
+        max_sources: int = 10000,
+    ) -> None:
+        self.clock = clock
+        self.free = free
+        self.base = base
+        self.ceiling = ceiling
+        self.max_sources = max_sources
+        #: source -> [failures, refused until]
+        self._sources: OrderedDict[str, List[float]] = OrderedDict()
+
+    def retry_after(self, source: str) -> float:
+        """
+        Seconds until C{source} may try again; 0 when it may now.
+        """
+        entry = self._sources.get(source)
+        if entry is None:
+            return 0.0
+        return max(0.0, entry[1] - self.clock())
+
+    def failed(self, source: str) -> None:
+        """
+        C{source} sent wrong credentials.
+        """
+        entry = self._sources.pop(source, None)
+        if entry is None:
+            entry = [0, 0.0]
+        entry[0] += 1
+        over = entry[0] - self.free
+        if over > 0:
+            entry[1] = self.clock() + min(self.ceiling, self.base * 2 ** min(over - 1, 32))
+        self._sources[source] = entry
+        while len(self._sources) > self.max_sources:
+            self._sources.popitem(last=False)
+
+    def succeeded(self, source: str) -> None:
+        """
+        C{source} authenticated: forget its failures.
+        """
+        self._sources.pop(source, None)
+
+    def __len__(self) -> int:
+        return len(self._sources)

@@ -47,6 +47,12 @@ class StaticFile(File):
         request.setHeader(b"Cache-Control", b"no-cache")
         return super().render(request)
 
+    def getChild(self, path: bytes, request: Request) -> Any:
+        # A NUL cannot name a file; FilePath.exists() raises on it (a 500).
+        if b"\x00" in path:
+            return NotFound()
+        return super().getChild(path, request)
+
     def createSimilarFile(self, path: str) -> File:
         similar = StaticFile(path, self.defaultType, self.ignoredExts, self.registry)
         similar.processors = self.processors

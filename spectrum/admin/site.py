@@ -9,6 +9,7 @@ Any other path gets a 404 in the API's envelope.
 
 from __future__ import annotations
 
+import io
 from typing import Any, List, Optional
 
 from twisted.application.service import Service
@@ -16,7 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from spectrum.admin.auth import TokenError
 from spectrum.admin.metrics import metrics_resource
@@ -46,12 +47,44 @@ def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Op
     return root
 
 
+class AdminRequest(Request):
+    """
+    A request that keeps at most L{MAX_BODY} bytes of its body, in memory:
+    Twisted would spool any declared length to a temporary file before a
+    resource (and its auth check) sees the request, so anyone who can reach
+    the port could fill the disk. The rest is read and dropped, and the API
+    answers 413.
+    """
+
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        from spectrum.admin.api import MAX_BODY
+
+        if length is not None and length > MAX_BODY:
+            self.too_large = True
+        # At most MAX_BODY + 1 bytes are kept: memory will do, never a file.
+        self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        from spectrum.admin.api import MAX_BODY
+
+        self._received += len(data)
+        if self.too_large or self._received > MAX_BODY + 1:
+            self.too_large = True
+            return
+        super().handleContentChunk(data)
+
+
 class AdminSite(Site):
     """
     The admin's HTTP site; its access log leaves out successful reads, so a
     page polling every second does not flood the log, and keeps every change
     and every refusal.
     """
+
+    requestFactory = AdminRequest
 
     def log(self, request: Any) -> None:
         if request.method in (b"GET", b"HEAD") and request.code < 400:
