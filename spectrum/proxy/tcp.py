@@ -76,7 +76,7 @@ class OriginProtocol(Protocol):
     The origin leg: moves the origin's bytes to the client and counts them.
     """
 
-    __slots__ = ("edge", "origin", "received", "_write", "_out", "_read_closed", "_write_closed")
+    __slots__ = ("edge", "origin", "received", "_write", "_read_closed", "_write_closed")
 
     transport: Any
 
@@ -88,32 +88,12 @@ class OriginProtocol(Protocol):
         self._write_closed = False
 
     def connectionMade(self) -> None:
-        client = self.edge.transport
-        self._write = client.write
-        self._out = direct.target(client)
+        self._write = self.edge.transport.write
         self.edge.origin_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        # Straight to the socket while nothing waits in the buffer
-        # (spectrum.proxy.direct); the rest through transport.write.
-        out = self._out
-        if (
-            out is not None
-            and not out._tempDataLen
-            and not out.dataBuffer
-            and out.connected
-            and not out._writeDisconnected
-        ):
-            try:
-                sent = out.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            if sent:
-                data = data[sent:]
         self._write(data)
+        self.received += len(data)
 
     def readConnectionLost(self) -> None:
         self._read_closed = True
@@ -171,8 +151,6 @@ class EdgeProtocol(Protocol):
         self.origin_leg: Optional[OriginProtocol] = None
         self.received = 0
         self._write: Any = None
-        #: the origin transport when it may be written to directly
-        self._out: Any = None
         self._candidates: List[Origin] = []
         self._pending: Any = None
         self._mapping: Optional[PortMapping] = None
@@ -228,25 +206,8 @@ class EdgeProtocol(Protocol):
         self._try_next()
 
     def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        # As OriginProtocol.dataReceived: direct while the buffer is empty.
-        out = self._out
-        if (
-            out is not None
-            and not out._tempDataLen
-            and not out.dataBuffer
-            and out.connected
-            and not out._writeDisconnected
-        ):
-            try:
-                sent = out.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            if sent:
-                data = data[sent:]
         self._write(data)
+        self.received += len(data)
 
     def readConnectionLost(self) -> None:
         self._read_closed = True
@@ -356,13 +317,18 @@ class EdgeProtocol(Protocol):
             transport.setTcpNoDelay(True)
             transport.setTcpKeepAlive(True)
         self._write = origin_transport.write
-        self._out = direct.target(origin_transport)
         preamble = self.origin_preamble()
         if preamble:
             self._write(preamble)
         if splice.ENABLED and self.zero_copy:
             # Plain TCP both ways: move bytes in the kernel (else no-op).
             splice.attach(self, leg)
+        if self.splice is None:
+            # Write straight to the sockets while their buffers are empty.
+            direct.attach(client)
+            direct.attach(origin_transport)
+            self._write = origin_transport.write
+            leg._write = client.write
         # Each side's buffer filling up pauses reading on the other.
         origin_transport.registerProducer(client, True)
         client.registerProducer(origin_transport, True)
