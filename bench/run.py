@@ -376,9 +376,11 @@ class Spectrum(Peer):
     name = "spectrum"
     kinds = ("tcp", "tls", "udp")
 
-    def __init__(self, name: str = "spectrum", env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, name: str = "spectrum", env: Optional[Dict[str, str]] = None, root: str = "") -> None:
         self.name = name
         self.env = env or {}
+        #: the source tree to run (another checkout, for a before/after)
+        self.root = root or ROOT
 
     def config(self, kind: str, port: int, target: int, work: Workdir) -> str:
         app = f"""
@@ -403,7 +405,7 @@ class Spectrum(Peer):
             f.write(self.config(kind, port, target, work))
         # Ask this build's own loader: TLS and UDP arrive in other branches,
         # and once they land the same command measures them.
-        sys.path.insert(0, ROOT)
+        sys.path.insert(0, self.root)
         try:
             from spectrum.config import ConfigError, load
 
@@ -412,8 +414,8 @@ class Spectrum(Peer):
             except ConfigError as e:
                 raise NotApplicable("not in this build", f"config loader: {e}") from None
         finally:
-            sys.path.remove(ROOT)
-        env = dict(os.environ, PYTHONPATH=ROOT, **self.env)
+            sys.path.remove(self.root)
+        env = dict(os.environ, PYTHONPATH=self.root, **self.env)
         # "python -m twisted" is twist: foreground, no pidfile, same plugin.
         # --drain-timeout is given because the foundation's default ("10",
         # a string) is not converted and postOptions fails comparing it.
@@ -429,7 +431,7 @@ class Spectrum(Peer):
             "1",
         ]
         self._log = os.path.join(tmp, "spectrum.log")
-        return [spawn(argv, tmp, "spectrum", cwd=ROOT, env=env)]
+        return [spawn(argv, tmp, "spectrum", cwd=self.root, env=env)]
 
     def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
         try:
@@ -881,6 +883,11 @@ PEERS: List[Peer] = [
     Stunnel(),
     PortForward(),
 ]
+if os.environ.get("SPECTRUM_BENCH_BASELINE"):
+    # Another checkout of spectrum (say, the commit before a hot-path
+    # change), run interleaved with this one: a before/after under the
+    # same load.
+    PEERS.insert(2, Spectrum("spectrum-base", root=os.path.abspath(os.environ["SPECTRUM_BENCH_BASELINE"])))
 #: Peers that cannot do a scenario for a reason other than its kind.
 SKIP = {("idle_mem", "socat"): "a process per connection"}
 
@@ -1034,6 +1041,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.save:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         command = "python bench/run.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
+        if os.environ.get("SPECTRUM_BENCH_BASELINE"):
+            command = f"SPECTRUM_BENCH_BASELINE={shlex.quote(os.environ['SPECTRUM_BENCH_BASELINE'])} {command}"
         facts.append(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         save_results(args.save, results_markdown(command, table, facts, lines, runs, opts))
         print(f"saved to {args.save}", file=sys.stderr)

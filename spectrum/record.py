@@ -146,7 +146,9 @@ class Recorders:
 
     def __call__(self, kind: str, record: ConnectionRecord) -> None:
         if kind == CONNECT:
-            self.log.info(
+            # Debug: the disconnect line carries the whole record, and one
+            # info event per connection is what the accept path can afford.
+            self.log.debug(
                 "{app}: {client_ip}:{client_port} connected to origin {origin} ({origin_ip}:{origin_port})",
                 event_kind=kind,
                 app=record.application,

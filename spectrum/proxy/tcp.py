@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from spectrum import status as S
 from spectrum.model import Origin, PortMapping
-from spectrum.proxy import splice
+from spectrum.proxy import direct, splice
 from spectrum.proxy.proxyproto import header_for
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 from spectrum.runtime import AppRuntime
@@ -323,6 +323,12 @@ class EdgeProtocol(Protocol):
         if splice.ENABLED and self.zero_copy:
             # Plain TCP both ways: move bytes in the kernel (else no-op).
             splice.attach(self, leg)
+        if self.splice is None:
+            # Write straight to the sockets while their buffers are empty.
+            direct.attach(client)
+            direct.attach(origin_transport)
+            self._write = origin_transport.write
+            leg._write = client.write
         # Each side's buffer filling up pauses reading on the other.
         origin_transport.registerProducer(client, True)
         client.registerProducer(origin_transport, True)

@@ -1,0 +1,82 @@
+"""
+Direct writes on the normal relay path (spectrum.proxy.direct): a chunk goes
+straight to the other leg's socket when nothing waits in its buffer, and the
+rest keeps Twisted's buffering, order and backpressure.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from spectrum.model import Origin
+from spectrum.proxy import splice
+
+from relaykit import OriginFactory, Proxy, connect_client, listen_origin, make_app, sha, sleep
+
+
+def origin_at(port: int) -> Origin:
+    return Origin(name="o", address="127.0.0.1", port=port)
+
+
+def edge_protocols(proxy: Proxy) -> list:
+    return [c for runtime in proxy.service.all_runtimes() for c in runtime.connections]
+
+
+@pytest.fixture(autouse=True)
+def normal_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(splice, "ENABLED", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunk_leaves_without_a_loop_round() -> None:
+    origin = OriginFactory(echo=False)
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("direct", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        client.transport.write(b"first")
+        await sleep(0.2)
+        [edge] = edge_protocols(proxy)
+        # As a read from the client would: the bytes are in the origin's
+        # socket before this returns, none wait in the proxy.
+        edge.dataReceived(b"x" * 1000)
+        assert edge.buffered() == 0
+        await sleep(0.2)
+        assert bytes(origin.connections[0].received) == b"first" + b"x" * 1000
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_socket_keeps_order_and_pauses_the_reader() -> None:
+    origin = OriginFactory(echo=False)
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("direct", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        await sleep(0.2)
+        origin_side = origin.connections[0]
+        origin_side.transport.pauseProducing()
+        payload = bytes(range(256)) * (32 * 1024)  # 8 MiB, position-dependent
+        client.transport.write(payload)
+        await sleep(0.5)
+        [edge] = edge_protocols(proxy)
+        # The origin's socket filled: what it did not take waits in the
+        # buffer (bounded), and the client leg stopped reading.
+        assert 0 < edge.buffered() <= 256 * 1024
+        assert edge.received < len(payload)
+        origin_side.transport.resumeProducing()
+        client.transport.loseWriteConnection()
+        for _ in range(100):
+            if len(origin_side.received) == len(payload):
+                break
+            await sleep(0.05)
+        assert sha(bytes(origin_side.received)) == sha(payload)
+        await sleep(0.2)
+        event = proxy.events[-1][1]
+        assert event["ClientBytes"] == len(payload)
+    finally:
+        await proxy.stop()
+        await port.stopListening()
