@@ -94,5 +94,8 @@ async def test_iperf3_udp_through_the_edge_whole_datagrams_and_loss_near_direct(
             f" datagrams {through['lost_percent']:.2f}% lost, {through['bytes']} bytes"
         )
     sessions = [e for k, e in proxy.events if k == "disconnect" and e["ClientProto"] == "udp"]
-    assert len(sessions) == len(RUNS)
+    # A session per client address: two iperf3 runs that happen to get the
+    # same ephemeral port within the idle timeout share one.
+    assert 1 <= len(sessions) <= len(RUNS)
     assert all(e["ClientDatagrams"] >= 1 for e in sessions)
+    assert sum(e["ClientDatagrams"] for e in sessions) >= sum(through["packets"] for *_, through in figures)
