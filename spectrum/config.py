@@ -105,20 +105,7 @@ def load(path: str) -> Config:
         is not a valid configuration.
     """
     name = os.fspath(path)
-    try:
-        with open(name, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(name, f"cannot read the file: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(name, f"not UTF-8 text (byte {e.start})") from None
-    if os.path.splitext(name)[1].lower() == ".json":
-        data = _decode_json(name, text)
-    else:
-        data = _decode_yaml(name, text)
-    return parse(data, source=name)
+    return parse(read(name), source=name)
 
 
 def read(path: str) -> object:

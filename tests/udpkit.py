@@ -9,7 +9,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer, protocol, reactor
 
-from spectrum.model import App, Origin, Pool, PortMapping, PortRange, Timeouts
+from spectrum.model import App, Origin, Timeouts
 
 from conftest import free_port
 
@@ -29,23 +29,28 @@ def udp_app(
 ) -> App:
     import socket
 
+    import attr
+
+    from relaykit import make_app
+
     if edge_port is None:
         edge_port = free_port(ips[0], socket.SOCK_DGRAM)
-    last = edge_port if edge_last is None else edge_last
-    origin_range = None
-    if origin_first is not None:
-        origin_range = PortRange(origin_first, origin_first + (last - edge_port))
-    return App(
-        name=name,
-        protocol="udp",
-        ips=tuple(ips),
-        ports=(PortMapping(PortRange(edge_port, last), origin_range),),
-        pool=Pool(name=name, origins=tuple(origins), load_balancing=load_balancing),
+    app = make_app(
+        name,
+        origins,
+        edge_port=edge_port,
+        edge_last=edge_last,
+        origin_first=origin_first,
+        load_balancing=load_balancing,
+        ips=ips,
         timeouts=Timeouts(connect=2.0, idle=idle),
+    )
+    return attr.evolve(
+        app,
+        protocol="udp",
         proxy_protocol=proxy_protocol,
         max_sessions=max_sessions,
         per_ip_sessions=per_ip_sessions,
-        id=name,
     )
 
 
