@@ -45,7 +45,12 @@ class _EdgePort(tcp.Port):
     reuse_port = False
 
     def createInternetSocket(self) -> socket.socket:
-        return edge_socket_options(super().createInternetSocket(), self.addressFamily, self.reuse_port)
+        sock = edge_socket_options(super().createInternetSocket(), self.addressFamily, self.reuse_port)
+        # Accepted sockets inherit both from the listening socket (Linux),
+        # so the relay sets neither per connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return sock
 
 
 class Listener:

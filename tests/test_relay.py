@@ -6,6 +6,7 @@ failover, balancing, port ranges, timeouts, reload and drain.
 from __future__ import annotations
 
 import collections
+import os
 import socket
 import time
 from typing import Any
@@ -591,3 +592,77 @@ async def test_fifty_connections_ping_pong_concurrently() -> None:
     finally:
         await proxy.stop()
         await port.stopListening()
+
+
+def _options(transport: Any) -> tuple:
+    handle = transport.getHandle()
+    return (
+        handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+        handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_legs_have_nodelay_and_keepalive() -> None:
+    # Set on the listening socket (inherited by each accepted one) and on the
+    # dialled origin socket before its connect, or after the connect for an
+    # origin by hostname: never missing on either leg.
+    origin = OriginFactory(echo=False)
+    port = listen_origin(origin)
+    origin_port = port.getHost().port
+    proxy = Proxy(
+        make_app("literal", [origin_at(origin_port, "ip")]),
+        make_app("named", [Origin(name="n", address="localhost", port=origin_port)]),
+    )
+    try:
+        for name in ("literal", "named"):
+            client = await connect_client(proxy.port(name))
+            await sleep(0.1)
+            [edge] = edge_protocols(proxy)
+            assert edge.origin_leg is not None
+            assert _options(edge.transport) == (True, True), name
+            assert _options(edge.origin_leg.transport) == (True, True), name
+            client.transport.loseConnection()
+            await client.done
+            await sleep(0.1)
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_origin_connect_timeout_closes_its_socket_and_timer() -> None:
+    # The origin never completes the handshake (its accept queue is full):
+    # each attempt times out, its socket is closed and its timer gone, the
+    # client is closed with the connect-timeout status.
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(black_hole.getsockname())
+        fillers.append(s)
+    app = make_app("slow", [origin_at(black_hole.getsockname()[1], "hole")], timeouts=Timeouts(connect=0.5))
+    proxy = Proxy(app)
+    try:
+        await sleep(0.1)
+        before = len(os.listdir("/proc/self/fd"))
+        timers = len(reactor.getDelayedCalls())
+        clients = [await connect_client(proxy.port()) for _ in range(5)]
+        await sleep(0.2)
+        assert len(edge_protocols(proxy)) == 5 and proxy.events == []
+        assert len(os.listdir("/proc/self/fd")) >= before + 15
+        assert [await c.done for c in clients] == [b""] * 5
+        await sleep(0.2)
+        assert edge_protocols(proxy) == []
+        assert proxy.kinds() == ["originError"] * 5
+        assert {e["Status"] for _, e in proxy.events} == {S.ORIGIN_CONNECT_TIMEOUT}
+        assert len(os.listdir("/proc/self/fd")) <= before
+        assert len(reactor.getDelayedCalls()) <= timers
+    finally:
+        await proxy.stop()
+        for s in fillers:
+            s.close()
+        black_hole.close()

@@ -25,6 +25,7 @@ from zope.interface import implementer
 from spectrum import status as S
 from spectrum.model import Origin, PortMapping
 from spectrum.proxy import direct, splice
+from spectrum.proxy.dial import Dial, can_dial
 from spectrum.proxy.proxyproto import header_for
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 from spectrum.runtime import AppRuntime
@@ -165,6 +166,8 @@ class EdgeProtocol(Protocol):
         self._idle_mark = -1
         self._idle_quiet = 0
         self._finished = False
+        #: the origin connect in progress went through L{Dial}
+        self._dialled = False
         #: the zero-copy state (spectrum.proxy.splice) when on that path
         self.splice: Any = None
 
@@ -262,7 +265,12 @@ class EdgeProtocol(Protocol):
         timeout = self.runtime.app.timeouts.connect or None
         factory = self.origin_factory(origin)
         address = origin.address
-        if isIPAddress(address) or isIPv6Address(address):
+        literal = isIPAddress(address) or isIPv6Address(address)
+        self._dialled = literal and can_dial(self.reactor)
+        if self._dialled:
+            dial = self._pending = Dial(factory)
+            dial.start(address, port, timeout or 120, self.reactor)
+        elif literal:
             self._pending = self.reactor.connectTCP(address, port, factory, timeout=timeout or 120)
         else:
             endpoint = HostnameEndpoint(self.reactor, address, port, timeout=timeout or 120)
@@ -313,9 +321,12 @@ class EdgeProtocol(Protocol):
         self.origin_leg = leg
         client = self.transport
         origin_transport = leg.transport
-        for transport in (client, origin_transport):
-            transport.setTcpNoDelay(True)
-            transport.setTcpKeepAlive(True)
+        # Both legs get TCP_NODELAY and keepalive: an edge socket inherits
+        # them from its listening socket, a dialled origin socket has them
+        # from before its connect; only a hostname origin's needs them here.
+        if not self._dialled:
+            origin_transport.setTcpNoDelay(True)
+            origin_transport.setTcpKeepAlive(True)
         self._write = origin_transport.write
         preamble = self.origin_preamble()
         if preamble:
