@@ -98,6 +98,9 @@ def makeService(options: Options) -> Any:
         **_admin_arguments(options),
     )
     _add_store(service, config, options)
+    from spectrum.memory import Trimmer
+
+    Trimmer(service.reactor).setServiceParent(service)
     service.certificate_check_interval = options["certificate-check"]
     return service
 
