@@ -35,7 +35,7 @@ def _load_trim() -> Optional[Callable[[int], int]]:
         return None
     function.argtypes = [ctypes.c_size_t]
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 _malloc_trim = _load_trim()

@@ -53,7 +53,7 @@ def origin_client(host: str, port: int, dial: Dial, reactor: Any) -> tcp.Client:
     if isIPv6Address(host):
         client.addr = tcp._resolveIPv6(host, port)
         client.addressFamily = socket.AF_INET6
-        client._addressType = address.IPv6Address
+        client._addressType = address.IPv6Address  # type: ignore[assignment]
     else:
         client.addr = (host, port)
     skt = socket.socket(client.addressFamily, socket.SOCK_STREAM)
@@ -61,7 +61,8 @@ def origin_client(host: str, port: int, dial: Dial, reactor: Any) -> tcp.Client:
     # Set before connect(): the relay wants both on every leg.
     skt.setsockopt(*_TCP_NODELAY)
     skt.setsockopt(*_KEEPALIVE)
-    tcp.Connection.__init__(client, skt, None, reactor)
+    # The protocol comes with the connect (tcp.Client does the same).
+    tcp.Connection.__init__(client, skt, None, reactor)  # type: ignore[arg-type]
     return client
 
 
@@ -88,7 +89,10 @@ class Dial:
         try:
             client = origin_client(host, port, self, reactor)
         except OSError as e:
-            self.factory.clientConnectionFailed(self, Failure(error.ConnectBindError(e.errno, e.strerror)))
+            self.factory.clientConnectionFailed(
+                self,  # type: ignore[arg-type]
+                Failure(error.ConnectBindError(e.errno, e.strerror)),
+            )
             return
         self.transport = client
         self._timeout = reactor.callLater(timeout, self._timed_out)
@@ -122,7 +126,10 @@ class Dial:
     def connectionFailed(self, reason: Failure) -> None:
         self._stop_timer()
         self.transport = None
-        self.factory.clientConnectionFailed(self, reason)
+        self.factory.clientConnectionFailed(
+            self,  # type: ignore[arg-type]
+            reason,
+        )
 
     def connectionLost(self, reason: Failure) -> None:
         self.transport = None
