@@ -80,3 +80,41 @@ async def test_full_socket_keeps_order_and_pauses_the_reader() -> None:
     finally:
         await proxy.stop()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_switch_between_scratch_and_bulk_and_keep_every_byte() -> None:
+    # Small writes are read into the shared buffer and copied out; a burst
+    # that fills reads moves the transport to plain recv(), and small ones
+    # move it back. Bytes stay in order both ways through all the switches.
+    from spectrum.proxy import scratch
+
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("direct", [origin_at(port.getHost().port)]))
+    try:
+        client = await connect_client(proxy.port())
+        await sleep(0.1)
+        [edge] = edge_protocols(proxy)
+        sent = bytearray()
+        modes = []
+        for round_ in range(3):
+            for size in (1, 100, 513, 4000):
+                chunk = bytes([(round_ * 16 + size) % 251]) * size
+                client.transport.write(chunk)
+                sent += chunk
+                await sleep(0.02)
+            modes.append(edge.transport._bulk)
+            burst = bytes(range(256)) * 4096  # 1 MiB at once
+            client.transport.write(burst)
+            sent += burst
+            await sleep(0.3)
+            modes.append(edge.transport._bulk)
+        client.transport.loseWriteConnection()
+        received = await client.done
+        assert sha(received) == sha(bytes(sent))
+        assert modes == [False, True] * 3
+        assert scratch.SIZE >= edge.transport.bufferSize
+    finally:
+        await proxy.stop()
+        await port.stopListening()

@@ -6,15 +6,19 @@ C{connectTCP} builds a L{Connector}, starts the factory, defers the connect
 to the next reactor turn (C{callLater(0)}) and resolves the address through
 a L{Deferred} even when it is already an IP address. A relay opens one
 origin connection per client and never reconnects it, so here the socket is
-created with its options set, C{connect()} is called at once, and only the
-connect timeout is a timer. What follows the connect is Twisted's own
-L{tcp.Client}, unchanged: the relay's transports are the same either way.
+created with its options set, C{connect()} is called at once (once: not
+again to learn that it succeeded), the descriptor keeps its read interest
+when the connect completes, and the connect timeouts of one length share a
+timer. What follows the connect is Twisted's own L{tcp.Client}, unchanged:
+the relay's transports are the same either way.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from twisted.internet import address, error, tcp
 from twisted.internet.abstract import isIPv6Address
@@ -28,6 +32,7 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 _TCP_NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _KEEPALIVE = (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
 
 
 def can_dial(reactor: Any) -> bool:
@@ -56,8 +61,8 @@ def origin_client(host: str, port: int, dial: Dial, reactor: Any) -> tcp.Client:
         client._addressType = address.IPv6Address  # type: ignore[assignment]
     else:
         client.addr = (host, port)
+    # Non-blocking: tcp.Connection.__init__ below makes it so, before connect.
     skt = socket.socket(client.addressFamily, socket.SOCK_STREAM)
-    skt.setblocking(False)
     # Set before connect(): the relay wants both on every leg.
     skt.setsockopt(*_TCP_NODELAY)
     skt.setsockopt(*_KEEPALIVE)
@@ -66,19 +71,67 @@ def origin_client(host: str, port: int, dial: Dial, reactor: Any) -> tcp.Client:
     return client
 
 
+class _Deadlines:
+    """
+    The connect deadlines of one length, under one timer: a dial is added
+    as it starts and dropped as it ends, and the timer, armed for the
+    oldest, times out what is still pending when it fires. A dict in
+    insertion order is a queue ordered by deadline, since the length is the
+    same for all; a timer per connection would cost a heap push and a
+    cancel for every client.
+    """
+
+    __slots__ = ("reactor", "length", "pending", "call")
+
+    def __init__(self, reactor: Any, length: float) -> None:
+        self.reactor = reactor
+        self.length = length
+        self.pending: Dict[Dial, float] = {}
+        self.call: Any = None
+
+    def add(self, dial: Dial) -> None:
+        self.pending[dial] = self.reactor.seconds() + self.length
+        if self.call is None:
+            self.call = self.reactor.callLater(self.length, self._fire)
+
+    def _fire(self) -> None:
+        self.call = None
+        pending = self.pending
+        now = self.reactor.seconds()
+        while pending:
+            dial = next(iter(pending))
+            deadline = pending[dial]
+            if deadline > now:
+                self.call = self.reactor.callLater(deadline - now, self._fire)
+                return
+            del pending[dial]
+            dial.timed_out()
+
+
+_deadlines: Dict[Tuple[Any, float], _Deadlines] = {}
+
+
+def _deadlines_for(reactor: Any, length: float) -> _Deadlines:
+    key = (reactor, length)
+    deadlines = _deadlines.get(key)
+    if deadlines is None:
+        deadlines = _deadlines[key] = _Deadlines(reactor, length)
+    return deadlines
+
+
 class Dial:
     """
     One connect attempt to one origin: the connector of its L{tcp.Client}
-    (it builds the protocol, reports a failure, runs the timeout), and the
-    handle the relay keeps to cancel it.
+    (it builds the protocol, reports a failure), and the handle the relay
+    keeps to cancel it.
     """
 
-    __slots__ = ("factory", "transport", "_timeout")
+    __slots__ = ("factory", "transport", "_deadlines")
 
     def __init__(self, factory: ClientFactory) -> None:
         self.factory = factory
         self.transport: Optional[tcp.Client] = None
-        self._timeout: Any = None
+        self._deadlines: Optional[_Deadlines] = None
 
     def start(self, host: str, port: int, timeout: float, reactor: Any) -> None:
         """
@@ -95,19 +148,60 @@ class Dial:
             )
             return
         self.transport = client
-        self._timeout = reactor.callLater(timeout, self._timed_out)
-        client._setRealAddress(client.addr)
+        deadlines = self._deadlines = _deadlines_for(reactor, timeout)
+        deadlines.add(self)
+        address = client.addr
+        if len(address) == 4:
+            # IPv6: the scope id as a name, as tcp.Client keeps it
+            name = socket.getnameinfo(address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+            address = (name,) + address[1:]
+        client.realAddress = address
+        try:
+            result = client.socket.connect_ex(address)
+        except OSError as e:
+            result = e.errno or errno.EINVAL
+        if result in _IN_PROGRESS:
+            # Both, as tcp.Client does: a refusal makes the socket readable
+            # with the error pending, so it is read from SO_ERROR below.
+            client.doRead = client.doWrite = self._settled  # type: ignore[method-assign]
+            client.startReading()
+            client.startWriting()
+        elif result == 0 or result == errno.EISCONN:
+            self._connected(client)
+        else:
+            client.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
 
-    def _timed_out(self) -> None:
-        self._timeout = None
+    def _settled(self) -> None:
+        """
+        The socket became writable (connected) or readable (failed).
+        """
+        client = self.transport
+        if client is None:
+            # Failed already (this turn's write event after the read one).
+            return
+        result = client.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if result:
+            client.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
+            return
+        del client.doRead, client.doWrite
+        # Reading stays on; tcp.Client would drop both and add reading back,
+        # one epoll_ctl each.
+        client.stopWriting()
+        self._connected(client)
+
+    def _connected(self, client: tcp.Client) -> None:
+        self._drop_deadline()
+        client._connectDone()
+
+    def timed_out(self) -> None:
+        self._deadlines = None
         if self.transport is not None:
             self.transport.failIfNotConnected(error.TimeoutError())
 
-    def _stop_timer(self) -> None:
-        if self._timeout is not None:
-            if self._timeout.active():
-                self._timeout.cancel()
-            self._timeout = None
+    def _drop_deadline(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.pending.pop(self, None)
+            self._deadlines = None
 
     def stopConnecting(self) -> None:
         """
@@ -120,11 +214,10 @@ class Dial:
     # what tcp.Client asks of its connector
 
     def buildProtocol(self, addr: Any) -> Any:
-        self._stop_timer()
         return self.factory.buildProtocol(addr)
 
     def connectionFailed(self, reason: Failure) -> None:
-        self._stop_timer()
+        self._drop_deadline()
         self.transport = None
         self.factory.clientConnectionFailed(
             self,  # type: ignore[arg-type]

@@ -22,7 +22,6 @@ import errno
 import socket
 from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet import udp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
@@ -32,7 +31,7 @@ from twisted.python.failure import Failure
 
 from spectrum import status as S
 from spectrum.model import Origin
-from spectrum.proxy import proxyproto
+from spectrum.proxy import proxyproto, scratch
 from spectrum.proxy.tcp import normalize_ip
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 from spectrum.runtime import AppRuntime
@@ -160,7 +159,10 @@ class Session:
             exhausted).
         """
         interface = "::" if isIPv6Address(ip) else ""
-        self.port = reactor.listenUDP(0, _OriginDatagrams(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
+        if isinstance(reactor, PosixReactorBase):
+            self.port = scratch.listen_udp(reactor, 0, _OriginDatagrams(self), interface, MAX_DATAGRAM)
+        else:
+            self.port = reactor.listenUDP(0, _OriginDatagrams(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
         self.port.connect(ip, port)
         self._send = self.port.socket.send
         pending, self._pending = self._pending, None
@@ -530,7 +532,7 @@ class UDPListening:
         return self.port.stopListening()
 
 
-class _EdgeUDPPort(udp.Port):
+class _EdgeUDPPort(scratch.DatagramPort):
     """
     A UDP port where an IPv6 address means IPv6 only, as for TCP edge
     ports, so C{0.0.0.0} and C{::} can both be listed for one app.
