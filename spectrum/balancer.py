@@ -152,6 +152,10 @@ class Balancer:
             entries = [(s.origin, s) for s in self._states.values() if s.origin.enabled and not s.draining]
             if not entries:
                 return []
+        if len(entries) == 1:
+            # Every strategy picks the only origin (and round robin's
+            # weights would cancel out): no state to move.
+            return [entries[0][0]]
         return self._pick(self, entries, client_ip, tries)
 
     def connection_opened(self, origin: Origin) -> None:

@@ -127,7 +127,7 @@ Recorder = Callable[[str, ConnectionRecord], None]
 class Recorders:
     """
     The recorders a connection's events go to, plus a structured log line
-    for each event.
+    when it ends (or is refused).
 
     A recorder that raises is logged and does not disturb the connection or
     the other recorders.
@@ -145,20 +145,10 @@ class Recorders:
         self._recorders.remove(recorder)
 
     def __call__(self, kind: str, record: ConnectionRecord) -> None:
-        if kind == CONNECT:
-            # Debug: the disconnect line carries the whole record, and one
-            # info event per connection is what the accept path can afford.
-            self.log.debug(
-                "{app}: {client_ip}:{client_port} connected to origin {origin} ({origin_ip}:{origin_port})",
-                event_kind=kind,
-                app=record.application,
-                client_ip=record.client_ip,
-                client_port=record.client_port,
-                origin=record.origin_name,
-                origin_ip=record.origin_ip,
-                origin_port=record.origin_port,
-            )
-        else:
+        if kind != CONNECT:
+            # One line per connection, at its end, with the whole record (as
+            # HAProxy's tcplog): a connect line too would double the log,
+            # and twistd writes debug events as well.
             self.log.info(
                 "{app}: {client_ip}:{client_port} {event_kind} status {status}"
                 " ({reason}) origin {origin} client_bytes {client_bytes} "
