@@ -41,6 +41,22 @@ def normalize_ip(host: str) -> str:
     return host
 
 
+_literals: Dict[str, bool] = {}
+
+
+def _is_literal(address: str) -> bool:
+    """
+    Whether C{address} is an IP address (not a name), remembered per
+    address: the test parses the string, and it runs for every connection.
+    """
+    literal = _literals.get(address)
+    if literal is None:
+        if len(_literals) > 4096:
+            _literals.clear()
+        literal = _literals[address] = isIPAddress(address) or isIPv6Address(address)
+    return literal
+
+
 def _connect_failure_status(reason: Failure) -> int:
     if reason.check(ierror.ConnectionRefusedError):
         return S.ORIGIN_REFUSED
@@ -265,7 +281,7 @@ class EdgeProtocol(Protocol):
         timeout = self.runtime.app.timeouts.connect or None
         factory = self.origin_factory(origin)
         address = origin.address
-        literal = isIPAddress(address) or isIPv6Address(address)
+        literal = _is_literal(address)
         self._dialled = literal and can_dial(self.reactor)
         if self._dialled:
             dial = self._pending = Dial(factory)
