@@ -29,6 +29,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from spectrum.model import App, CertificateFiles, Config
+from spectrum.proxy import direct
 
 VERSIONS = {
     "1.0": SSL.TLS1_VERSION,
@@ -204,6 +205,12 @@ class _TlsTransport(BufferingTLSTransport):
     the close_notify back forever, and TLS has no half-close, so a
     half-close closes.
     """
+
+    def makeConnection(self, transport: Any) -> None:
+        # The handshake's flights go straight to the socket too, not through
+        # a write-readiness round of the loop each.
+        direct.attach(transport)
+        super().makeConnection(transport)
 
     def loseConnection(self) -> None:
         super().loseConnection()
