@@ -6,8 +6,8 @@ C{connectTCP} builds a L{Connector}, starts the factory, defers the connect
 to the next reactor turn (C{callLater(0)}) and resolves the address through
 a L{Deferred} even when it is already an IP address. A relay opens one
 origin connection per client and never reconnects it, so here the socket is
-created with its options set, C{connect()} is called at once (once: not
-again to learn that it succeeded), the descriptor keeps its read interest
+created with its options set, C{connect()} is called at once, the
+descriptor keeps its read interest
 when the connect completes, and the connect timeouts of one length share a
 timer. What follows the connect is Twisted's own L{tcp.Client}, unchanged:
 the relay's transports are the same either way.
@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 from twisted.internet import address, error, tcp
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 try:
@@ -32,6 +33,7 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 _TCP_NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _KEEPALIVE = (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+log = Logger()
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
 
 
@@ -95,17 +97,25 @@ class _Deadlines:
             self.call = self.reactor.callLater(self.length, self._fire)
 
     def _fire(self) -> None:
-        self.call = None
         pending = self.pending
         now = self.reactor.seconds()
+        expired = []
         while pending:
             dial = next(iter(pending))
-            deadline = pending[dial]
-            if deadline > now:
-                self.call = self.reactor.callLater(deadline - now, self._fire)
-                return
+            if pending[dial] > now:
+                break
             del pending[dial]
-            dial.timed_out()
+            expired.append(dial)
+        # Re-armed before any dial hears of its timeout: one that retries
+        # the next origin adds itself again, and must find the timer set.
+        self.call = None
+        if pending:
+            self.call = self.reactor.callLater(pending[next(iter(pending))] - now, self._fire)
+        for dial in expired:
+            try:
+                dial.timed_out()
+            except Exception:
+                log.failure("connect timeout of {dial!r}", dial=dial)
 
 
 _deadlines: Dict[Tuple[Any, float], _Deadlines] = {}
@@ -135,32 +145,38 @@ class Dial:
 
     def start(self, host: str, port: int, timeout: float, reactor: Any) -> None:
         """
-        Create the socket and call C{connect()}. A refusal the kernel reports
-        at once, or an immediate success, is delivered from inside this call;
-        the caller keeps its handle on this L{Dial} before calling it.
+        Create the socket and call C{connect()}. An immediate success is
+        delivered from inside this call (the caller keeps its handle on this
+        L{Dial} before calling it); a failure, on a later reactor turn.
         """
         try:
             client = origin_client(host, port, self, reactor)
         except OSError as e:
-            self.factory.clientConnectionFailed(
-                self,  # type: ignore[arg-type]
+            # Reported on the next turn, as connectTCP reports it: the caller
+            # is still setting up (a PROXY header's fields, say).
+            reactor.callLater(
+                0,
+                self.factory.clientConnectionFailed,
+                self,
                 Failure(error.ConnectBindError(e.errno, e.strerror)),
             )
             return
         self.transport = client
-        deadlines = self._deadlines = _deadlines_for(reactor, timeout)
-        deadlines.add(self)
-        address = client.addr
-        if len(address) == 4:
-            # IPv6: the scope id as a name, as tcp.Client keeps it
-            name = socket.getnameinfo(address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
-            address = (name,) + address[1:]
-        client.realAddress = address
         try:
+            address = client.addr
+            if len(address) == 4:
+                # IPv6: the scope id as a name, as tcp.Client keeps it
+                name = socket.getnameinfo(address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+                address = (name,) + address[1:]
+            client.realAddress = address
             result = client.socket.connect_ex(address)
         except OSError as e:
             result = e.errno or errno.EINVAL
+        except (OverflowError, ValueError):
+            result = errno.EINVAL
         if result in _IN_PROGRESS:
+            deadlines = self._deadlines = _deadlines_for(reactor, timeout)
+            deadlines.add(self)
             # Both, as tcp.Client does: a refusal makes the socket readable
             # with the error pending, so it is read from SO_ERROR below.
             client.doRead = client.doWrite = self._settled  # type: ignore[method-assign]
@@ -169,7 +185,8 @@ class Dial:
         elif result == 0 or result == errno.EISCONN:
             self._connected(client)
         else:
-            client.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
+            # Next turn, as above.
+            reactor.callLater(0, client.failIfNotConnected, error.getConnectError((result, os.strerror(result))))
 
     def _settled(self) -> None:
         """
@@ -180,6 +197,18 @@ class Dial:
             # Failed already (this turn's write event after the read one).
             return
         result = client.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not result:
+            # An event meant for an earlier socket with this descriptor
+            # number (closed and reused within one poll batch) can land
+            # here: only connect() itself says whether this one is done.
+            try:
+                result = client.socket.connect_ex(client.realAddress)
+            except OSError as e:
+                result = e.errno or errno.EINVAL
+            if result in _IN_PROGRESS:
+                return
+            if result == errno.EISCONN:
+                result = 0
         if result:
             client.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
             return
