@@ -43,6 +43,7 @@ from zope.interface import implementer
 from spectrum.model import Config
 from spectrum.record import CONNECT
 from spectrum.store.interface import APPS, KINDS, RULES, IStoreListener, StoreUnavailable
+from spectrum.store.memory import MemoryStore
 
 #: Seconds between pushes of counters, events and health, and between
 #: refreshes of the cluster view.
@@ -823,6 +824,10 @@ class Cluster(Service):
         Read the cluster's figures back: the view the admin API reports.
         """
         window = self.service.analytics.window if getattr(self.service, "analytics", None) else 60
+        if isinstance(self.store, MemoryStore):
+            # Nothing reads a minute older than the window: keep no more
+            # (the store's own default is a day).
+            self.store.retention_minutes = window + 2
         now = self.reactor.seconds()
         newest = int(now // 60)
         totals = yield self.store.totals()

@@ -105,7 +105,10 @@ def make_supervisor(
     tmpdir = None
     socket_path = None
     if config.store == "memory":
-        holder = StoreService(make_store("memory", node=node_name(config), reactor=reactor))
+        store = make_store("memory", node=node_name(config), reactor=reactor)
+        # Minutes older than the analytics window are never read.
+        store.retention_minutes = config.analytics.window_minutes + 2
+        holder = StoreService(store)
         tmpdir = tempfile.mkdtemp(prefix="spectrum-store-")
         socket_path = os.path.join(tmpdir, "store.sock")
     workers = WorkerSupervisor(

@@ -127,8 +127,11 @@ def test_counters_wait_while_the_store_is_away_and_none_are_lost() -> None:
     cluster._tick()
     assert not cluster.pending
     assert store._totals["a"][flat_name("e:connect")] == 2 + MAX_PENDING_MINUTES + 10
-    # The oldest ten minutes were filed under the oldest one kept.
-    assert len(store._minutes["a"]) == 1 + MAX_PENDING_MINUTES
+    # The oldest ten minutes were filed under the oldest one kept, which is
+    # by now older than the analytics window (60 + 2 minutes): the totals
+    # keep it, the store's per-minute buckets only what the window can show.
+    newest = int(clock.seconds() // 60)
+    assert sorted(store._minutes["a"]) == list(range(newest - MAX_PENDING_MINUTES + 1, newest + 1))
 
 
 def flat_name(field: str) -> str:
@@ -201,3 +204,22 @@ def test_view_reads_past_minutes_once_a_minute() -> None:
     cluster._tick()
     assert minutes() == {minute - 10: 5, minute: 3}
     assert cluster.view.app_totals("game")["events"]["connect"] == 8
+
+
+def test_memory_store_keeps_only_the_analytics_window() -> None:
+    # The store's default is a day of per-minute buckets; nothing reads
+    # past the window, so the cluster bounds it to the window (+2 minutes):
+    # an hour of memory, not a day.
+    clock = Clock()
+    clock.advance(60 * 1000)
+    store = MemoryStore(node="a", reactor=clock)
+    analytics = Analytics(clock, 5)
+    cluster = Cluster(store, reactor=clock)
+    cluster.service = service_for(analytics)
+    cluster.synced = True
+    cluster._tick()
+    assert store.retention_minutes == 7
+    for _ in range(30):
+        clock.advance(60)
+        store.add_counts("a", int(clock.seconds() // 60), {flat_name("e:connect"): 1})
+    assert len(store._minutes["a"]) == 8
