@@ -19,7 +19,10 @@ from spectrum.proxy.tcp import EdgeFactory
 from spectrum.runtime import AppRuntime
 
 #: Accept queue length for edge ports: an edge takes bursts of new clients.
-BACKLOG = 1024
+#: Linux caps it at net.core.somaxconn (4096 by default since 5.4). A full
+#: queue makes the kernel drop handshakes, and with SYN cookies on, reset
+#: them: a flood then costs other clients their connections.
+BACKLOG = 4096
 
 
 def edge_socket_options(sock: socket.socket, family: int, reuse_port: bool) -> socket.socket:
