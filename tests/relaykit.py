@@ -5,8 +5,10 @@ sockets, and a SpectrumService built straight from model objects.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any, List, Optional, Sequence
+import socket
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -180,3 +182,27 @@ async def _sleep(seconds: float) -> None:
     d: defer.Deferred = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     await d
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[Tuple[str, int]]:
+    """
+    The address of a listening socket whose accept queue is full: a connect
+    to it is never answered (the kernel drops the handshake), so it stays in
+    progress until it times out.
+    """
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(listening.getsockname())
+            fillers.append(s)
+        yield listening.getsockname()
+    finally:
+        for s in fillers:
+            s.close()
+        listening.close()

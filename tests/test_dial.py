@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 
 from spectrum.proxy import dial
 
-from relaykit import sleep
+from relaykit import black_hole, sleep
 
 
 class _Recorder(ClientFactory):
@@ -133,19 +133,10 @@ async def test_a_stale_readiness_event_does_not_complete_a_pending_connect() -> 
     # in progress. An event delivered to it anyway (one meant for an
     # earlier socket with the same descriptor number) must not make it
     # connected, and its timeout still applies.
-    black_hole = socket.socket()
-    black_hole.bind(("127.0.0.1", 0))
-    black_hole.listen(0)
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(black_hole.getsockname())
-        fillers.append(s)
     factory = _Recorder()
-    try:
+    with black_hole() as hole:
         attempt = dial.Dial(factory)
-        attempt.start("127.0.0.1", black_hole.getsockname()[1], 0.5, reactor)
+        attempt.start(hole[0], hole[1], 0.5, reactor)
         await sleep(0.1)
         assert attempt.transport is not None
         attempt.transport.doWrite()
@@ -154,7 +145,3 @@ async def test_a_stale_readiness_event_does_not_complete_a_pending_connect() -> 
         await sleep(0.7)
         [failure] = factory.failures
         assert failure.check(TimeoutError)
-    finally:
-        for s in fillers:
-            s.close()
-        black_hole.close()

@@ -23,6 +23,7 @@ from conftest import free_port, free_port_range
 from relaykit import (
     OriginFactory,
     Proxy,
+    black_hole,
     connect_client,
     listen_origin,
     make_app,
@@ -180,39 +181,28 @@ async def test_all_origins_refuse() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_connect_timeout_then_next_origin() -> None:
-    # A listening socket whose accept queue is full never completes a
-    # handshake: the connect times out and the next origin is tried.
-    black_hole = socket.socket()
-    black_hole.bind(("127.0.0.1", 0))
-    black_hole.listen(0)
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(black_hole.getsockname())
-        fillers.append(s)
+    # An origin that never answers: the connect times out and the next
+    # origin is tried.
     origin = OriginFactory()
     port = listen_origin(origin)
-    app = make_app(
-        "slow",
-        [origin_at(black_hole.getsockname()[1], "hole"), origin_at(port.getHost().port, "live")],
-        timeouts=Timeouts(connect=0.5),
-    )
-    proxy = Proxy(app)
-    try:
-        started = time.monotonic()
-        client = await connect_client(proxy.port())
-        client.transport.write(b"x")
-        client.transport.loseWriteConnection()
-        assert await client.done == b"x"
-        elapsed = time.monotonic() - started
-        assert 0.4 < elapsed < 2.0, elapsed
-    finally:
-        await proxy.stop()
-        await port.stopListening()
-        for s in fillers:
-            s.close()
-        black_hole.close()
+    with black_hole() as hole:
+        app = make_app(
+            "slow",
+            [origin_at(hole[1], "hole"), origin_at(port.getHost().port, "live")],
+            timeouts=Timeouts(connect=0.5),
+        )
+        proxy = Proxy(app)
+        try:
+            started = time.monotonic()
+            client = await connect_client(proxy.port())
+            client.transport.write(b"x")
+            client.transport.loseWriteConnection()
+            assert await client.done == b"x"
+            elapsed = time.monotonic() - started
+            assert 0.4 < elapsed < 2.0, elapsed
+        finally:
+            await proxy.stop()
+            await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
@@ -635,34 +625,22 @@ async def test_origin_connect_timeout_closes_its_socket_and_timer() -> None:
     # The origin never completes the handshake (its accept queue is full):
     # each attempt times out, its socket is closed and its timer gone, the
     # client is closed with the connect-timeout status.
-    black_hole = socket.socket()
-    black_hole.bind(("127.0.0.1", 0))
-    black_hole.listen(0)
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(black_hole.getsockname())
-        fillers.append(s)
-    app = make_app("slow", [origin_at(black_hole.getsockname()[1], "hole")], timeouts=Timeouts(connect=0.5))
-    proxy = Proxy(app)
-    try:
-        await sleep(0.1)
-        before = len(os.listdir("/proc/self/fd"))
-        timers = len(reactor.getDelayedCalls())
-        clients = [await connect_client(proxy.port()) for _ in range(5)]
-        await sleep(0.2)
-        assert len(edge_protocols(proxy)) == 5 and proxy.events == []
-        assert len(os.listdir("/proc/self/fd")) >= before + 15
-        assert [await c.done for c in clients] == [b""] * 5
-        await sleep(0.2)
-        assert edge_protocols(proxy) == []
-        assert proxy.kinds() == ["originError"] * 5
-        assert {e["Status"] for _, e in proxy.events} == {S.ORIGIN_CONNECT_TIMEOUT}
-        assert len(os.listdir("/proc/self/fd")) <= before
-        assert len(reactor.getDelayedCalls()) <= timers
-    finally:
-        await proxy.stop()
-        for s in fillers:
-            s.close()
-        black_hole.close()
+    with black_hole() as hole:
+        proxy = Proxy(make_app("slow", [origin_at(hole[1], "hole")], timeouts=Timeouts(connect=0.5)))
+        try:
+            await sleep(0.1)
+            before = len(os.listdir("/proc/self/fd"))
+            timers = len(reactor.getDelayedCalls())
+            clients = [await connect_client(proxy.port()) for _ in range(5)]
+            await sleep(0.2)
+            assert len(edge_protocols(proxy)) == 5 and proxy.events == []
+            assert len(os.listdir("/proc/self/fd")) >= before + 15
+            assert [await c.done for c in clients] == [b""] * 5
+            await sleep(0.2)
+            assert edge_protocols(proxy) == []
+            assert proxy.kinds() == ["originError"] * 5
+            assert {e["Status"] for _, e in proxy.events} == {S.ORIGIN_CONNECT_TIMEOUT}
+            assert len(os.listdir("/proc/self/fd")) <= before
+            assert len(reactor.getDelayedCalls()) <= timers
+        finally:
+            await proxy.stop()

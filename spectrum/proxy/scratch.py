@@ -39,29 +39,23 @@ def read_tcp(self: Any) -> Any:
     """
     C{doRead} for a TCP transport (L{twisted.internet.tcp.Connection}).
     """
-    if self._bulk:
-        try:
+    bulk = self._bulk
+    try:
+        if bulk:
             data = self.socket.recv(self.bufferSize)
-        except OSError as se:
-            if se.args[0] == EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        if not data:
-            return main.CONNECTION_DONE
+        else:
+            data = _view[: self.socket.recv_into(_buffer)].tobytes()
+    except OSError as se:
+        if se.args[0] == EWOULDBLOCK:
+            return None
+        return main.CONNECTION_LOST
+    if not data:
+        return main.CONNECTION_DONE
+    if bulk:
         if len(data) < SMALL:
             self._bulk = False
-    else:
-        try:
-            size = self.socket.recv_into(_buffer)
-        except OSError as se:
-            if se.args[0] == EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        if not size:
-            return main.CONNECTION_DONE
-        data = _view[:size].tobytes()
-        if size >= BULK:
-            self._bulk = True
+    elif len(data) >= BULK:
+        self._bulk = True
     self.protocol.dataReceived(data)
     return None
 
