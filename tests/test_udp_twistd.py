@@ -6,6 +6,7 @@ session ended by a reload that removes the app (SIGHUP), and a clean stop.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,6 +79,10 @@ def test_twistd_udp_app_relays_reloads_and_stops(tmp_path: Any) -> None:
         text = log.read_text()
         assert f"game: 127.0.0.1:{client.getsockname()[1]} disconnect status 200" in text
         assert f"stopped listening on 127.0.0.1:{edge} (udp)" in text
+        # One line per session (its end), not Twisted's start and close lines
+        # for the session's own origin socket.
+        assert "_OriginDatagrams starting on" not in text
+        assert set(re.findall(r"\(UDP Port (\d+) Closed\)", text)) <= {str(edge), str(other)}
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(10)

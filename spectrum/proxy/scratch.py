@@ -89,12 +89,3 @@ class DatagramPort(udp.Port):
                 self.protocol.datagramReceived(_view[:size].tobytes(), addr)
             except BaseException:
                 log.err()
-
-
-def listen_udp(reactor: Any, port: int, protocol: Any, interface: str, max_packet: int) -> Any:
-    """
-    C{reactor.listenUDP} with a L{DatagramPort}.
-    """
-    listening = DatagramPort(port, protocol, interface, max_packet, reactor)
-    listening.startListening()
-    return listening

@@ -22,6 +22,7 @@ import errno
 import socket
 from typing import Any, Dict, List, Optional, Tuple
 
+from twisted.internet import base
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
@@ -160,7 +161,8 @@ class Session:
         """
         interface = "::" if isIPv6Address(ip) else ""
         if isinstance(reactor, PosixReactorBase):
-            self.port = scratch.listen_udp(reactor, 0, _OriginDatagrams(self), interface, MAX_DATAGRAM)
+            self.port = _SessionPort(0, _OriginDatagrams(self), interface, MAX_DATAGRAM, reactor)
+            self.port.startListening()
         else:
             self.port = reactor.listenUDP(0, _OriginDatagrams(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
         self.port.connect(ip, port)
@@ -530,6 +532,39 @@ class UDPListening:
     def stopListening(self) -> Any:
         self.edge.close()
         return self.port.stopListening()
+
+
+class _SessionPort(scratch.DatagramPort):
+    """
+    A session's own socket towards its origin. Twisted's UDP port logs a
+    line when it starts and one when it closes: an edge port's are worth
+    having, but one pair per client session would be most of the log.
+    """
+
+    def _bindSocket(self) -> None:
+        try:
+            skt = self.createInternetSocket()
+            skt.bind((self.interface, self.port))
+        except OSError as e:
+            raise CannotListenError(self.interface, self.port, e) from e
+        # The ephemeral port is not needed (getHost asks the socket).
+        self._realPortNumber = 0
+        self.connected = 1
+        self.socket = skt
+        self.fileno = skt.fileno  # type: ignore[method-assign]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # udp.Port.connectionLost, without its log line.
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        base.BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):
+            self.d.callback(None)
+            del self.d
 
 
 class _EdgeUDPPort(scratch.DatagramPort):
