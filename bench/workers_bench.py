@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,9 +30,12 @@ import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from spectrum.workers import TWISTD  # noqa: E402
+
+from conftest import free_port  # noqa: E402
+from nodekit import wait_port  # noqa: E402
 
 
 def need(name: str) -> str:
@@ -43,23 +45,6 @@ def need(name: str) -> str:
     if path is None:
         sys.exit(f"workers_bench: {name} is not installed (apt-get install {name})")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"workers_bench: nothing listens on {port}")
 
 
 def start_nginx(tmp: str, port: int) -> subprocess.Popen:

@@ -595,23 +595,9 @@ class Cluster(Service):
         self._save_state(rules=True)
 
     def _state(self) -> Any:
-        state = getattr(self.service, "admin_state", None)
-        if state is None:
-            from spectrum.admin.state import AdminState
-            from spectrum.config import ConfigError, read
+        from spectrum.admin.state import service_state
 
-            state = AdminState(None)
-            source = self.service.config.source
-            if source:
-                try:
-                    document = read(source)
-                except ConfigError:
-                    document = None
-                if isinstance(document, dict):
-                    state.base = document
-                    state.base_source = source
-            self.service.admin_state = state
-        return state
+        return service_state(self.service)
 
     def _apply_apps(self, changes: Dict[str, Optional[Dict[str, Any]]]) -> None:
         import attr

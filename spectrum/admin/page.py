@@ -16,8 +16,7 @@ from twisted.web.static import File
 from spectrum.admin.activity import RecentEvents
 from spectrum.admin.api import NO_ROUTE, AdminAPI, error_body
 from spectrum.admin.auth import Authenticator, generate, resolve
-from spectrum.admin.state import AdminState, default_state_file, token_file_for
-from spectrum.config import ConfigError, read
+from spectrum.admin.state import default_state_file, service_state, token_file_for
 from spectrum.model import AdminSettings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -105,19 +104,7 @@ class Root(Resource):
     def __init__(self, service: Any) -> None:
         super().__init__()
         self.service = service
-        state = service.admin_state
-        if state is None:
-            state = AdminState(None)
-            source = service.config.source
-            if source:
-                try:
-                    document = read(source)
-                except ConfigError:
-                    document = None
-                if isinstance(document, dict):
-                    state.base = document
-                    state.base_source = source
-            service.admin_state = state
+        state = service_state(service)
         self.state = state
         self.recent = RecentEvents(service.reactor)
         service.recorders.add(self.recent)

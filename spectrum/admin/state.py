@@ -203,6 +203,27 @@ class AdminState:
         )
 
 
+def service_state(service: Any) -> AdminState:
+    """
+    C{service.admin_state}, made on first use: the config file the service
+    was started from (if it reads as a document) is its base.
+    """
+    state: Optional[AdminState] = getattr(service, "admin_state", None)
+    if state is None:
+        state = AdminState(None)
+        source = service.config.source
+        if source:
+            try:
+                document = read(source)
+            except ConfigError:
+                document = None
+            if isinstance(document, dict):
+                state.base = document
+                state.base_source = source
+        service.admin_state = state
+    return state
+
+
 def _api_app_index(path: str) -> Optional[int]:
     if not path.startswith("apps["):
         return None
