@@ -434,6 +434,7 @@ class _Builder:
             store=self.store(("store",), self.data.get("store", "memory")),
             node=self.data.get("node"),
             workers=self.data.get("workers", 1),
+            kernel_filter=self.data.get("kernel_filter", "auto"),
             access_rules=self.access_rules(geoip),
             geoip=geoip,
             admin=self.admin(),

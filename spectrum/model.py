@@ -413,6 +413,8 @@ class Config:
     node: Optional[str] = None
     #: processes sharing the listening ports
     workers: int = 1
+    #: in-kernel shedding of refused sources: "auto", "on" or "off"
+    kernel_filter: str = "auto"
     access_rules: Tuple[AccessRule, ...] = ()
     geoip: GeoIPFiles = GeoIPFiles()
     admin: Optional[AdminSettings] = None
