@@ -1,0 +1,212 @@
+"""
+Admission: the one decision on who gets in, made for every port kind (plain
+TCP, TLS-terminating, SNI-shared, behind an upstream's PROXY header, UDP) as
+soon as the client's address is known, before any byte is read or answered,
+any origin is dialled or any per-connection state is built:
+
+  1. geo: the client's country and AS number from the MaxMind DB files in
+     C{geoip};
+  2. the IP access rules (L{spectrum.firewall}), unless the app has
+     C{ip_firewall: false}: a block is refused with status 403;
+  3. the app's C{limits} (L{spectrum.limits}): 431 (max_connections), 430
+     (per_ip_connections) or 429 (per_ip_rate);
+  4. further gates (the cluster-wide rate), each able to refuse.
+
+An admitted connection holds a L{Ticket}; whatever happens to it later, the
+lifecycle releases the ticket exactly once. A refusal is a L{Refusal} and
+costs nothing more here. Everything is local and synchronous.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+from twisted.logger import Logger
+
+from spectrum import status as S
+from spectrum.firewall import Firewall
+from spectrum.geo import UNKNOWN_COUNTRY, GeoIP, GeoIPError
+from spectrum.limits import ClientLimits
+from spectrum.model import App, Config, Limits
+
+#: A further gate: (app, client address) to L{None}, or (status, reason).
+Gate = Callable[[App, str], Optional[Tuple[int, str]]]
+
+
+def normalize_ip(host: str) -> str:
+    """
+    A client address in the one form rules, limits and records use: an
+    IPv4-mapped IPv6 address, in any spelling (C{::ffff:198.51.100.7},
+    C{::FFFF:c633:6407}, C{0:0:0:0:0:ffff:c633:6407}), is the IPv4 address
+    it maps; anything else is returned as it is.
+    """
+    if ":" not in host:
+        return host
+    lowered = host.lower()
+    if "ffff" not in lowered:
+        return host
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, lowered)
+    except OSError:
+        return host
+    if packed[:12] == b"\x00" * 10 + b"\xff\xff":
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return host
+
+
+class Ticket:
+    """
+    What admitting one connection took (its place in the app's limits), and
+    what admission learnt about the client; L{release} gives the place back.
+    """
+
+    __slots__ = ("_limits", "ip", "country", "asn", "matched")
+
+    def __init__(self, limits: Optional[ClientLimits], ip: str, country: str, asn: Optional[int], matched: str) -> None:
+        self._limits = limits
+        self.ip = ip
+        self.country = country
+        self.asn = asn
+        self.matched = matched
+
+    def release(self) -> None:
+        """
+        Give the place back; a second call does nothing.
+        """
+        limits, self._limits = self._limits, None
+        if limits is not None:
+            limits.release(self.ip)
+
+
+class Refusal:
+    """
+    Why a client was refused: the status, a reason, and which rule kind
+    matched (C{ClientMatchedIpFirewall}) and which rule, if a rule decided.
+    """
+
+    __slots__ = ("status", "reason", "matched", "rule", "country", "asn")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        matched: str = "UNKNOWN",
+        rule: str = "",
+        country: str = UNKNOWN_COUNTRY,
+        asn: Optional[int] = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.matched = matched
+        self.rule = rule
+        self.country = country
+        self.asn = asn
+
+
+Verdict = Union[Ticket, Refusal]
+
+
+class Admission:
+    """
+    The rules, the geo databases and the gates; L{admit} decides.
+
+    @ivar firewall: the rules in force (the index the rule owner keeps).
+    @ivar gates: further checks after the local limits.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.firewall = Firewall(config.access_rules)
+        self._rules_from = config.access_rules
+        self._geo_files = config.geoip
+        self.geo = GeoIP(config.geoip.country_db, config.geoip.asn_db)
+        self.gates: List[Gate] = []
+
+    def admit(self, app: App, limits: Optional[ClientLimits], ip: str) -> Verdict:
+        """
+        Admit a client at C{ip} (already normalized) to C{app}, taking a
+        place in C{limits} (the app's, or a shared port's), or refuse it.
+        """
+        geo = self.geo
+        if geo.enabled:
+            country, asn = geo.lookup(ip)
+        else:
+            country, asn = UNKNOWN_COUNTRY, None
+        matched = "UNKNOWN"
+        firewall = self.firewall
+        if app.ip_firewall and len(firewall):
+            try:
+                decision = firewall.decide(app.name, ip, country, asn)
+            except ValueError:
+                return Refusal(S.FIREWALL, f"client address {ip!r} cannot be checked", "BLOCK_ERROR", "", country, asn)
+            matched = decision.matched
+            if not decision.allowed:
+                rule = decision.rule
+                assert rule is not None
+                reason = f"access rule {rule.id} ({rule.mode} {rule.target} {rule.value})"
+                return Refusal(S.FIREWALL, reason, matched, rule.id, country, asn)
+        if limits is not None:
+            refused = limits.admit(ip, app.limits, self.reactor.seconds())
+            if refused is not None:
+                return Refusal(refused[0], refused[1], matched, "", country, asn)
+        for gate in self.gates:
+            refused = gate(app, ip)
+            if refused is not None:
+                if limits is not None:
+                    limits.release(ip)
+                return Refusal(refused[0], refused[1], matched, "", country, asn)
+        return Ticket(limits, ip, country, asn, matched)
+
+    def admit_to_port(self, limits: ClientLimits, port_limits: Limits, ip: str) -> Verdict:
+        """
+        Admit a client at C{ip} to an edge port several apps share, before
+        the app is known (its ClientHello not yet read): the global rules,
+        and the port's own limit on connections in that state.
+        """
+        firewall = self.firewall
+        matched = "UNKNOWN"
+        if len(firewall):
+            try:
+                decision = firewall.decide("", ip)
+            except ValueError:
+                return Refusal(S.FIREWALL, f"client address {ip!r} cannot be checked", "BLOCK_ERROR")
+            matched = decision.matched
+            if not decision.allowed:
+                rule = decision.rule
+                assert rule is not None
+                reason = f"access rule {rule.id} ({rule.mode} {rule.target} {rule.value})"
+                return Refusal(S.FIREWALL, reason, matched, rule.id)
+        refused = limits.admit(ip, port_limits, self.reactor.seconds())
+        if refused is not None:
+            return Refusal(refused[0], refused[1], matched)
+        return Ticket(limits, ip, UNKNOWN_COUNTRY, None, matched)
+
+    def configure(self, config: Config) -> None:
+        """
+        Take a new config: its rules replace the rule set when they differ
+        from the last config's (so rules added at run time survive a reload
+        that left C{access_rules} alone), and changed geo files are reopened.
+        """
+        if config.access_rules != self._rules_from:
+            self.firewall.replace(config.access_rules)
+            self._rules_from = config.access_rules
+            self.log.info("access rules: {count} in force", count=len(self.firewall))
+        if config.geoip != self._geo_files:
+            try:
+                geo = GeoIP(config.geoip.country_db, config.geoip.asn_db)
+            except GeoIPError as e:
+                self.log.error("geoip: {error}; the previous databases stay in use", error=str(e))
+                return
+            old, self.geo = self.geo, geo
+            self._geo_files = config.geoip
+            old.close()
+
+    def close(self) -> None:
+        self.geo.close()
