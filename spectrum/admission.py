@@ -117,12 +117,14 @@ class Admission:
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(self, config: Optional[Config], reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.reactor = reactor
+        if config is None:
+            config = Config(apps=())
         self.firewall = Firewall(config.access_rules)
         self._rules_from = config.access_rules
         self._geo_files = config.geoip

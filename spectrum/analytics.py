@@ -279,6 +279,35 @@ class Analytics:
             slice_ = stats.ip_versions[version] = Counters()
         slice_.add(kind, record, True)
 
+    def count_refused(self, app: str, kind: str, status: int, client_ip: str, country: str) -> None:
+        """
+        Count a refused connection that got no record (past the refusals'
+        sampling): what the recorder would have counted for it.
+        """
+        key = (app, "")
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = Series()
+        stats = self.apps.get(app)
+        if stats is None:
+            stats = self.apps[app] = AppStats(self.window)
+        events = series.events
+        events[kind] = events.get(kind, 0) + 1
+        statuses = series.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        events = stats.minute(self.reactor.seconds()).events
+        events[kind] = events.get(kind, 0) + 1
+        country = country or "XX"
+        slice_ = stats.countries.get(country)
+        if slice_ is None:
+            slice_ = stats.countries[country] = Counters()
+        slice_.events[kind] = slice_.events.get(kind, 0) + 1
+        version = 6 if ":" in client_ip else 4
+        slice_ = stats.ip_versions.get(version)
+        if slice_ is None:
+            slice_ = stats.ip_versions[version] = Counters()
+        slice_.events[kind] = slice_.events.get(kind, 0) + 1
+
     # reading ----------------------------------------------------------------
 
     def app_totals(self, app: str) -> Dict[str, Any]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -268,24 +268,23 @@ class ClusterRate:
             self._second = second
             self.counts = {}
 
-    def check(self, runtime: Any, record: Any) -> Optional[int]:
+    def check(self, app: Any, ip: str) -> Optional[Tuple[int, str]]:
         """
-        The edge check: refuse with 429 when the cluster has admitted
+        The admission gate: refuse with 429 when the cluster has admitted
         C{per_ip_rate} connections from the address this second.
         """
-        limits = getattr(runtime.app, "limits", None)
+        limits = getattr(app, "limits", None)
         if limits is None or not limits.per_ip_rate or limits.per_ip_rate_scope != "cluster":
             return None
         self._roll()
-        key = (runtime.app.name, record.client_ip)
+        key = (app.name, ip)
         entry = self.counts.get(key)
         if entry is None:
             entry = self.counts[key] = [0, 0, 0]
         if entry[0] + entry[2] >= limits.per_ip_rate:
             from spectrum import status as S
 
-            record.reason = f"per_ip_rate {limits.per_ip_rate:g}/s exceeded across the cluster"
-            return S.PER_IP_RATE
+            return S.PER_IP_RATE, f"per_ip_rate {limits.per_ip_rate:g}/s exceeded across the cluster"
         entry[0] += 1
         return None
 
@@ -379,19 +378,19 @@ class Cluster(Service):
         self.service = service
         service.cluster = self
         service.recorders.add(self._record)
-        # After the protection's checks (installed first): an address over
-        # the cluster's per_ip_rate is refused after the local limits.
-        service.runtime_hooks.append(lambda runtime: runtime.checks.append(self.rate.check))
+        # A gate after the local limits: an address over the cluster's
+        # per_ip_rate is refused.
+        service.admission.gates.append(self.rate.check)
         # A reload whose access_rules changed replaces the firewall's rules
         # with the file's: put the store's back.
         service.config_hooks.append(lambda config: self._reapply_rules())
         self.setServiceParent(service)
 
     def _reapply_rules(self) -> None:
-        protection = getattr(self.service, "protection", None)
-        if protection is None or not self.known[RULES]:
+        admission = getattr(self.service, "admission", None)
+        if admission is None or not self.known[RULES]:
             return
-        present = {rule.id for rule in protection.firewall.rules}
+        present = {rule.id for rule in admission.firewall.rules}
         missing = {id: doc for id, doc in self.known[RULES].items() if id not in present}
         if missing:
             self._apply(RULES, missing)
@@ -540,10 +539,10 @@ class Cluster(Service):
     def _apply_rules(self, changes: Dict[str, Optional[Dict[str, Any]]]) -> None:
         from spectrum.firewall import DuplicateRule, RuleError, make_rule
 
-        protection = getattr(self.service, "protection", None)
-        if protection is None:
+        admission = getattr(self.service, "admission", None)
+        if admission is None:
             return
-        firewall = protection.firewall
+        firewall = admission.firewall
         api = self.api
         for id, doc in changes.items():
             if doc is None:

@@ -426,6 +426,7 @@ class _Builder:
         apps = tuple(self.app(("apps", index), raw) for index, raw in enumerate(self.data.get("apps", [])))
         geoip = self.geoip()
         self.sni_defaults(apps)
+        self.shared_upstreams(apps)
         return Config(
             apps=apps,
             zone_id=zone.get("id", "local"),
@@ -1192,6 +1193,24 @@ class _Builder:
                     )
             if not shared:
                 raise self.fail(where, "applies only on an edge port shared with other apps by hostname")
+
+    def shared_upstreams(self, apps: tuple[App, ...]) -> None:
+        """
+        Apps sharing an edge port agree on C{accept_proxy_protocol}: the
+        header is read before the ClientHello that tells them apart.
+        """
+        for index, app in enumerate(apps):
+            for other in apps[:index]:
+                if other.protocol != app.protocol or other.accept_proxy_protocol == app.accept_proxy_protocol:
+                    continue
+                if not any(_addresses_overlap(ip, o) for ip in app.ips for o in other.ips):
+                    continue
+                ports = set(other.edge_ports())
+                if any(port in ports for port in app.edge_ports()):
+                    raise self.fail(
+                        ("apps", index, "accept_proxy_protocol"),
+                        f"differs from that of app {_show(other.name)}, which shares an edge port with it",
+                    )
 
 
 _MONITOR_COMMON = (

@@ -1,7 +1,9 @@
 """
 The event log: one JSON line per connection event (connect, disconnect,
 clientFiltered, tlsError, originError) with Cloudflare's Spectrum log field
-names, appended to C{events.path} and rotated by size.
+names, appended to C{events.path} and rotated by size. Refused connections
+past the sampled rate (L{spectrum.refusals}) get one C{clientFilteredSummary}
+line per app and second with their count, so a flood cannot fill the disk.
 
 Events are buffered in memory and written on a timer (C{flush_interval}),
 or at once when the buffer holds L{MAX_BUFFERED} lines, so the data plane
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
@@ -74,6 +76,25 @@ class EventLog(Service):
         event = record.as_event(kind)
         event["Timestamp"] = self.reactor.seconds()
         self._buffer.append(json.dumps(event, separators=(",", ":"), default=str).encode("utf-8") + b"\n")
+        if len(self._buffer) >= MAX_BUFFERED or not self.running:
+            self.flush()
+
+    def refusal_summary(self, app: str, second: int, count: int, statuses: Dict[int, int]) -> None:
+        """
+        One line for the refused connections of C{app} in one second that
+        got no line of their own (past the sampled rate).
+        """
+        if self.settings is None:
+            return
+        event = {
+            "Event": "clientFilteredSummary",
+            "Application": app,
+            "Second": second,
+            "Count": count,
+            "Statuses": {str(status): n for status, n in sorted(statuses.items())},
+            "Timestamp": self.reactor.seconds(),
+        }
+        self._buffer.append(json.dumps(event, separators=(",", ":")).encode("utf-8") + b"\n")
         if len(self._buffer) >= MAX_BUFFERED or not self.running:
             self.flush()
 

@@ -9,13 +9,14 @@ between apps, or changes an app, never closes the listening socket.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.internet import tcp
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.interfaces import IListeningPort
+from twisted.python import log
 
-from spectrum.proxy.tcp import EdgeFactory
+from spectrum.admission import normalize_ip
 from spectrum.runtime import AppRuntime
 
 #: Accept queue length for edge ports: an edge takes bursts of new clients.
@@ -39,8 +40,10 @@ def edge_socket_options(sock: socket.socket, family: int, reuse_port: bool) -> s
 
 class _EdgePort(tcp.Port):
     """
-    A TCP port where an IPv6 address means IPv6 only, so C{0.0.0.0} and
-    C{::} can both be listed for one app without colliding.
+    A TCP edge port: an IPv6 address means IPv6 only (so C{0.0.0.0} and
+    C{::} can both be listed for one app), and admission runs on the
+    address the kernel hands over, before Twisted builds anything for the
+    connection.
     """
 
     #: set SO_REUSEPORT, so the worker processes of C{workers: N} each
@@ -54,6 +57,51 @@ class _EdgePort(tcp.Port):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         return sock
+
+    def startListening(self) -> None:
+        super().startListening()
+        host = self.getHost()
+        if host.host not in ("0.0.0.0", "::"):
+            factory: Any = self.factory
+            factory.edge = (normalize_ip(host.host), host.port)
+
+    def doRead(self) -> None:
+        """
+        Accept at most L{ACCEPTS_PER_TURN} clients, admitting each from its
+        address: a refused one is reset and forgotten (no transport, no
+        protocol), an admitted one gets its first stage.
+        """
+        factory: Any = self.factory
+        edge = factory.edge
+        wildcard = not edge[1]
+        try:
+            with tcp._BuffersLogs(self._logger.namespace, self._logger.observer) as logger:
+                for skt, addr in tcp._accept(logger, range(ACCEPTS_PER_TURN), self.socket, tcp._reservedFD):
+                    if wildcard:
+                        try:
+                            here = skt.getsockname()
+                        except OSError:
+                            skt.close()
+                            continue
+                        edge = (normalize_ip(here[0]), here[1])
+                    connection = factory.admit(addr[0], addr[1], edge)
+                    if connection is None:
+                        # Closed unread: the client sees its connection end
+                        # (a reset, if it had sent anything).
+                        skt.close()
+                        continue
+                    protocol = factory.first_protocol(connection)
+                    session = self.sessionno
+                    self.sessionno = session + 1
+                    transport = self.transport(skt, protocol, addr, self, session, self.reactor)
+                    protocol.makeConnection(transport)
+        except BaseException:
+            log.deferr()
+
+
+#: Clients accepted per reactor turn and port: a flood waiting in the accept
+#: queue cannot keep the reactor from the connections it already serves.
+ACCEPTS_PER_TURN = 32
 
 
 class Listener:
@@ -72,11 +120,15 @@ class Listener:
     def runtime(self) -> AppRuntime:
         return self.factory.runtime
 
-    def retarget(self, runtime: AppRuntime) -> None:
+    def retarget(self, runtimes: Sequence[AppRuntime]) -> None:
         """
-        Send the next connections to C{runtime}.
+        Send the next connections to C{runtimes} (one app, or several
+        sharing the port).
         """
-        self.factory.runtime = runtime
+        if hasattr(self.factory, "set_routes"):
+            self.factory.set_routes(runtimes)
+        else:
+            self.factory.runtime = runtimes[0]
 
     def stop(self) -> Any:
         """
@@ -88,10 +140,21 @@ class Listener:
         return self.listening.getHost().port  # type: ignore[attr-defined]
 
 
-def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime, reuse_port: bool = False) -> Listener:
+def listen(
+    reactor: Any,
+    protocol: str,
+    ip: str,
+    port: int,
+    runtimes: Sequence[AppRuntime],
+    tls: Any = None,
+    reuse_port: bool = False,
+) -> Listener:
     """
-    Bind C{ip}:C{port} for C{protocol} and serve it with C{runtime}.
+    Bind C{ip}:C{port} for C{protocol} and serve it with C{runtimes} (one
+    app, or several sharing a TCP port by SNI).
 
+    @param tls: the service's L{spectrum.proxy.tls.EdgeTls}, for apps that
+        speak TLS.
     @param reuse_port: share the port with other processes (SO_REUSEPORT).
 
     @raise twisted.internet.error.CannotListenError: the address is taken or
@@ -100,11 +163,13 @@ def listen(reactor: Any, protocol: str, ip: str, port: int, runtime: AppRuntime,
     if protocol == "udp":
         from spectrum.proxy.udp import listen_udp
 
-        edge, udp_port = listen_udp(reactor, ip, port, runtime, reuse_port=reuse_port)
+        edge, udp_port = listen_udp(reactor, ip, port, runtimes[0], reuse_port=reuse_port)
         return Listener(protocol, ip, port, edge, udp_port)  # type: ignore[arg-type]
     if protocol != "tcp":
         raise ValueError(f"no listener for protocol {protocol!r}")
-    factory = EdgeFactory(runtime)
+    from spectrum.proxy.port import PortFactory
+
+    factory = PortFactory(runtimes, tls)
     if isinstance(reactor, _ReactorWithPorts):
         edge_port = _EdgePort(port, factory, BACKLOG, ip, reactor)
         edge_port.reuse_port = reuse_port

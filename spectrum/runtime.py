@@ -1,6 +1,6 @@
 """
 The live state of one app: its current model, its balancer, its open
-connections and the checks a new connection passes at the edge.
+connections, and its place in admission (its limit state).
 
 A listener holds the runtime, not the model, so a reload that changes the
 pool applies to the next connection without touching the listener.
@@ -8,19 +8,17 @@ pool applies to the next connection without touching the listener.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, List, Optional, Set
 
 from twisted.internet.defer import Deferred, succeed
 
+from spectrum.admission import Admission
 from spectrum.balancer import Balancer
 from spectrum.health import HealthChecker
+from spectrum.limits import ClientLimits
 from spectrum.model import App, PortMapping
-from spectrum.record import ConnectionRecord, Recorders
-
-#: An edge check returns L{None} to admit a connection, or a Spectrum status
-#: code (and sets C{record.reason}/C{record.firewall}) to refuse it. Checks are
-#: local and synchronous: the data plane never waits on the network.
-EdgeCheck = Callable[["AppRuntime", ConnectionRecord], Optional[int]]
+from spectrum.record import Recorders
+from spectrum.refusals import Refusals
 
 
 class AppRuntime:
@@ -28,18 +26,30 @@ class AppRuntime:
     One app's live state, shared by all its listeners.
     """
 
-    def __init__(self, app: App, recorders: Recorders, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        recorders: Recorders,
+        reactor: Any = None,
+        admission: Optional[Admission] = None,
+        refusals: Optional[Refusals] = None,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.reactor = reactor
+        #: who gets in (shared by every app of the service)
+        self.admission = admission if admission is not None else Admission(None, reactor)
+        #: how refused clients are counted and sampled
+        self.refusals = refusals if refusals is not None else Refusals(recorders, reactor)
+        #: what this app's admitted clients hold open
+        self.limits = ClientLimits()
         self.app = app
         self.balancer = Balancer(app.pool)
         #: probes the pool's origins; started and stopped by the service
         self.health = HealthChecker(self.balancer, app.pool, _probe_port(app), reactor)
         self.recorders = recorders
-        self.checks: List[EdgeCheck] = []
         self.connections: Set[Any] = set()
         self._idle_waiters: List[Deferred[None]] = []
 
@@ -63,16 +73,6 @@ class AppRuntime:
         A real connection to C{origin} exchanged bytes.
         """
         self.health.passive_success(origin)
-
-    def check(self, record: ConnectionRecord) -> Optional[int]:
-        """
-        Run the edge checks; the first refusal wins.
-        """
-        for check in self.checks:
-            refusal = check(self, record)
-            if refusal is not None:
-                return refusal
-        return None
 
     def opened(self, connection: Any) -> None:
         self.connections.add(connection)

@@ -15,15 +15,15 @@ from twisted.logger import Logger
 
 from spectrum import status as S
 from spectrum.admin.site import AdminService, admin_root
+from spectrum.admission import Admission
 from spectrum.analytics import Analytics
 from spectrum.config import ConfigError, load
 from spectrum.eventlog import EventLog
 from spectrum.listeners import Listener, listen
 from spectrum.model import App, Config
-from spectrum.protection import Protection
-from spectrum.proxy.router import listen_routed, routed_groups, set_routes
 from spectrum.proxy.tls import EdgeTls, TlsFileError
 from spectrum.record import Recorders
+from spectrum.refusals import Refusals
 from spectrum.runtime import AppRuntime
 
 ListenerKey = Tuple[str, str, int]
@@ -36,17 +36,17 @@ class ListenError(Exception):
     """
 
 
-def desired_listeners(config: Config) -> Dict[ListenerKey, App]:
+def desired_listeners(config: Config) -> Dict[ListenerKey, Tuple[App, ...]]:
     """
     Every (protocol, edge address, edge port) the config asks for, and the
-    app that serves it.
+    apps that serve it (several on a port shared by hostname).
     """
-    wanted: Dict[ListenerKey, App] = {}
+    wanted: Dict[ListenerKey, List[App]] = {}
     for app in config.apps:
         for ip in app.ips:
             for port in app.edge_ports():
-                wanted[(app.protocol, ip, port)] = app
-    return wanted
+                wanted.setdefault((app.protocol, ip, port), []).append(app)
+    return {key: tuple(apps) for key, apps in wanted.items()}
 
 
 class SpectrumService(MultiService):
@@ -83,9 +83,6 @@ class SpectrumService(MultiService):
         self.listeners: Dict[ListenerKey, Listener] = {}
         #: runtimes of removed apps whose connections are still open
         self.retired: Set[AppRuntime] = set()
-        #: called with each new AppRuntime, so later stages (firewall,
-        #: analytics) can attach their checks
-        self.runtime_hooks: List[Callable[[AppRuntime], None]] = []
         self.handle_sighup = handle_sighup
         #: the config document and what the admin API made (AdminState)
         self.admin_state = admin_state
@@ -94,17 +91,22 @@ class SpectrumService(MultiService):
         self.reuse_port = False
         #: called with each config that apply() commits
         self.config_hooks: List[Callable[[Config], None]] = []
-        # Edge protection (access rules, geo, limits), analytics, the event
-        # log and the admin site attach themselves through the hooks above.
-        self.protection = Protection(config, reactor)
-        self.protection.install(self)
+        #: who gets in: access rules, geo, limits and further gates
+        self.admission = Admission(config, reactor)
+        self.config_hooks.append(self.admission.configure)
+        #: refused clients, counted and sampled
+        self.refusals = Refusals(self.recorders, reactor)
+        # Analytics, the event log and the admin site attach themselves
+        # through the hooks above.
         self.analytics = Analytics(reactor, config.analytics.window_minutes)
         self.analytics.install(self)
+        self.refusals.counters.append(self.analytics.count_refused)
         self.event_log = EventLog(config.events, reactor)
         self.event_log.install(self)
+        self.refusals.summaries.append(self.event_log.refusal_summary)
         self.admin: Optional[AdminService] = None
         if config.admin is not None:
-            root = admin_root(self.analytics, self.protection.firewall, service=self)
+            root = admin_root(self.analytics, self.admission.firewall, service=self)
             self.admin = AdminService(config.admin, root, reactor)
             self.admin.setServiceParent(self)
         #: certificates and per-app TLS state, reloaded with the config and
@@ -116,51 +118,43 @@ class SpectrumService(MultiService):
     # building and reconciling ---------------------------------------------
 
     def _new_runtime(self, app: App) -> AppRuntime:
-        runtime = AppRuntime(app, self.recorders, self.reactor)
-        for hook in self.runtime_hooks:
-            hook(runtime)
-        return runtime
+        return AppRuntime(app, self.recorders, self.reactor, self.admission, self.refusals)
 
     def apply(self, config: Config) -> None:
         """
-        Make the listeners match C{config}: bind what is new, retarget what
-        moved, stop what is gone, update the rest in place.
+        Make the listeners match C{config}, all or nothing: plan a runtime
+        for every app (its own by name, or a new one), bind every new
+        address, and only then commit: TLS state, runtimes, the routes of
+        every listener, what is gone, the config hooks.
 
-        Nothing changes unless every new address binds.
-
-        @raise ListenError: an address could not be bound.
+        @raise ListenError: an address could not be bound (nothing changed).
+        @raise ConfigError: a certificate could not be used (nothing changed).
         """
         wanted = desired_listeners(config)
-        groups = routed_groups(config)
         try:
             tls = self.tls.prepare(config)
         except TlsFileError as e:
             raise ConfigError(config.source or "config", str(e)) from None
+        # The plan: a runtime for each app of the new config.
         fresh: Dict[str, AppRuntime] = {}
-
-        def runtime_for(app: App) -> AppRuntime:
-            runtime = self.runtimes.get(app.name) or fresh.get(app.name)
+        planned: Dict[str, AppRuntime] = {}
+        for app in config.apps:
+            runtime = self.runtimes.get(app.name)
             if runtime is None:
                 runtime = fresh[app.name] = self._new_runtime(app)
-            return runtime
-
+            planned[app.name] = runtime
         bound: Dict[ListenerKey, Listener] = {}
-        for key, app in wanted.items():
+        for key, apps in wanted.items():
             if key in self.listeners:
                 continue
             protocol, ip, port = key
+            runtimes = [planned[app.name] for app in apps]
             try:
-                if key in groups:
-                    runtimes = [runtime_for(member) for member in groups[key]]
-                    bound[key] = listen_routed(
-                        self.reactor, protocol, ip, port, runtimes, self.tls, reuse_port=self.reuse_port
-                    )
-                else:
-                    bound[key] = listen(self.reactor, protocol, ip, port, runtime_for(app), reuse_port=self.reuse_port)
+                bound[key] = listen(self.reactor, protocol, ip, port, runtimes, self.tls, reuse_port=self.reuse_port)
             except (CannotListenError, OSError) as e:
                 for listener in bound.values():
                     listener.stop()
-                raise ListenError(_listen_error(config, app, ip, port, e)) from None
+                raise ListenError(_listen_error(config, apps[0], ip, port, e)) from None
 
         # Everything bound: commit.
         self.tls.commit(tls)
@@ -173,8 +167,8 @@ class SpectrumService(MultiService):
             for runtime in fresh.values():
                 runtime.health.start()
         for key, listener in list(self.listeners.items()):
-            wanted_app = wanted.get(key)
-            if wanted_app is None:
+            members = wanted.get(key)
+            if members is None:
                 listener.stop()
                 del self.listeners[key]
                 self.log.info(
@@ -183,23 +177,19 @@ class SpectrumService(MultiService):
                     port=key[2],
                     protocol=key[0],
                 )
-            elif key in groups or hasattr(listener.factory, "route"):
-                members = groups.get(key, (wanted_app,))
-                set_routes(listener, [self.runtimes[m.name] for m in members], self.tls, key in groups)
-            elif listener.runtime.app.name != wanted_app.name:
-                listener.retarget(self.runtimes[wanted_app.name])
+            else:
+                listener.retarget([planned[app.name] for app in members])
         for key, listener in bound.items():
             self.listeners[key] = listener
             self.log.info(
                 "{app}: listening on {ip}:{port} ({protocol})",
-                app=listener.runtime.app.name,
+                app=", ".join(app.name for app in wanted[key]),
                 ip=key[1],
                 port=listener.bound_port(),
                 protocol=key[0],
             )
-        names = {app.name for app in config.apps}
         for name in list(self.runtimes):
-            if name not in names:
+            if name not in planned:
                 runtime = self.runtimes.pop(name)
                 runtime.health.stop()
                 self._retire(runtime)
@@ -288,6 +278,7 @@ class SpectrumService(MultiService):
         seconds, then close what is left.
         """
         yield super().stopService()
+        self.refusals.stop()
         for runtime in self.runtimes.values():
             runtime.health.stop()
         self.tls.stop()

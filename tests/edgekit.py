@@ -30,7 +30,7 @@ class EdgeProxy(Proxy):
 
     @property
     def firewall(self) -> Any:
-        return self.service.protection.firewall
+        return self.service.admission.firewall
 
     def of_kind(self, kind: str) -> List[dict]:
         return [event for k, event in self.events if k == kind]

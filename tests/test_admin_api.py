@@ -164,7 +164,7 @@ RULE = {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.7"}
 @pytest_twisted.ensureDeferred
 async def test_no_wrong_or_read_token_changes_nothing(world: Any) -> None:
     w = world()
-    firewall = w.admin.service.protection.firewall
+    firewall = w.admin.service.admission.firewall
     cases = [
         ({"token": None}, 401, "no credentials"),
         ({"token": "wrong-token-0123456789abcdef"}, 401, "invalid token"),
@@ -318,7 +318,7 @@ async def test_every_mutation_refuses_bad_bodies_with_400(world: Any) -> None:
 
     # Nothing changed.
     assert (w.tmp_path / "spectrum.state.json").read_text() == before_state
-    firewall = w.admin.service.protection.firewall
+    firewall = w.admin.service.admission.firewall
     assert sorted(r.id for r in firewall.rules) == sorted([rule_id, app_rule_id])
     assert firewall.get(rule_id).mode == "block"
     assert [app.name for app in w.admin.service.config.apps] == ["echo", "made"]
@@ -454,7 +454,7 @@ async def test_api_apps_and_rules_survive_a_restart(tmp_path: Any) -> None:
         assert [(r["id"], r["mode"], r["notes"]) for r in rules["result"]] == [
             (rule["result"]["id"], "whitelist", "kept")
         ]
-        assert again.service.protection.firewall.get(rule["result"]["id"]).mode == "whitelist"
+        assert again.service.admission.firewall.get(rule["result"]["id"]).mode == "whitelist"
     finally:
         await again.stop()
         await origin_port.stopListening()
@@ -666,7 +666,7 @@ async def test_reload_keeps_api_apps_and_rules_even_when_the_file_changes_its_ru
     with open(path, "w") as f:
         yaml.safe_dump(data, f)
     assert w.admin.service.reload() is True
-    firewall = w.admin.service.protection.firewall
+    firewall = w.admin.service.admission.firewall
     assert sorted(r.value for r in firewall.rules) == ["127.0.0.8", "127.0.0.9"]
     assert await echo_through(made) == b"ping"
     assert await echo_through(w.edge_port, bind="127.0.0.9") == b""

@@ -198,7 +198,7 @@ async def test_reload_replaces_rules_only_when_the_file_changed_them(tmp_path) -
     service = SpectrumService(load(str(path)))
     service.startService()
     try:
-        firewall = service.protection.firewall
+        firewall = service.admission.firewall
         added = firewall.add(make_rule("block", "ip", "192.0.2.2", notes="added at run time"))
         # A reload that leaves access_rules alone keeps the rule added at run time.
         changed = copy.deepcopy(data)

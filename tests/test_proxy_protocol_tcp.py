@@ -262,14 +262,13 @@ async def test_edge_checks_and_hashing_see_the_declared_client() -> None:
     proxy = Proxy(app)
     seen: list = []
 
-    def block(runtime: Any, record: Any) -> Any:
-        seen.append(record.client_ip)
-        if record.client_ip == "203.0.113.66":
-            record.reason = "blocked by test rule"
-            return S.FIREWALL
+    def block(app: Any, ip: str) -> Any:
+        seen.append(ip)
+        if ip == "203.0.113.66":
+            return S.FIREWALL, "blocked by test rule"
         return None
 
-    proxy.service.runtimes["in"].checks.append(block)
+    proxy.service.admission.gates.append(block)
 
     async def through(declared: str, bind: str) -> bytes:
         client = await connect_client(proxy.port(), bind=bind)

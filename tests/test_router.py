@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any, List, Tuple
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from spectrum import status as S
 from spectrum.model import App, Origin, Pool, PortMapping, PortRange, Timeouts
-from spectrum.proxy.router import RouterFactory, SniGate
+from spectrum.proxy.port import PortFactory
+from spectrum.proxy.router import SniGate
 from spectrum.proxy.tls import EdgeTls
 from spectrum.record import Recorders
 from spectrum.runtime import AppRuntime
@@ -19,7 +21,7 @@ from spectrum.runtime import AppRuntime
 from tlskit import client_hello
 
 
-def shared_port(handshake: float = 3.0) -> Tuple[RouterFactory, MemoryReactorClock, List[Tuple[str, Any]]]:
+def shared_port(handshake: float = 3.0) -> Tuple[PortFactory, MemoryReactorClock, List[Tuple[str, Any]]]:
     reactor = MemoryReactorClock()
     recorders = Recorders()
     events: List[Tuple[str, Any]] = []
@@ -37,11 +39,11 @@ def shared_port(handshake: float = 3.0) -> Tuple[RouterFactory, MemoryReactorClo
             id=name,
         )
         runtimes.append(AppRuntime(app, recorders, reactor))
-    return RouterFactory(runtimes, EdgeTls(reactor)), reactor, events
+    return PortFactory(runtimes, EdgeTls(reactor)), reactor, events
 
 
-def connect(factory: RouterFactory) -> Tuple[Any, StringTransport]:
-    gate = factory.buildProtocol(None)
+def connect(factory: PortFactory) -> Tuple[Any, StringTransport]:
+    gate = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
     assert isinstance(gate, SniGate)
     transport = StringTransport()
     gate.makeConnection(transport)
@@ -87,7 +89,8 @@ def test_known_name_dials_that_apps_origin_and_holds_the_hello() -> None:
     ((host, port, *_),) = reactor.tcpClients
     assert (host, port) == ("127.0.0.1", 9000)
     b = next(r for r in factory.runtimes if r.app.name == "b")
-    (edge,) = b.connections
+    (connection,) = b.connections
+    edge = connection.leg
     # The gate stepped aside: app b's relay owns the transport, reads
     # nothing until its origin answers, and holds the ClientHello for it.
     assert transport.protocol is edge

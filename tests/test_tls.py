@@ -741,7 +741,7 @@ async def test_certificate_chain_in_the_file_is_sent(certs: str, tmp_path: Any) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_edge_checks_see_the_tls_fields(certs: str, tmp_path: Any) -> None:
+async def test_admission_gates_run_before_the_handshake(certs: str, tmp_path: Any) -> None:
     origin, factory = listen_plain(b"allowed\n")
     edge = Edge(
         str(tmp_path),
@@ -750,24 +750,23 @@ async def test_edge_checks_see_the_tls_fields(certs: str, tmp_path: Any) -> None
             "apps": [app("t", origin.getHost().port, free_port(), tls="flexible")],
         },
     )
+    refusing = [True]
 
-    def no_blocked_name(runtime: Any, record: Any) -> Any:
-        if record.extra.get("ClientTlsClientHelloServerName") == "blocked.example":
-            record.reason = "name blocked"
-            return S.FIREWALL
-        return None
+    def gate(app: Any, ip: str) -> Any:
+        return (S.FIREWALL, "refused by the gate") if refusing[0] else None
 
-    edge.service.runtimes["t"].checks.append(no_blocked_name)
+    edge.service.admission.gates.append(gate)
     try:
-        refused, _ = await s_client(edge.port(), "-servername", "blocked.example", stdin=b"x")
+        refused, _ = await s_client(edge.port(), "-servername", "localhost", stdin=b"x")
+        refusing[0] = False
         allowed, _ = await s_client(edge.port(), "-servername", "localhost", stdin=b"x")
-        assert "allowed" not in refused and "allowed" in allowed
+        # Refused at accept: no certificate was ever sent.
+        assert "BEGIN CERTIFICATE" not in refused and "allowed" not in refused
+        assert "allowed" in allowed
         await until(lambda: len(edge.finished()) == 2)
-        kinds = [kind for kind, _ in edge.events]
-        assert "clientFiltered" in kinds
         filtered = next(event for kind, event in edge.events if kind == "clientFiltered")
-        assert filtered["Status"] == S.FIREWALL
-        assert filtered["ClientTlsStatus"] == "OK" and filtered["ClientTlsProtocol"] == "TLSv1.3"
+        assert filtered["Status"] == S.FIREWALL and filtered["Reason"] == "refused by the gate"
+        assert filtered.get("ClientTlsStatus", "UNKNOWN") != "OK"
     finally:
         await edge.stop()
         await origin.stopListening()

@@ -424,13 +424,12 @@ async def test_edge_checks_refuse_a_source_without_a_session() -> None:
     oport = listen_udp_origin(origin)
     proxy = Proxy(udp_app("checked", [origin_at(oport.getHost().port)]))
 
-    def block(runtime: Any, record: Any) -> Any:
-        if record.client_ip == "127.0.0.9":
-            record.reason = "blocked by test rule"
-            return S.FIREWALL
+    def block(app: Any, ip: str) -> Any:
+        if ip == "127.0.0.9":
+            return S.FIREWALL, "blocked by test rule"
         return None
 
-    proxy.service.runtimes["checked"].checks.append(block)
+    proxy.service.admission.gates.append(block)
     bad, bport = bind_client("127.0.0.9")
     good, gport = bind_client("127.0.0.10")
     try:

@@ -534,10 +534,10 @@ class AdminAPI(Resource):
 
     @property
     def firewall(self) -> Any:
-        protection = getattr(self.service, "protection", None)
-        if protection is None:
+        admission = getattr(self.service, "admission", None)
+        if admission is None:
             raise ApiError(404, NO_ROUTE, "this spectrum has no firewall")
-        return protection.firewall
+        return admission.firewall
 
     def _scope(self, call: Call) -> Tuple[str, Optional[str]]:
         """
@@ -753,10 +753,10 @@ class AdminAPI(Resource):
         Put the state file's rules (back) into the firewall: at start, and
         after a reload replaced the rule set with the config file's.
         """
-        protection = getattr(self.service, "protection", None)
-        if protection is None:
+        admission = getattr(self.service, "admission", None)
+        if admission is None:
             return
-        firewall = protection.firewall
+        firewall = admission.firewall
         present = {rule.id for rule in firewall.rules}
         for stored in self.state.rules:
             try:

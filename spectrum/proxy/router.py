@@ -15,34 +15,32 @@ app's own TLS settings (minimum version, client CA, ALPN) for its handshake.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from spectrum import status as S
-from spectrum.listeners import BACKLOG, Listener, _EdgePort, _ReactorWithPorts
 from spectrum.model import App, Config, Origin
+from spectrum.proxy.lifecycle import HANDSHAKE, HELLO, Connection
 from spectrum.proxy.sni import ClientHelloParser, NotClientHello
-from spectrum.proxy.tcp import EdgeFactory, EdgeProtocol, OriginProtocol, _OriginFactory, normalize_ip
+from spectrum.proxy.tcp import EdgeProtocol, OriginProtocol, _OriginFactory
 from spectrum.proxy.tls import (
     TLS_HANDSHAKE_FAILED,
     TLS_INVALID_SNI,
     TLS_OK,
     TLS_UNKNOWN,
     AppTls,
-    EdgeTls,
     TlsWrapperFactory,
     describe_tls_error,
     is_verification_error,
     peer_subject,
 )
-from spectrum.record import CLIENT_FILTERED, ORIGIN_ERROR, TLS_ERROR, ConnectionRecord
-from spectrum.runtime import AppRuntime
+from spectrum.record import CLIENT_FILTERED, ORIGIN_ERROR, TLS_ERROR
 
 ListenerKey = Tuple[str, str, int]
 
@@ -68,7 +66,7 @@ def routed_groups(config: Config) -> Dict[ListenerKey, Tuple[App, ...]]:
     return {key: tuple(apps) for key, apps in groups.items() if len(apps) > 1 or any(needs_router(app) for app in apps)}
 
 
-def _base_fields(app: App) -> Dict[str, Any]:
+def base_fields(app: App) -> Dict[str, Any]:
     return {
         "ClientTlsProtocol": "none",
         "ClientTlsCipher": "none",
@@ -144,28 +142,35 @@ class RoutedEdge(EdgeProtocol):
 
     def __init__(
         self,
-        runtime: AppRuntime,
+        connection: Connection,
         app_tls: Optional[AppTls],
         preface: bytes = b"",
-        fields: Optional[Dict[str, Any]] = None,
         alpn: Optional[bytes] = None,
     ) -> None:
-        super().__init__(runtime)
+        super().__init__(connection)
         self.app_tls = app_tls
-        self.fields = self.record_fields = fields if fields is not None else _base_fields(runtime.app)
+        if connection.fields is None:
+            connection.fields = base_fields(connection.runtime.app)
+        self.fields = connection.fields
         self.alpn = alpn
-        self._held: List[bytes] = [preface] if preface else []
+        early = connection.preface + preface
+        connection.preface = b""
+        self._held: List[bytes] = [early] if early else []
         # Until an origin is joined, hold what arrives (per connection,
         # not per chunk: the class method takes over afterwards).
         self.dataReceived = self._held.append  # type: ignore[method-assign,assignment]
 
-    def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
-        if self._origin_gone and self.fields.get("ClientTlsStatus") == TLS_OK and reason.check(ierror.ConnectionLost):
-            # We closed first (the origin had); a TLS client that drops the
-            # TCP connection instead of answering our close_notify is the
-            # normal end, not a client error.
-            reason = Failure(ierror.ConnectionDone())
-        super().connectionLost(reason)
+    def client_lost_status(self, reason: Failure) -> Optional[int]:
+        if self.fields.get("ClientTlsStatus") == TLS_OK and (
+            getattr(self.transport, "tcp_closed_cleanly", False)
+            or is_unclean_tls_close(reason)
+            or (self._origin_gone and reason.check(ierror.ConnectionLost))
+        ):
+            # A TLS client that closes TCP without close_notify (most do),
+            # or that drops the connection instead of answering our
+            # close_notify once the origin had closed, ended normally.
+            return None
+        return super().client_lost_status(reason)
 
     def origin_factory(self, origin: Origin) -> Any:
         app_tls = self.app_tls
@@ -203,51 +208,44 @@ class RoutedEdge(EdgeProtocol):
         self.transport.loseConnection()
 
 
+def is_unclean_tls_close(reason: Failure) -> bool:
+    """
+    Whether C{reason} is a TLS peer closing TCP without close_notify.
+    """
+    if not reason.check(SSL.Error):
+        return False
+    return "unexpected eof" in describe_tls_error(reason).lower()
+
+
 # Gates
 
 
 class _Gate(Protocol):
     """
-    What both gates share: the client's addresses, the deadline, the record
-    of a connection refused before it reached an app.
+    What both gates share: the connection, its deadline timer.
     """
 
-    # Set in connectionMade (or by the factory) before anything reads them.
-    runtime: Any = None
+    connection: Connection
     transport: Any
-    started: float
     reactor: Any
-    recorders: Any
     _timer: Any = None
-    _closed = False
     _handed_over = False
-
-    def _remember(self) -> None:
-        peer = self.transport.getPeer()
-        host = self.transport.getHost()
-        self._addresses = (normalize_ip(peer.host), peer.port, normalize_ip(host.host), host.port)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def _record(self, kind: str, status: int, reason: str, fields: Dict[str, Any], app: Optional[App]) -> None:
-        client_ip, client_port, edge_ip, edge_port = self._addresses
-        record = ConnectionRecord(
-            application=app.name if app is not None else "",
-            app_id=app.id if app is not None else "",
-            client_ip=client_ip,
-            client_port=client_port,
-            edge_ip=edge_ip,
-            edge_port=edge_port,
-            connect_time=self.started,
-        )
-        record.status = status
-        record.reason = reason
-        record.extra.update(fields)
-        record.disconnect_time = self.reactor.seconds()
-        self.recorders(kind, record)
+    def _hand_over(self, protocol: Any, data: bytes = b"") -> None:
+        """
+        Put C{protocol} in this gate's place on the transport.
+        """
+        self._handed_over = True
+        transport = self.transport
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        if data:
+            protocol.dataReceived(data)
 
 
 @implementer(IHandshakeListener)
@@ -257,40 +255,29 @@ class HandshakeGate(_Gate):
     completes; then the L{RoutedEdge} takes its place.
     """
 
-    def __init__(
-        self,
-        runtime: AppRuntime,
-        app_tls: AppTls,
-        deadline: Optional[float] = None,
-        started: Optional[float] = None,
-        addresses: Optional[Tuple[str, int, str, int]] = None,
-    ) -> None:
-        self.runtime = runtime
+    def __init__(self, connection: Connection, app_tls: AppTls, deadline: Optional[float] = None) -> None:
+        self.connection = connection
+        connection.leg = self
+        connection.phase = HANDSHAKE
         self.app_tls = app_tls
-        self.reactor = runtime.reactor
-        self.recorders = runtime.recorders
+        self.reactor = connection.runtime.reactor
         self.deadline = deadline
-        self.started = self.reactor.seconds() if started is None else started
         self._early: List[bytes] = []
         self._status = S.CLIENT_TLS_FAILED
         self._reason = ""
-        if addresses is not None:
-            self._addresses = addresses
 
     def connectionMade(self) -> None:
-        if not hasattr(self, "_addresses"):
-            self._remember()
-        self.runtime.opened(self)
+        connection = self.connection
         if self.deadline is None:
-            timeout = self.runtime.app.timeouts.handshake
+            timeout = connection.runtime.app.timeouts.handshake
             if timeout:
-                self.deadline = self.started + timeout
+                self.deadline = connection.started + timeout
         if self.deadline is not None:
             self._timer = self.reactor.callLater(max(0.0, self.deadline - self.reactor.seconds()), self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        waited = self.reactor.seconds() - self.started
+        waited = self.reactor.seconds() - self.connection.started
         self.abort(S.CLIENT_TLS_FAILED, f"TLS handshake not finished after {waited:.1f}s")
 
     def abort(self, status: int, reason: str, graceful: bool = False) -> None:
@@ -307,33 +294,32 @@ class HandshakeGate(_Gate):
     def handshakeCompleted(self) -> None:
         self._cancel_timer()
         tls = self.transport
-        connection = tls.getHandle()
-        runtime = self.runtime
-        fields = _base_fields(runtime.app)
-        name = connection.get_servername()
+        handle = tls.getHandle()
+        connection = self.connection
+        fields = base_fields(connection.runtime.app)
+        name = handle.get_servername()
         fields.update(
-            ClientTlsProtocol=connection.get_protocol_version_name(),
-            ClientTlsCipher=connection.get_cipher_name() or "none",
+            ClientTlsProtocol=handle.get_protocol_version_name(),
+            ClientTlsCipher=handle.get_cipher_name() or "none",
             ClientTlsClientHelloServerName=name.decode("ascii", "replace") if name else "",
             ClientTlsStatus=TLS_OK,
-            ClientTlsClientCertSubject=peer_subject(connection) or "",
+            ClientTlsClientCertSubject=peer_subject(handle) or "",
         )
-        edge = RoutedEdge(runtime, self.app_tls, fields=fields, alpn=tls.negotiatedProtocol)
+        connection.fields = fields
+        edge = RoutedEdge(connection, self.app_tls, alpn=tls.negotiatedProtocol)
         self._handed_over = True
         tls.wrappedProtocol = edge
         edge.makeConnection(tls)
-        runtime.closed(self)
         for chunk in self._early:
             edge.dataReceived(chunk)
         self._early = []
 
     def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
-        if self._handed_over or self._closed:
+        if self._handed_over:
             return
-        self._closed = True
         self._cancel_timer()
-        self.runtime.closed(self)
-        fields = _base_fields(self.runtime.app)
+        connection = self.connection
+        fields = base_fields(connection.runtime.app)
         fields["ClientTlsStatus"] = TLS_HANDSHAKE_FAILED
         try:
             name = self.transport.getHandle().get_servername()
@@ -346,33 +332,34 @@ class HandshakeGate(_Gate):
                 self._reason = "client closed during the TLS handshake"
             else:
                 self._reason = "TLS handshake failed: " + describe_tls_error(reason)
-        self._record(TLS_ERROR, self._status, self._reason, fields, self.runtime.app)
+        connection.fields = fields
+        connection.refuse(self._status, self._reason, TLS_ERROR)
 
 
 @implementer(IHalfCloseableProtocol)
 class SniGate(_Gate):
     """
     The protocol of a connection on a shared edge port until its ClientHello
-    names an app.
+    names an app; that app's admission runs then, before any byte is
+    answered.
     """
 
-    def __init__(self, router: RouterFactory) -> None:
+    def __init__(self, connection: Connection, router: Any) -> None:
+        self.connection = connection
+        connection.leg = self
+        connection.phase = HELLO
         self.router = router
-        self.runtime = router.runtime
-        self.reactor = self.runtime.reactor
-        self.recorders = self.runtime.recorders
+        self.reactor = connection.runtime.reactor
         self.parser = ClientHelloParser()
         self._held: List[bytes] = []
         self.deadline: Optional[float] = None
+        self._closed = False
 
     def connectionMade(self) -> None:
-        self._remember()
-        self.started = self.reactor.seconds()
-        self.runtime.opened(self)
         timeout = self.router.hello_timeout
         if timeout:
-            self.deadline = self.started + timeout
-            self._timer = self.reactor.callLater(timeout, self._expire)
+            self.deadline = self.connection.started + timeout
+            self._timer = self.reactor.callLater(max(0.0, self.deadline - self.reactor.seconds()), self._expire)
 
     def _expire(self) -> None:
         self._timer = None
@@ -404,17 +391,17 @@ class SniGate(_Gate):
             return
         self._refuse(TLS_ERROR, S.INVALID_SNI, "client closed before a complete ClientHello")
 
-    def _refuse(self, kind: str, status: int, reason: str, name: Optional[str] = None) -> None:
+    def _refuse(self, kind: str, status: int, reason: str, name: Optional[str] = None, rule: str = "") -> None:
         if self._closed:
             return
         self._closed = True
         self._cancel_timer()
-        self.runtime.closed(self)
-        fields = {
-            "ClientTlsClientHelloServerName": name or "",
-            "ClientTlsStatus": TLS_INVALID_SNI,
-        }
-        self._record(kind, status, reason, fields, None)
+        connection = self.connection
+        fields = connection.fields = connection.fields or {}
+        fields["ClientTlsClientHelloServerName"] = name or ""
+        if "ClientTlsStatus" not in fields:
+            fields["ClientTlsStatus"] = TLS_INVALID_SNI
+        connection.refuse(status, reason, kind, rule)
         self.transport.loseConnection()
 
     def _route(self, name: Optional[str]) -> None:
@@ -424,143 +411,22 @@ class SniGate(_Gate):
             self._refuse(CLIENT_FILTERED, S.INVALID_SNI, why, name)
             return
         self._cancel_timer()
-        self._handed_over = True
+        connection = self.connection
+        connection.move_to(runtime)
+        refusal = connection.admit()
+        if refusal is not None:
+            connection.fields = base_fields(runtime.app)
+            connection.fields["ClientTlsStatus"] = TLS_UNKNOWN
+            self._refuse(CLIENT_FILTERED, refusal.status, refusal.reason, name, refusal.rule)
+            return
         preface = b"".join(self._held)
         self._held = []
-        transport = self.transport
         app = runtime.app
         app_tls = self.router.tls.apps.get(app.name)
         if app.terminates_tls and app_tls is not None:
             factory = app_tls.server_factory
-            gate = HandshakeGate(runtime, app_tls, self.deadline, self.started, self._addresses)
-            tls = factory.protocol(factory, gate)
-            transport.protocol = tls
-            tls.makeConnection(transport)
-            self.runtime.closed(self)
-            tls.dataReceived(preface)
+            self._hand_over(factory.protocol(factory, HandshakeGate(connection, app_tls, self.deadline)), preface)
             return
-        fields = _base_fields(app)
-        fields["ClientTlsClientHelloServerName"] = name or ""
-        edge = RoutedEdge(runtime, app_tls, preface=preface, fields=fields)
-        transport.protocol = edge
-        edge.makeConnection(transport)
-        self.runtime.closed(self)
-
-
-# The listener's factory
-
-
-class RouterFactory(ServerFactory):
-    """
-    Builds the first protocol of each connection on a routed edge port.
-    """
-
-    noisy = False
-
-    def __init__(self, runtimes: Sequence[AppRuntime], tls: EdgeTls) -> None:
-        self.tls = tls
-        self.set_routes(runtimes)
-
-    @property
-    def runtime(self) -> AppRuntime:
-        return self.runtimes[0]
-
-    @runtime.setter
-    def runtime(self, runtime: AppRuntime) -> None:
-        # Listener.retarget() of a port that one app now has alone.
-        self.set_routes([runtime])
-
-    def set_routes(self, runtimes: Sequence[AppRuntime]) -> None:
-        """
-        Serve C{runtimes} from the next connection on.
-        """
-        exact: Dict[str, AppRuntime] = {}
-        wildcard: Dict[str, AppRuntime] = {}
-        default: Optional[AppRuntime] = None
-        for runtime in runtimes:
-            app = runtime.app
-            for name in app.hostnames:
-                if name.startswith("*."):
-                    wildcard[name[2:]] = runtime
-                else:
-                    exact[name] = runtime
-            if app.sni_default:
-                default = runtime
-        self.runtimes = list(runtimes)
-        self.shared = len(self.runtimes) > 1
-        self._exact = exact
-        self._wildcard = wildcard
-        self._default = default
-        self.hello_timeout = max((r.app.timeouts.handshake for r in self.runtimes), default=0.0)
-
-    def route(self, name: Optional[str]) -> Optional[AppRuntime]:
-        """
-        The app for SNI C{name}: an exact name, else a wildcard, else the
-        default app, else L{None}.
-        """
-        if name:
-            runtime = self._exact.get(name)
-            if runtime is None:
-                runtime = self._wildcard.get(name.partition(".")[2])
-            if runtime is not None:
-                return runtime
-        return self._default
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        if self.shared:
-            return SniGate(self)
-        runtime = self.runtimes[0]
-        app = runtime.app
-        app_tls = self.tls.apps.get(app.name)
-        if app.terminates_tls and app_tls is not None:
-            factory = app_tls.server_factory
-            return factory.protocol(factory, HandshakeGate(runtime, app_tls))
-        return RoutedEdge(runtime, app_tls)
-
-
-def listen_routed(
-    reactor: Any,
-    protocol: str,
-    ip: str,
-    port: int,
-    runtimes: Sequence[AppRuntime],
-    tls: EdgeTls,
-    reuse_port: bool = False,
-) -> Listener:
-    """
-    Bind C{ip}:C{port} and serve it with a L{RouterFactory}.
-
-    @param reuse_port: share the port with other processes (SO_REUSEPORT).
-    """
-    if protocol != "tcp":
-        raise ValueError(f"no routed listener for protocol {protocol!r}")
-    factory = RouterFactory(runtimes, tls)
-    if isinstance(reactor, _ReactorWithPorts):
-        edge_port = _EdgePort(port, factory, BACKLOG, ip, reactor)
-        edge_port.reuse_port = reuse_port
-        edge_port.startListening()
-        listening: Any = edge_port
-    else:
-        listening = reactor.listenTCP(port, factory, backlog=BACKLOG, interface=ip)
-    return Listener(protocol, ip, port, factory, listening)
-
-
-def set_routes(listener: Listener, runtimes: Sequence[AppRuntime], tls: EdgeTls, routed: bool) -> None:
-    """
-    Point an existing listener at C{runtimes}, switching between the plain
-    relay and a router when a reload changed what the port needs; the
-    listening socket stays open.
-    """
-    if routed:
-        if isinstance(listener.factory, RouterFactory):
-            listener.factory.set_routes(runtimes)
-            return
-        factory: Any = RouterFactory(runtimes, tls)
-    elif isinstance(listener.factory, RouterFactory):
-        factory = EdgeFactory(runtimes[0])
-    else:
-        if listener.runtime is not runtimes[0]:
-            listener.retarget(runtimes[0])
-        return
-    listener.factory = factory
-    listener.listening.factory = factory  # type: ignore[attr-defined]
+        connection.fields = base_fields(app)
+        connection.fields["ClientTlsClientHelloServerName"] = name or ""
+        self._hand_over(RoutedEdge(connection, app_tls, preface=preface))

@@ -17,29 +17,19 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from spectrum import status as S
+from spectrum.admission import normalize_ip
 from spectrum.model import Origin, PortMapping
 from spectrum.proxy import direct, splice
 from spectrum.proxy.dial import Dial, can_dial
+from spectrum.proxy.lifecycle import DIALING, RELAYING, Connection
 from spectrum.proxy.proxyproto import header_for
-from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
-from spectrum.runtime import AppRuntime
-
-
-def normalize_ip(host: str) -> str:
-    """
-    An IPv4-mapped IPv6 address (a v4 client on a dual-stack socket) as the
-    IPv4 address it is; other addresses unchanged.
-    """
-    if host.startswith("::ffff:") and "." in host:
-        return host[7:]
-    return host
-
+from spectrum.record import CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 
 _literals: Dict[str, bool] = {}
 
@@ -114,7 +104,8 @@ class OriginProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         self._read_closed = True
-        self.edge.transport.loseWriteConnection()
+        if not self.edge._client_gone:
+            self.edge.transport.loseWriteConnection()
         if self._write_closed:
             self.transport.loseConnection()
 
@@ -144,8 +135,10 @@ class _OriginFactory(ClientFactory):
 @implementer(IHalfCloseableProtocol)
 class EdgeProtocol(Protocol):
     """
-    The client leg, and the one that runs the connection: edge checks, origin
-    choice with retries, the idle timer and the record.
+    The client leg of the relay: origin choice with retries, the idle timer,
+    and what the connection's end records. Admission has already run (at
+    accept, or after an upstream's PROXY header); the L{Connection} holds
+    what it took.
     """
 
     log = Logger()
@@ -155,15 +148,10 @@ class EdgeProtocol(Protocol):
     #: whether the zero-copy path may take over once the origin is joined
     zero_copy = True
 
-    #: fields an earlier stage (TLS, SNI routing) puts on the record before
-    #: the edge checks run
-    record_fields: Optional[Dict[str, Any]] = None
-    #: the client's address as an upstream declared it in a PROXY header
-    #: (L{spectrum.proxy.inbound}); L{None}: the connection's own peer
-    declared_peer: Any = None
-
-    def __init__(self, runtime: AppRuntime) -> None:
-        self.runtime = runtime
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        connection.leg = self
+        self.runtime = runtime = connection.runtime
         self.reactor = runtime.reactor
         self.origin_leg: Optional[OriginProtocol] = None
         self.received = 0
@@ -193,33 +181,17 @@ class EdgeProtocol(Protocol):
         transport = self.transport
         # Read nothing until an origin has accepted.
         transport.pauseProducing()
-        peer = self.declared_peer or transport.getPeer()
-        host = transport.getHost()
-        runtime = self.runtime
-        app = runtime.app
-        self.record = record = ConnectionRecord(
-            application=app.name,
-            app_id=app.id,
-            client_ip=normalize_ip(peer.host),
-            client_port=peer.port,
-            edge_ip=normalize_ip(host.host),
-            edge_port=host.port,
-            connect_time=self.reactor.seconds(),
-        )
-        if self.record_fields:
-            record.extra.update(self.record_fields)
-        runtime.opened(self)
-        refusal = runtime.check(record)
-        if refusal is not None:
-            self._status = refusal
-            self._reason = record.reason
-            self._origin_gone = True
-            self._finish(CLIENT_FILTERED)
-            transport.loseConnection()
-            return
-        self._candidates = runtime.balancer.candidates(record.client_ip, app.origin_tries)
+        connection = self.connection
+        connection.phase = DIALING
+        if not connection.edge_port:
+            host = transport.getHost()
+            connection.edge_ip = normalize_ip(host.host)
+            connection.edge_port = host.port
+        self.record = record = connection.make_record()
+        app = self.runtime.app
+        self._candidates = self.runtime.balancer.candidates(record.client_ip, app.origin_tries)
         try:
-            self._mapping = app.mapping_for(host.port)
+            self._mapping = app.mapping_for(record.edge_port)
         except KeyError:
             self._mapping = None
         self._try_next()
@@ -231,7 +203,7 @@ class EdgeProtocol(Protocol):
     def readConnectionLost(self) -> None:
         self._read_closed = True
         leg = self.origin_leg
-        if leg is not None:
+        if leg is not None and not self._origin_gone:
             leg.transport.loseWriteConnection()
         if self._write_closed:
             self.transport.loseConnection()
@@ -244,7 +216,7 @@ class EdgeProtocol(Protocol):
     def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
         self._client_gone = True
         if self._status is None:
-            self._status = _lost_status(reason, origin_side=False)
+            self._status = self.client_lost_status(reason)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             if hasattr(pending, "stopConnecting"):
@@ -261,6 +233,13 @@ class EdgeProtocol(Protocol):
         elif self.origin_leg is None:
             self._origin_gone = True
         self._maybe_finish()
+
+    def client_lost_status(self, reason: Failure) -> Optional[int]:
+        """
+        The status of a client leg that closed with C{reason}, or L{None}
+        for a clean close.
+        """
+        return _lost_status(reason, origin_side=False)
 
     # origin side -----------------------------------------------------------
 
@@ -363,6 +342,7 @@ class EdgeProtocol(Protocol):
         self.record.origin_ip = normalize_ip(origin_address.host)
         self.runtime.balancer.connection_opened(leg.origin)
         self._reason = ""
+        self.connection.phase = RELAYING
         self.runtime.recorders(CONNECT, self.record)
         idle = self.runtime.app.timeouts.idle
         if idle:
@@ -376,8 +356,15 @@ class EdgeProtocol(Protocol):
         """
         record = self.record
         mode = self.runtime.app.proxy_protocol
-        record.extra["ProxyProtocol"] = mode
-        return header_for(mode, (record.client_ip, record.client_port), (record.edge_ip, record.edge_port))
+        header = header_for(mode, (record.client_ip, record.client_port), (record.edge_ip, record.edge_port))
+        connection = self.connection
+        preface = connection.preface
+        if preface:
+            # What followed an upstream's PROXY header: the client's first bytes.
+            connection.preface = b""
+            self.received += len(preface)
+            return header + preface
+        return header
 
     def origin_lost(self, reason: Failure) -> None:
         self._origin_gone = True
@@ -453,30 +440,11 @@ class EdgeProtocol(Protocol):
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
-        record = self.record
-        record.client_bytes = self.received
-        if self.origin_leg is not None:
-            record.origin_bytes = self.origin_leg.received
-        record.status = S.NORMAL if self._status is None else self._status
-        record.reason = self._reason
-        record.disconnect_time = self.reactor.seconds()
-        self.runtime.recorders(kind, record)
-        self.runtime.closed(self)
-
-
-class EdgeFactory(ServerFactory):
-    """
-    Builds an L{EdgeProtocol} for each client on one edge address and port.
-    """
-
-    noisy = False
-
-    def __init__(self, runtime: AppRuntime) -> None:
-        self.runtime = runtime
-
-    def buildProtocol(self, addr: Any) -> EdgeProtocol:
-        if self.runtime.app.accept_proxy_protocol:
-            from spectrum.proxy.inbound import InboundProxyEdge
-
-            return InboundProxyEdge(self.runtime)
-        return EdgeProtocol(self.runtime)
+        leg = self.origin_leg
+        self.connection.finish(
+            kind,
+            S.NORMAL if self._status is None else self._status,
+            self._reason,
+            self.received,
+            leg.received if leg is not None else 0,
+        )

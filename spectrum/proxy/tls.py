@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl as tssl
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -218,6 +219,13 @@ class _TlsTransport(BufferingTLSTransport):
 
     def loseWriteConnection(self) -> None:
         self.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        # How the TCP connection under TLS ended: a peer that closes TCP
+        # without close_notify reaches the relay as a lost connection, and
+        # only this tells it from a reset.
+        self.tcp_closed_cleanly = bool(reason.check(ConnectionDone))
+        super().connectionLost(reason)
 
 
 class TlsWrapperFactory(TLSMemoryBIOFactory):

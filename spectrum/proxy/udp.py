@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from twisted.internet import base
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -31,9 +31,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from spectrum import status as S
+from spectrum.admission import Refusal, Ticket, normalize_ip
+from spectrum.geo import UNKNOWN_COUNTRY
 from spectrum.model import Origin
 from spectrum.proxy import proxyproto, scratch
-from spectrum.proxy.tcp import normalize_ip
+from spectrum.proxy.inbound import is_trusted
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 from spectrum.runtime import AppRuntime
 
@@ -47,11 +49,6 @@ EDGE_SOCKET_BUFFER = 4 * 1024 * 1024
 PENDING_DATAGRAMS = 64
 #: The longest gap between idle sweeps, whatever the idle timeout.
 MAX_SWEEP_INTERVAL = 5.0
-#: A refused client address gets one record per this many seconds, not one
-#: per datagram.
-REFUSAL_RECORD_INTERVAL = 10.0
-#: How many refused addresses are remembered for that.
-REFUSALS_REMEMBERED = 4096
 
 Address = Tuple[str, int]
 
@@ -104,6 +101,7 @@ class Session:
         "runtime",
         "seen",
         "seen_at",
+        "ticket",
         "_first",
         "_pending",
         "_reply_headers",
@@ -119,8 +117,11 @@ class Session:
         record: ConnectionRecord,
         origin: Origin,
         now: float,
+        ticket: Optional[Ticket] = None,
     ) -> None:
         self.edge = edge
+        #: what admission took; given back when the session ends
+        self.ticket = ticket
         self.runtime = runtime
         self.addr = addr
         self.record = record
@@ -237,6 +238,8 @@ class Session:
         if self.ended:
             return
         self.ended = True
+        if self.ticket is not None:
+            self.ticket.release()
         if self.port is not None:
             self.port.stopListening()
         self.edge.forget(self)
@@ -279,7 +282,6 @@ class UDPEdge(DatagramProtocol):
         self.sessions: Dict[Address, Session] = {}
         self.per_ip: Dict[str, int] = {}
         self.refused = 0
-        self._refusals: Dict[Address, float] = {}
         self._sweep: Any = None
         self._edge_ip = ""
         self._edge_port = 0
@@ -324,45 +326,31 @@ class UDPEdge(DatagramProtocol):
         client_port = addr[1]
         upstream = None
         if app.accept_proxy_protocol:
-            declared = self._declared(addr, data, now)
+            declared = self._declared(addr, client_ip, data)
             if declared is None:
                 return None
             info, data = declared
             if info.source is not None:
                 upstream = (client_ip, client_port)
-                client_ip, client_port = info.source
-        record = ConnectionRecord(
-            application=app.name,
-            app_id=app.id,
-            client_ip=client_ip,
-            client_port=client_port,
-            edge_ip=self._edge_ip,
-            edge_port=self._edge_port,
-            connect_time=now,
-            client_proto="udp",
-        )
-        record.extra["ProxyProtocol"] = app.proxy_protocol
-        if upstream is not None:
-            record.extra["UpstreamIP"], record.extra["UpstreamPort"] = upstream
-        refusal = runtime.check(record)
-        if refusal is not None:
-            self._refuse(addr, record, refusal, record.reason, CLIENT_FILTERED)
+                client_ip = normalize_ip(info.source[0])
+                client_port = info.source[1]
+        client = (client_ip, client_port)
+        verdict = runtime.admission.admit(app, runtime.limits, client_ip)
+        if isinstance(verdict, Refusal):
+            self._refuse(client, upstream, verdict.status, verdict.reason, CLIENT_FILTERED, verdict)
             return None
+        # Admitted: every way out below gives the place back.
+        refusal = None
         if app.max_sessions and len(runtime.connections) >= app.max_sessions:
-            self._refuse(addr, record, S.SESSION_LIMIT, f"app has {app.max_sessions} sessions open", CLIENT_FILTERED)
-            return None
-        if app.per_ip_sessions and self.per_ip.get(client_ip, 0) >= app.per_ip_sessions:
-            self._refuse(
-                addr,
-                record,
-                S.SESSION_LIMIT,
-                f"{client_ip} has {app.per_ip_sessions} sessions open",
-                CLIENT_FILTERED,
-            )
-            return None
-        candidates = runtime.balancer.candidates(client_ip, 1)
-        if not candidates:
-            self._refuse(addr, record, S.NO_HEALTHY_ORIGIN, "", ORIGIN_ERROR)
+            refusal = (S.SESSION_LIMIT, f"app has {app.max_sessions} sessions open", CLIENT_FILTERED)
+        elif app.per_ip_sessions and self.per_ip.get(client_ip, 0) >= app.per_ip_sessions:
+            refusal = (S.SESSION_LIMIT, f"{client_ip} has {app.per_ip_sessions} sessions open", CLIENT_FILTERED)
+        candidates = runtime.balancer.candidates(client_ip, 1) if refusal is None else []
+        if refusal is None and not candidates:
+            refusal = (S.NO_HEALTHY_ORIGIN, "", ORIGIN_ERROR)
+        if refusal is not None:
+            verdict.release()
+            self._refuse(client, upstream, refusal[0], refusal[1], refusal[2], verdict)
             return None
         origin = candidates[0]
         try:
@@ -370,16 +358,20 @@ class UDPEdge(DatagramProtocol):
         except KeyError:
             mapped = None
         port = mapped or origin.port or self._edge_port
+        record = self._record(client, upstream, now, verdict)
         record.origin_name = origin.name
         record.origin_ip = origin.address
         record.origin_port = port
-        session = Session(self, runtime, addr, record, origin, now)
+        session = Session(self, runtime, addr, record, origin, now, verdict)
         address = origin.address
         if isIPAddress(address) or isIPv6Address(address):
             try:
                 session.connect(reactor, address, port)
             except (OSError, CannotListenError) as e:
-                self._refuse(addr, record, S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}", ORIGIN_ERROR)
+                verdict.release()
+                self._refuse(
+                    client, upstream, S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}", ORIGIN_ERROR, verdict
+                )
                 return None
         else:
             # Resolved off the data plane; the first datagrams wait in the
@@ -395,20 +387,43 @@ class UDPEdge(DatagramProtocol):
         self._schedule_sweep()
         return session, data
 
-    def _declared(self, addr: Address, data: bytes, now: float) -> Optional[Tuple[proxyproto.ProxyInfo, bytes]]:
+    def _record(
+        self, client: Address, upstream: Optional[Address], now: float, learnt: Union[Ticket, Refusal, None]
+    ) -> ConnectionRecord:
+        app = self.runtime.app
+        record = ConnectionRecord(
+            application=app.name,
+            app_id=app.id,
+            client_ip=client[0],
+            client_port=client[1],
+            edge_ip=self._edge_ip,
+            edge_port=self._edge_port,
+            connect_time=now,
+            client_proto="udp",
+        )
+        extra = record.extra
+        extra["ProxyProtocol"] = app.proxy_protocol
+        extra["IpFirewall"] = app.ip_firewall
+        if learnt is not None:
+            record.firewall = learnt.matched
+            extra["ClientCountry"] = learnt.country
+            extra["ClientAsn"] = learnt.asn
+        if upstream is not None:
+            extra["UpstreamIP"], extra["UpstreamPort"] = upstream
+        return record
+
+    def _declared(self, addr: Address, ip: str, data: bytes) -> Optional[Tuple[proxyproto.ProxyInfo, bytes]]:
         """
         The PROXY header that must start the first datagram from an
         upstream, and the payload after it; L{None} (the datagram refused
-        and recorded) for an untrusted source or a missing or bad header.
+        and counted) for an untrusted source or a missing or bad header.
         """
-        from spectrum.proxy.inbound import is_trusted
-
         app = self.runtime.app
         reason = None
         status = S.BAD_PROXY_HEADER
         result = None
-        if not is_trusted(addr[0], app.accept_proxy_protocol):
-            reason = f"{normalize_ip(addr[0])} is not trusted to send a PROXY header"
+        if not is_trusted(ip, app.accept_proxy_protocol):
+            reason = f"{ip} is not trusted to send a PROXY header"
             status = S.FIREWALL
         else:
             try:
@@ -419,18 +434,7 @@ class UDPEdge(DatagramProtocol):
                 reason = "the first datagram holds no whole PROXY header"
         if result is not None:
             return result
-        record = ConnectionRecord(
-            application=app.name,
-            app_id=app.id,
-            client_ip=normalize_ip(addr[0]),
-            client_port=addr[1],
-            edge_ip=self._edge_ip,
-            edge_port=self._edge_port,
-            connect_time=now,
-            client_proto="udp",
-        )
-        record.extra["ProxyProtocol"] = app.proxy_protocol
-        self._refuse(addr, record, status, reason or "", CLIENT_FILTERED)
+        self._refuse((ip, addr[1]), None, status, reason or "", CLIENT_FILTERED, None)
         return None
 
     def _resolved(self, ip: str, session: Session, port: int) -> None:
@@ -445,25 +449,35 @@ class UDPEdge(DatagramProtocol):
     def _unresolved(self, reason: Failure, session: Session) -> None:
         session.end(S.ORIGIN_UNREACHABLE, f"{session.origin.address}: {reason.getErrorMessage()}")
 
-    def _refuse(self, addr: Address, record: ConnectionRecord, status: int, reason: str, kind: str) -> None:
+    def _refuse(
+        self,
+        client: Address,
+        upstream: Optional[Address],
+        status: int,
+        reason: str,
+        kind: str,
+        learnt: Union[Ticket, Refusal, None],
+    ) -> None:
         """
-        Drop a datagram whose source gets no session, and record it (once
-        per L{REFUSAL_RECORD_INTERVAL} for each address); always L{None}.
+        Drop a datagram whose source gets no session: counted always, a
+        whole record within the refusals' sampling.
         """
         self.refused += 1
-        now = record.connect_time
-        last = self._refusals.get(addr)
-        if last is not None and now - last < REFUSAL_RECORD_INTERVAL:
-            return None
-        if len(self._refusals) >= REFUSALS_REMEMBERED:
-            self._refusals.clear()
-        self._refusals[addr] = now
+        runtime = self.runtime
+        refusals = runtime.refusals
+        name = runtime.app.name
+        rule = learnt.rule if isinstance(learnt, Refusal) else ""
+        if not refusals.wants_record(name):
+            country = learnt.country if learnt is not None else UNKNOWN_COUNTRY
+            refusals.count(name, kind, status, rule, client[0], country)
+            return
+        now = self.reactor.seconds()
+        record = self._record(client, upstream, now, learnt)
         record.status = status
         record.reason = reason
         record.disconnect_time = now
         record.extra.update(ClientDatagrams=1, OriginDatagrams=0, Duration=0.0)
-        self.runtime.recorders(kind, record)
-        return None
+        refusals.record(kind, record, rule)
 
     # sessions ending ------------------------------------------------------------
 
