@@ -5,15 +5,18 @@
  * handshake completes (or fails). For bench/flood.py, which compiles this
  * with gcc; tests may use it through bench.flood as well.
  *
- *   flood HOST PORT SECONDS INFLIGHT [CPU]
+ *   flood HOST PORT SECONDS INFLIGHT [CPU [RATE [TIMEOUT_MS]]]
  *
  * Each connection is a non-blocking socket bound to 127.1.X.Y port 0 (with
  * IP_BIND_ADDRESS_NO_PORT, so the port is chosen at connect() from the whole
  * 4-tuple rather than reserved per address at bind()), watched by epoll for
  * completion, and closed with SO_LINGER 0 (a reset: no TIME_WAIT here). A
- * connection not done after CONNECT_TIMEOUT_MS (its SYN dropped by a full
- * accept queue) is abandoned and counted as a timeout. With CPU, the process
- * pins itself to that CPU.
+ * connection not done after TIMEOUT_MS (default 250; its SYN dropped by a
+ * full accept queue) is abandoned for a fresh one and counted as a timeout. With CPU (>= 0), the
+ * process pins itself to that CPU. With RATE (> 0), it starts at most RATE
+ * connections a second (and still at most INFLIGHT at a time): the same
+ * offered flood whatever the server does; without, as many as the bound in
+ * flight allows, so a server that accepts slowly also slows the flood.
  *
  * At the end, one line of JSON on stdout:
  *   {"completed": N, "reset": N, "attempts": N, "failed": N, "timeouts": N,
@@ -44,7 +47,9 @@
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-#define CONNECT_TIMEOUT_MS 1000
+/* Below the kernel's first SYN retransmission (1 s): a connect whose SYN
+ * was dropped makes way for a fresh one rather than waiting for it. */
+#define DEFAULT_TIMEOUT_MS 250
 #define MAX_INFLIGHT 65536
 #define SOURCE_TRIES 16
 
@@ -148,8 +153,8 @@ static int start_one(const struct sockaddr_in *target) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 5 || argc > 6) {
-        fprintf(stderr, "usage: flood HOST PORT SECONDS INFLIGHT [CPU]\n");
+    if (argc < 5 || argc > 8) {
+        fprintf(stderr, "usage: flood HOST PORT SECONDS INFLIGHT [CPU [RATE [TIMEOUT_MS]]]\n");
         return 2;
     }
     struct sockaddr_in target;
@@ -166,7 +171,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "flood: SECONDS must be > 0 and INFLIGHT 1..%d\n", MAX_INFLIGHT);
         return 2;
     }
-    if (argc == 6 && atoi(argv[5]) >= 0) {
+    double rate = argc >= 7 ? atof(argv[6]) : 0;
+    double timeout = (argc >= 8 ? atof(argv[7]) : DEFAULT_TIMEOUT_MS) / 1000.0;
+    if (timeout <= 0) {
+        fprintf(stderr, "flood: TIMEOUT_MS must be > 0\n");
+        return 2;
+    }
+    if (argc >= 6 && atoi(argv[5]) >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
         CPU_SET(atoi(argv[5]), &set);
@@ -200,13 +211,19 @@ int main(int argc, char **argv) {
     }
 
     double start = now(), end = start + seconds, last_sweep = start;
-    const double timeout = CONNECT_TIMEOUT_MS / 1000.0;
+    double sweep = timeout / 5 < 0.05 ? timeout / 5 : 0.05; /* timeouts checked this often */
     for (;;) {
         double t = now();
         if (stopping || t >= end) break;
         /* Fill the free slots; at most INFLIGHT starts a pass, so that
          * connects failing at once cannot keep us from the clock. */
-        for (long budget = inflight; nfree > 0 && budget > 0; budget--) {
+        long budget = inflight;
+        if (rate > 0) {
+            /* what the rate allows by now, less what was started */
+            double allowed = (t - start) * rate + 1 - counts.attempts;
+            if (allowed < budget) budget = allowed > 0 ? (long)allowed : 0;
+        }
+        for (; nfree > 0 && budget > 0; budget--) {
             long i = free_slots[nfree - 1];
             int fd = start_one(&target);
             if (fd == -2) break; /* out of descriptors or sources: later */
@@ -225,6 +242,7 @@ int main(int argc, char **argv) {
         }
         int wait_ms = (int)((end - t) * 1000) + 1;
         if (wait_ms > 20) wait_ms = 20;
+        if (rate > 0 && nfree > 0) wait_ms = 1; /* the rate allows more soon */
         int k = epoll_wait(ep, events, (int)inflight, wait_ms);
         if (k < 0) {
             if (errno == EINTR) continue;
@@ -254,7 +272,7 @@ int main(int argc, char **argv) {
             free_slots[nfree++] = i;
         }
         t = now();
-        if (t - last_sweep >= 0.05) {
+        if (t - last_sweep >= sweep) {
             last_sweep = t;
             for (long i = 0; i < inflight; i++) {
                 if (slots[i].fd >= 0 && t - slots[i].started >= timeout) {

@@ -5,6 +5,7 @@ Legitimate throughput under a connection flood from a blocked /16.
     python bench/flood.py                        # spectrum, HAProxy, nginx; 3 runs of 5 s
     python bench/flood.py --seconds 5 --runs 1
     python bench/flood.py --only spectrum,haproxy --inflight 512 --json
+    python bench/flood.py --rate 4000            # the same offered flood for every proxy
 
 An nginx HTTP origin (keep-alive, C{return 200}, as bench/run.py's req/s
 figure) and, in front of it, each proxy in turn with a rule refusing
@@ -15,8 +16,8 @@ For each proxy, wrk measures legitimate requests/s from 127.0.0.1 (50
 keep-alive connections) alone, then again while a flooder (bench/flood.c,
 compiled here with gcc) opens connections from random addresses in
 127.1.0.0/16 and resets each one as soon as its handshake completes, with a
-bounded number in flight. The table gives both figures, their ratio and the
-flooder's completed handshakes per second.
+bounded number in flight (and, with --rate, a bounded rate). The table gives
+both figures, their ratio and the flooder's completed handshakes per second.
 
 Runs are interleaved across proxies (run 1 of each, then run 2, ...); each
 figure is the median of the runs, with the spread (min-max). The ratio is
@@ -34,6 +35,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -87,16 +89,25 @@ def compile_flooder(directory: Optional[str] = None) -> str:
 
 
 def start_flooder(
-    binary: str, port: int, seconds: float, inflight: int = 256, host: str = "127.0.0.1", cpu: Optional[int] = None
+    binary: str,
+    port: int,
+    seconds: float,
+    inflight: int = 256,
+    host: str = "127.0.0.1",
+    cpu: Optional[int] = None,
+    rate: float = 0,
+    timeout_ms: float = 250,
 ) -> subprocess.Popen:
     """
     Start flooding C{host}:C{port} for C{seconds} from random sources in
     127.1.0.0/16, at most C{inflight} connections at a time, pinned to
-    C{cpu} if given. L{flooder_result} waits for the end and reads it.
+    C{cpu} if given, starting at most C{rate} connections a second if given
+    (else as many as the bound in flight allows), abandoning a connect not
+    done in C{timeout_ms} (its SYN dropped) for a fresh one.
+    L{flooder_result} waits for the end and reads it.
     """
-    argv = [binary, host, str(port), f"{seconds:g}", str(inflight)]
-    if cpu is not None:
-        argv.append(str(cpu))
+    cpu_arg = -1 if cpu is None else cpu
+    argv = [binary, host, str(port), f"{seconds:g}", str(inflight), str(cpu_arg), f"{rate:g}", f"{timeout_ms:g}"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 
@@ -124,18 +135,31 @@ def flooder_result(proc: subprocess.Popen, timeout: float = 30) -> Dict[str, flo
 
 
 def run_flooder(
-    binary: str, port: int, seconds: float, inflight: int = 256, host: str = "127.0.0.1", cpu: Optional[int] = None
+    binary: str,
+    port: int,
+    seconds: float,
+    inflight: int = 256,
+    host: str = "127.0.0.1",
+    cpu: Optional[int] = None,
+    rate: float = 0,
+    timeout_ms: float = 250,
 ) -> Dict[str, float]:
     """
     Flood C{host}:C{port} for C{seconds} and return the counts (see
-    L{flooder_result}).
+    L{start_flooder} and L{flooder_result}).
     """
-    proc = start_flooder(binary, port, seconds, inflight, host, cpu)
+    proc = start_flooder(binary, port, seconds, inflight, host, cpu, rate, timeout_ms)
     return flooder_result(proc, timeout=seconds + 30)
 
 
 def flood(
-    port: int, seconds: float, inflight: int = 256, host: str = "127.0.0.1", cpu: Optional[int] = None
+    port: int,
+    seconds: float,
+    inflight: int = 256,
+    host: str = "127.0.0.1",
+    cpu: Optional[int] = None,
+    rate: float = 0,
+    timeout_ms: float = 250,
 ) -> Dict[str, float]:
     """
     Compile the flooder into a temporary directory, flood C{host}:C{port}
@@ -144,7 +168,7 @@ def flood(
     """
     directory = tempfile.mkdtemp(prefix="spectrum-flood-")
     try:
-        return run_flooder(compile_flooder(directory), port, seconds, inflight, host, cpu)
+        return run_flooder(compile_flooder(directory), port, seconds, inflight, host, cpu, rate, timeout_ms)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -351,9 +375,23 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 
 
 def wrk(port: int, seconds: int, connections: int) -> Dict[str, float]:
-    opts = common.Options()
-    opts.duration = seconds
-    return common._wrk(["-t2", f"-c{connections}", f"http://127.0.0.1:{port}/"], opts)
+    """
+    wrk's requests/s (C{rps}), and its socket errors and non-2xx answers
+    (C{errors}), however few.
+    """
+    argv = ["wrk", "-t2", f"-c{connections}", "-d", f"{seconds}s", f"http://127.0.0.1:{port}/"]
+    out = common._run(argv, seconds + 30)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"wrk printed no rate: {out[-300:]}")
+    errors = 0
+    m2 = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m2:
+        errors += sum(int(g) for g in m2.groups())
+    m2 = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m2:
+        errors += int(m2.group(1))
+    return {"rps": float(m.group(1)), "errors": float(errors)}
 
 
 class Settings:
@@ -361,6 +399,10 @@ class Settings:
     inflight = 256
     connections = 50
     cpu: Optional[int] = None
+    #: connections the flooder starts a second at most (0: no cap)
+    rate: float = 0
+    #: a flood connect not done in this long is abandoned for a fresh one
+    timeout_ms: float = 250
     #: the flooder starts this long before wrk and stops this long after
     lead = 0.5
 
@@ -372,7 +414,15 @@ def measure(procs: List[subprocess.Popen], port: int, binary: str, settings: Set
     alone = wrk(port, settings.seconds, settings.connections)
     time.sleep(0.5)
     pids = [p.pid for p in procs]
-    flooder = start_flooder(binary, port, settings.seconds + 2 * settings.lead, settings.inflight, cpu=settings.cpu)
+    flooder = start_flooder(
+        binary,
+        port,
+        settings.seconds + 2 * settings.lead,
+        settings.inflight,
+        cpu=settings.cpu,
+        rate=settings.rate,
+        timeout_ms=settings.timeout_ms,
+    )
     try:
         time.sleep(settings.lead)
         started, cpu0 = time.monotonic(), cpu_seconds(pids)
@@ -391,10 +441,8 @@ def measure(procs: List[subprocess.Popen], port: int, binary: str, settings: Set
         "timeouts": counts["timeouts"],
         "cpu": 100.0 * (cpu1 - cpu0) / took,
     }
-    if "errors" in alone:
-        figures["errors_alone"] = alone["errors"]
-    if "errors" in under:
-        figures["errors_flood"] = under["errors"]
+    figures["errors_alone"] = alone["errors"]
+    figures["errors_flood"] = under["errors"]
     return figures
 
 
@@ -427,8 +475,7 @@ def render(proxies: Sequence[Proxy], figures: Dict, notes: Dict[str, str], setti
             rows.append([proxy.name, note] + [""] * (len(COLUMNS) - 1))
             continue
         row = [proxy.name] + [cell(got[key], pattern) for key, _, pattern in COLUMNS]
-        errors = [k for k in ("errors_alone", "errors_flood") if got.get(k)]
-        if errors:
+        if any(v for k in ("errors_alone", "errors_flood") for v in got.get(k, [])):
             row[0] += " [wrk errors]"
         if got.get("failed"):
             row[0] += f" [{len(got['failed'])} failed]"
@@ -437,7 +484,9 @@ def render(proxies: Sequence[Proxy], figures: Dict, notes: Dict[str, str], setti
     out = [
         f"Legitimate HTTP req/s (wrk -t2 -c{settings.connections} keep-alive, {settings.seconds} s, from 127.0.0.1) "
         f"through each proxy, alone and while a flooder opens connections from {BLOCKED} (refused by every proxy), "
-        f"{settings.inflight} in flight, each reset once its handshake completes"
+        f"{settings.inflight} in flight"
+        + (f" and at most {settings.rate:,.0f} started a second" if settings.rate > 0 else "")
+        + ", each reset once its handshake completes"
         + (f"; flooder pinned to CPU {settings.cpu}" if settings.cpu is not None else "")
         + ".",
         "",
@@ -493,6 +542,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk measurement (default 5)")
     parser.add_argument("--runs", type=int, default=3, help="runs per proxy, interleaved (default 3)")
     parser.add_argument("--inflight", type=int, default=256, help="flood connections in flight (default 256)")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="flood connections started a second at most (default: no cap)"
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=250,
+        metavar="MS",
+        help="a flood connect not done in MS ms (its SYN dropped) makes way for a fresh one (default 250)",
+    )
     parser.add_argument("--connections", type=int, default=50, help="wrk's keep-alive connections (default 50)")
     parser.add_argument("--only", help="comma-separated proxies: " + ",".join(p.name for p in PROXIES))
     parser.add_argument(
@@ -503,6 +562,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds < 1 or args.runs < 1 or args.inflight < 1:
         parser.error("--seconds, --runs and --inflight must be at least 1")
+    if args.connect_timeout <= 0 or args.rate < 0:
+        parser.error("--connect-timeout must be more than 0 and --rate 0 or more")
     proxies = PROXIES
     if args.only:
         names = args.only.split(",")
@@ -517,6 +578,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = Settings()
     settings.seconds = args.seconds
     settings.inflight = args.inflight
+    settings.rate = args.rate
+    settings.timeout_ms = args.connect_timeout
     settings.connections = args.connections
     ncpu = os.cpu_count() or 1
     if args.flood_cpu is None:
@@ -604,6 +667,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "seconds": settings.seconds,
                 "runs": args.runs,
                 "inflight": settings.inflight,
+                "rate": settings.rate,
+                "connect_timeout_ms": settings.timeout_ms,
                 "connections": settings.connections,
                 "flood_cpu": settings.cpu,
                 "blocked": BLOCKED,
