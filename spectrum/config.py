@@ -435,7 +435,7 @@ class _Builder:
             store=self.store(("store",), self.data.get("store", "memory")),
             node=self.data.get("node"),
             workers=self.data.get("workers", 1),
-            kernel_filter=self.data.get("kernel_filter", "auto"),
+            kernel_filter=_kernel_filter(self.data.get("kernel_filter", "auto")),
             access_rules=self.access_rules(geoip),
             geoip=geoip,
             admin=self.admin(),
@@ -1211,6 +1211,17 @@ class _Builder:
                         ("apps", index, "accept_proxy_protocol"),
                         f"differs from that of app {_show(other.name)}, which shares an edge port with it",
                     )
+
+
+def _kernel_filter(value: Any) -> str:
+    """
+    C{kernel_filter} as a word: YAML reads a bare C{on}/C{off} as a boolean.
+    """
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return str(value)
 
 
 _MONITOR_COMMON = (

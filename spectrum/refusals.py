@@ -85,13 +85,17 @@ class Refusals:
         self.totals[key] = self.totals.get(key, 0) + 1
         for counter in self.counters:
             counter(app, kind, status, client_ip, country)
+        now = self.reactor.seconds()
+        second = int(now)
+        if second != self._second:
+            self._roll(second)
         statuses = self._unrecorded.get(app)
         if statuses is None:
             statuses = self._unrecorded[app] = {}
             if self._timer is None:
                 # Summarize this second once it is over, even if no later
                 # refusal comes to roll it.
-                self._timer = self.reactor.callLater(1.0, self._flush)
+                self._timer = self.reactor.callLater(second + 1 - now + 0.01, self._flush)
         statuses[status] = statuses.get(status, 0) + 1
 
     def _roll(self, second: int) -> None:
@@ -101,7 +105,9 @@ class Refusals:
 
     def _flush(self) -> None:
         self._timer = None
-        self._summarize()
+        second = int(self.reactor.seconds())
+        if second != self._second:
+            self._roll(second)
 
     def _summarize(self) -> None:
         if not self._unrecorded:

@@ -99,7 +99,7 @@ def service_for(analytics: Analytics) -> Any:
         config=SimpleNamespace(apps=(), source=None),
         runtimes={},
         recorders=SimpleNamespace(add=lambda r: None),
-        runtime_hooks=[],
+        admission=SimpleNamespace(gates=[], firewall=None),
         admin=None,
         admin_state=None,
     )
@@ -138,9 +138,15 @@ def flat_name(field: str) -> str:
     return "\x1f".join(["s", "game", "o1", field])
 
 
-def runtime_with(limits: Limits) -> Any:
-    app = attr.evolve(make_app("game", [Origin("o", "127.0.0.1", 1)], edge_port=27015), limits=limits)
-    return SimpleNamespace(app=app)
+def app_with(limits: Limits) -> Any:
+    return attr.evolve(make_app("game", [Origin("o", "127.0.0.1", 1)], edge_port=27015), limits=limits)
+
+
+def status_of(outcome: Any) -> Any:
+    """
+    The status of a gate's refusal ((status, reason)), or None.
+    """
+    return None if outcome is None else outcome[0]
 
 
 def test_cluster_rate_counts_the_other_nodes() -> None:
@@ -148,31 +154,31 @@ def test_cluster_rate_counts_the_other_nodes() -> None:
     clock.advance(1000.05)
     store = MemoryStore(node="shared", reactor=clock)
     a, b = ClusterRate(store, clock), ClusterRate(store, clock)
-    runtime = runtime_with(Limits(per_ip_rate=5, per_ip_rate_scope="cluster"))
-    outcomes: List[Any] = [a.check(runtime, record()) for _ in range(3)]
+    app = app_with(Limits(per_ip_rate=5, per_ip_rate_scope="cluster"))
+    outcomes: List[Any] = [status_of(a.check(app, "192.0.2.1")) for _ in range(3)]
     assert outcomes == [None, None, None]
     a.sync()
     # B admits its first from the address before it has heard of A's three
     # (the lag of one sync interval); once synced, A's three count.
-    assert b.check(runtime, record()) is None
+    assert status_of(b.check(app, "192.0.2.1")) is None
     b.sync()
-    outcomes = [b.check(runtime, record()) for _ in range(2)]
+    outcomes = [status_of(b.check(app, "192.0.2.1")) for _ in range(2)]
     assert outcomes == [None, S.PER_IP_RATE]
     b.sync()
     a.sync()
-    assert a.check(runtime, record()) == S.PER_IP_RATE
+    assert status_of(a.check(app, "192.0.2.1")) == S.PER_IP_RATE
     # Another address, and the next second, start afresh.
-    assert b.check(runtime, record(ip="192.0.2.2")) is None
+    assert status_of(b.check(app, "192.0.2.2")) is None
     clock.advance(1.0)
-    assert b.check(runtime, record()) is None
+    assert status_of(b.check(app, "192.0.2.1")) is None
 
 
 def test_cluster_rate_leaves_node_scoped_apps_alone() -> None:
     clock = Clock()
     store = MemoryStore(node="shared", reactor=clock)
     rate = ClusterRate(store, clock)
-    runtime = runtime_with(Limits(per_ip_rate=1))
-    assert [rate.check(runtime, record()) for _ in range(3)] == [None, None, None]
+    app = app_with(Limits(per_ip_rate=1))
+    assert [status_of(rate.check(app, "192.0.2.1")) for _ in range(3)] == [None, None, None]
 
 
 def test_view_reads_past_minutes_once_a_minute() -> None:

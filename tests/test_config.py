@@ -510,3 +510,33 @@ def test_per_ip_rate_scope() -> None:
     assert parse(data).apps[0].limits.per_ip_rate_scope == "node"
     data["apps"][0]["limits"] = {"per_ip_rate_scope": "planet"}
     assert error_of(data).startswith("apps[0].limits.per_ip_rate_scope: ")
+
+
+def test_kernel_filter_words_and_yaml_booleans() -> None:
+    """
+    C{kernel_filter} takes auto, on or off; YAML's bare on/off (booleans)
+    mean the same words; anything else names the key.
+    """
+    assert parse(seed()).kernel_filter == "auto"
+    for text, word in (("off", "off"), ("on", "on"), ('"off"', "off"), ("auto", "auto")):
+        data = seed()
+        data.update(yaml.safe_load(f"kernel_filter: {text}"))
+        assert parse(data).kernel_filter == word
+    data = seed()
+    data["kernel_filter"] = "sometimes"
+    assert error_of(data) == "kernel_filter: expected auto, on or off, got 'sometimes'"
+
+
+def test_apps_sharing_a_port_agree_on_accept_proxy_protocol() -> None:
+    """
+    The PROXY header is read before the ClientHello that tells apps on a
+    shared port apart, so they must agree on whether to read one.
+    """
+    data = seed()
+    other = copy.deepcopy(SEED_APP)
+    other.update(name="other", dns={"name": "other.example.com"})
+    other["accept_proxy_protocol"] = {"trusted": ["10.0.0.0/8"]}
+    data["apps"].append(other)
+    assert error_of(data) == (
+        "apps[1].accept_proxy_protocol: differs from that of app 'my-game-server', which shares an edge port with it"
+    )

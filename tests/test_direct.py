@@ -20,7 +20,8 @@ def origin_at(port: int) -> Origin:
 
 
 def edge_protocols(proxy: Proxy) -> list:
-    return [c for runtime in proxy.service.all_runtimes() for c in runtime.connections]
+    # Each open connection's relay: the leg that holds it now.
+    return [c.leg for runtime in proxy.service.all_runtimes() for c in runtime.connections if c.leg is not None]
 
 
 @pytest.fixture(autouse=True)

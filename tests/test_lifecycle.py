@@ -14,7 +14,6 @@ import struct
 from typing import Any, Dict, List
 
 import attr
-import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -30,9 +29,6 @@ from edgekit import EdgeProxy, origin_at, wait_until
 from relaykit import OriginFactory, listen_origin, make_app, sleep
 from tlskit import client_hello, make_certs
 from udpkit import UDPOrigin, bind_client, listen_udp_origin, udp_app
-
-# Each of these failed before the one lifecycle; the marker goes with the fix.
-pytestmark: list = []
 
 
 def block(value: str, target: str = "ip") -> AccessRule:

@@ -7,6 +7,8 @@ the origin counts what it accepts, so a refusal that reached it shows.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attr
 import pytest_twisted
 
@@ -166,6 +168,13 @@ async def test_country_and_asn_rules(tmp_path) -> None:
 BURST = 500
 
 
+def refused_count(proxy: Any) -> int:
+    """
+    Every refused connection the service counted (records are sampled).
+    """
+    return sum(proxy.service.refusals.totals.values())
+
+
 @pytest_twisted.ensureDeferred
 async def test_per_ip_connections_under_a_burst() -> None:
     origin = OriginFactory()
@@ -178,8 +187,12 @@ async def test_per_ip_connections_under_a_burst() -> None:
         clients = [start_client(port, "127.0.0.9") for _ in range(BURST)]
         # Another address, in the middle of the burst, is served normally.
         assert await exchange(port, "127.0.0.10", b"other client") == b"other client"
-        await wait_until(lambda: len(proxy.of_kind("clientFiltered")) == BURST - 5, what="the burst's refusals")
+        # Every refusal is counted; records are sampled (the first 20 per
+        # app and second).
+        await wait_until(lambda: refused_count(proxy) == BURST - 5, what="the burst's refusals")
+        assert proxy.service.refusals.totals == {("limited", "clientFiltered", S.PER_IP_CONNECTIONS, ""): BURST - 5}
         refused = proxy.of_kind("clientFiltered")
+        assert 0 < len(refused) <= BURST - 5
         assert {e["Status"] for e in refused} == {S.PER_IP_CONNECTIONS}
         assert {e["ClientIP"] for e in refused} == {"127.0.0.9"}
         # The origin saw the other client and five from the burst.
@@ -213,14 +226,15 @@ async def test_per_ip_rate_under_a_burst() -> None:
         clients = [start_client(port, "127.0.0.9") for _ in range(BURST)]
         assert await exchange(port, "127.0.0.10", b"other client") == b"other client"
         await wait_until(
-            lambda: len(proxy.of_kind("clientFiltered")) + len(proxy.of_kind("connect")) == BURST + 1,
+            lambda: refused_count(proxy) + len(proxy.of_kind("connect")) == BURST + 1,
             what="every attempt to be decided",
         )
         burst = [e for _, e in proxy.events if e["ClientIP"] == "127.0.0.9"]
         admitted = [e for e in proxy.of_kind("connect") if e["ClientIP"] == "127.0.0.9"]
         refused = proxy.of_kind("clientFiltered")
         assert {e["Status"] for e in refused} == {S.PER_IP_RATE}
-        assert len(admitted) + len(refused) == BURST
+        assert set(proxy.service.refusals.totals) == {("limited", "clientFiltered", S.PER_IP_RATE, "")}
+        assert len(admitted) + refused_count(proxy) == BURST
         # One second's worth at once, then the rate: never more.
         elapsed = max(e["ConnectTimestamp"] for e in burst) - min(e["ConnectTimestamp"] for e in burst)
         assert rate <= len(admitted) <= rate + rate * elapsed + 1

@@ -90,8 +90,10 @@ def live_traffic(service: Any, recent: RecentEvents) -> Dict[str, Dict[str, Any]
             }
         for connection in runtime.connections:
             entry["connections"] += 1
-            entry["bytes_ingress"] += getattr(connection, "received", 0)
-            leg = getattr(connection, "origin_leg", None)
+            # A TCP connection's counters are on the leg holding it now.
+            relay = getattr(connection, "leg", None) or connection
+            entry["bytes_ingress"] += getattr(relay, "received", 0)
+            leg = getattr(relay, "origin_leg", None)
             if leg is not None:
                 entry["bytes_egress"] += getattr(leg, "received", 0)
     for name, closed in recent.closed.items():

@@ -19,12 +19,15 @@ reached no origin, such as refused ones):
   - C{spectrum_client_country_connections_total} by C{app} and C{country},
     C{spectrum_client_ip_version_connections_total} by C{app} and
     C{ip_version}: connections (counted when they close);
-  - C{spectrum_access_rules} (gauge): rules in force.
+  - C{spectrum_access_rules} (gauge): rules in force;
+  - C{spectrum_refused_total} (counter) by C{app}, C{status} and C{rule}:
+    connections refused before the relay, every one (the event log and the
+    log keep a sampled share of them, L{spectrum.refusals}).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -41,9 +44,10 @@ class AnalyticsCollector:
     A prometheus_client collector over an L{Analytics}.
     """
 
-    def __init__(self, analytics: Analytics, firewall: Optional[Any] = None) -> None:
+    def __init__(self, analytics: Analytics, firewall: Optional[Any] = None, refusals: Optional[Any] = None) -> None:
         self.analytics = analytics
         self.firewall = firewall
+        self.refusals = refusals
 
     def describe(self) -> list:
         # Described lazily: registering must not scrape.
@@ -113,6 +117,20 @@ class AnalyticsCollector:
             rules.add_metric([], len(self.firewall))
             yield rules
 
+        if self.refusals is not None:
+            refused = CounterMetricFamily(
+                "spectrum_refused",
+                "Connections refused before the relay, by app, status and access rule (every one, sampled or not).",
+                labels=["app", "status", "rule"],
+            )
+            totals: Dict[Tuple[str, int, str], int] = {}
+            for (app, _, status, rule), count in self.refusals.totals.items():
+                key = (app, status, rule)
+                totals[key] = totals.get(key, 0) + count
+            for (app, status, rule), count in sorted(totals.items()):
+                refused.add_metric([app, str(status), rule], count)
+            yield refused
+
 
 class MetricsResource(Resource):
     """
@@ -130,11 +148,13 @@ class MetricsResource(Resource):
         return generate_latest(self.registry)
 
 
-def metrics_resource(analytics: Analytics, firewall: Optional[Any] = None) -> MetricsResource:
+def metrics_resource(
+    analytics: Analytics, firewall: Optional[Any] = None, refusals: Optional[Any] = None
+) -> MetricsResource:
     """
     A C{/metrics} resource with its own registry (not the process-global
     one, so two services in one process never collide).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AnalyticsCollector(analytics, firewall))
+    registry.register(AnalyticsCollector(analytics, firewall, refusals))
     return MetricsResource(registry)

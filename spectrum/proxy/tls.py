@@ -220,11 +220,11 @@ class _TlsTransport(BufferingTLSTransport):
     def loseWriteConnection(self) -> None:
         self.loseConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         # How the TCP connection under TLS ended: a peer that closes TCP
         # without close_notify reaches the relay as a lost connection, and
         # only this tells it from a reset.
-        self.tcp_closed_cleanly = bool(reason.check(ConnectionDone))
+        self.tcp_closed_cleanly = reason is not None and bool(reason.check(ConnectionDone))
         super().connectionLost(reason)
 
 
