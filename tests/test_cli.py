@@ -309,6 +309,101 @@ def test_port_in_use_at_start(runner: str, tmp_path: Any) -> None:
         taken.close()
 
 
+# daemon mode (no -n) --------------------------------------------------------
+
+
+def _daemon_command(config: str, tmp_path: Any) -> List[str]:
+    return [*twistd(), f"--logfile={tmp_path / 'd.log'}", f"--pidfile={tmp_path / 'd.pid'}", "spectrum", "--config",
+            config]  # fmt: skip
+
+
+def _kill_daemon(pidfile: Any) -> None:
+    """
+    SIGTERM the daemon a pidfile names, if there is one, and wait for it.
+    """
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 15, what=f"daemon {pid} to exit")
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.parametrize("what", ["edge", "admin"])
+@pytest.mark.parametrize("mode", ["daemon", "-n"])
+def test_start_failure_exits_1_with_one_line_and_no_pidfile(mode: str, what: str, tmp_path: Any) -> None:
+    """
+    Issue 16, fault 2: without C{-n}, a port that cannot be bound made
+    twistd's parent wait forever for the daemon's start status and left a
+    pidfile naming a dead process. Either way it is now one line, told
+    once, exit status 1, and no pidfile.
+    """
+    taken = _held_port()
+    busy = taken.getsockname()[1]
+    data: Dict[str, Any] = {"apps": [tcp_app("a", busy if what == "edge" else free_port(), [free_port()])]}
+    if what == "admin":
+        token = {"name": "t", "token": "x" * 32, "permissions": "read"}
+        data["admin"] = {"listen": f"tcp:{busy}:interface=127.0.0.1", "tokens": [token]}
+    expected = {
+        "edge": f"spectrum: apps[0] (a): cannot listen on 127.0.0.1:{busy}: Address already in use",
+        "admin": f"spectrum: admin.listen: cannot listen on 'tcp:{busy}:interface=127.0.0.1': Address already in use",
+    }[what]
+    path = write_config(tmp_path / "c.json", data)
+    pidfile = tmp_path / "d.pid"
+    command = _daemon_command(path, tmp_path)
+    if mode == "-n":
+        command.insert(command.index("spectrum"), "-n")
+    try:
+        done = run(command, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("twistd did not return within 15 s of a start failure")
+    finally:
+        taken.close()
+        _kill_daemon(pidfile)
+    assert done.returncode == 1, done
+    # Found before twistd writes its pidfile, forks or starts its log: the
+    # line is all there is, on the terminal's stderr.
+    assert (done.stdout, done.stderr) == ("", expected + "\n"), done
+    assert not pidfile.exists()
+
+
+def test_daemon_starts_serves_and_stops(tmp_path: Any, origins: Callable[[str], NamedOrigin]) -> None:
+    """
+    Daemon mode that starts: twistd returns 0 at once, the daemon the
+    pidfile names relays (its ports were bound before the fork), and
+    SIGTERM stops it and removes the pidfile. The log has every line of
+    the start, though the ports were bound before logging began (Twisted
+    buffers only 200 events until then): here 250, one per edge port.
+    """
+    from conftest import free_port_range
+
+    origin = origins("one")
+    base = free_port_range(250)
+    app = tcp_app("a", base, [origin.port])
+    app["ports"] = [{"destination_port": f"{base}-{base + 249}"}]
+    path = write_config(tmp_path / "c.json", {"apps": [app]})
+    pidfile = tmp_path / "d.pid"
+    try:
+        done = run(_daemon_command(path, tmp_path), timeout=20)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+        pid = int(pidfile.read_text())
+        assert os.path.exists(f"/proc/{pid}")
+        wait_until(lambda: accepts(base + 249), 10, what="the daemon's edge ports")
+        assert greeting(base) == b"one" and greeting(base + 249) == b"one"
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 15, what="the daemon to exit")
+        assert not pidfile.exists()
+        log = (tmp_path / "d.log").read_text()
+        assert "Traceback" not in log, log
+        listening = re.findall(r"a: listening on 127\.0\.0\.1:(\d+) \(tcp\)", log)
+        assert sorted(map(int, listening)) == list(range(base, base + 250)), log
+    finally:
+        _kill_daemon(pidfile)
+
+
 # reload and drain ---------------------------------------------------------
 
 
