@@ -559,9 +559,17 @@ class _Builder:
             from spectrum.store.url import StoreURLError, parse_url
 
             try:
-                parse_url(url)
+                parsed = parse_url(url)
             except StoreURLError as e:
                 raise self.fail(path, str(e)) from None
+            try:
+                import txredisapi  # noqa: F401
+            except ImportError as e:
+                raise self.fail(
+                    path,
+                    f"{parsed.scheme}:// needs the Redis client library, which is not installed ({e}):"
+                    " pip install 'spectrum[redis]'",
+                ) from None
         return url
 
     # Leaves

@@ -28,6 +28,7 @@ from procs import (
     Client,
     NamedOrigin,
     accepts,
+    environment,
     greeting,
     port_is_free,
     run,
@@ -270,6 +271,34 @@ def test_bad_config_one_line_nonzero_nothing_bound(kind: str, tmp_path: Any) -> 
     # Nothing was bound: no listener was ever reported, and the edge port is
     # free for the next attempt.
     assert "listening on" not in output
+    assert port_is_free(edge)
+
+
+def test_redis_store_without_the_redis_client_is_one_line(tmp_path: Any) -> None:
+    """
+    Issue 16, fault 4: C{store: redis://} where the Redis client library
+    (txredisapi) cannot be imported was a C{ModuleNotFoundError} traceback.
+    A directory ahead on C{PYTHONPATH} makes the import fail as it does
+    when the library is not installed.
+    """
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "txredisapi.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'txredisapi'\", name='txredisapi')\n"
+    )
+    edge = free_port()
+    path = write_config(tmp_path / "c.json", {"store": "redis://127.0.0.1:6379/0", **_fill(apps(), edge)})
+    env = environment()
+    env["PYTHONPATH"] = f"{shadow}{os.pathsep}{env['PYTHONPATH']}"
+    done = subprocess.run(
+        spectrum_command(path), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    assert done.stderr == (
+        "spectrum: store: redis:// needs the Redis client library, which is not installed"
+        " (No module named 'txredisapi'): pip install 'spectrum[redis]'\n"
+    ), done
     assert port_is_free(edge)
 
 
