@@ -145,11 +145,28 @@ def parse(data: object, source: str | None = None) -> Config:
         raise ConfigError(top, "the configuration is empty")
     if not isinstance(data, dict):
         raise ConfigError(top, f"expected a mapping at the top, got {_got(data)}")
+    _refuse_non_finite(data, [], top)
     validator = _validator()
     error = best_match(validator.iter_errors(data))
     if error is not None:
         raise ConfigError(_format_path(error.absolute_path, top), _describe(error))
     return _Builder(data, source).build()
+
+
+def _refuse_non_finite(value: object, path: list[_PathPart], top: str) -> None:
+    """
+    @raise ConfigError: a number in C{value} is infinite or not a number
+        (YAML's C{.inf} and C{.nan}; JSON's C{Infinity}, C{NaN}, or C{1e400},
+        which reads as infinity), which no check by range can catch.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(_format_path(path, top), f"must be a finite number, got {_show(value)}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, path + [key], top)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, path + [index], top)
 
 
 # Decoding

@@ -191,6 +191,29 @@ BAD_CONFIGS: Dict[str, tuple] = {
         edit(lambda d: d["apps"][0].update(ips=["127.0.0.256"])),
         "apps[0].ips[0]: '127.0.0.256' is not an IP address",
     ),
+    "infinite weight (YAML .inf)": (
+        "c.yaml",
+        "apps:\n  - name: a\n    protocol: tcp/EDGE\n    origin_pool:\n      load_balancing: hash\n"
+        "      origins:\n        - {name: o, address: 127.0.0.1, port: 1, weight: .inf}\n",
+        "apps[0].origin_pool.origins[0].weight: must be a finite number, got inf",
+    ),
+    "weight 1e400 in JSON (infinity)": (
+        "c.json",
+        '{"apps": [{"name": "a", "protocol": "tcp/EDGE", "origin_pool": {"load_balancing": "hash", "origins":'
+        ' [{"name": "o", "address": "127.0.0.1", "port": 1, "weight": 1e400}]}}]}',
+        "apps[0].origin_pool.origins[0].weight: must be a finite number, got inf",
+    ),
+    "NaN timeout": (
+        "c.yaml",
+        "apps:\n  - name: a\n    protocol: tcp/EDGE\n    origin_direct: [tcp://127.0.0.1:1]\n"
+        "    timeouts: {connect: .nan}\n",
+        "apps[0].timeouts.connect: must be a finite number, got nan",
+    ),
+    "weight over the maximum": (
+        "c.json",
+        edit(lambda d: d["apps"][0]["origin_pool"]["origins"][0].update(weight=1e7)),
+        "apps[0].origin_pool.origins[0].weight: must be at most 1000000, got 10000000.0",
+    ),
     "YAML syntax error": (
         "c.yaml",
         "apps:\n  - name: a\n    ports: [{destination_port: EDGE\n",
