@@ -244,10 +244,12 @@ async def test_every_mutation_refuses_bad_bodies_with_400(world: Any) -> None:
     assert status == 200, app_rule
     app_rule_id = app_rule["result"]["id"]
     before_state = (w.tmp_path / "spectrum.state.json").read_text()
+    loop_port = free_port()
 
     endpoints = [
         ("POST", APPS, {"protocol": 22, "origin_direct": ["tcp://127.0.0.1:1"]}, "protocol: expected tcp, udp"),
         ("POST", APPS, {"protocol": "tcp/1"}, "needs origin_pool or origin_direct"),
+        ("POST", APPS, echo_app("loop", loop_port, loop_port), "so a connection would loop"),
         ("POST", APPS, "tcp/22", "must be a JSON object"),
         ("POST", APPS, dict(echo_app("u", free_port(), 9), colour="red"), "unknown key 'colour'"),
         ("PUT", f"{APPS}/{app_id}", {"protocol": "tcp/1", "origin_direct": "tcp://127.0.0.1:1"}, "origin_direct"),

@@ -214,6 +214,12 @@ BAD_CONFIGS: Dict[str, tuple] = {
         edit(lambda d: d["apps"][0]["origin_pool"]["origins"][0].update(weight=1e7)),
         "apps[0].origin_pool.origins[0].weight: must be at most 1000000, got 10000000.0",
     ),
+    "proxy loop: the origin is the app's own edge": (
+        "c.yaml",
+        "apps:\n  - name: a\n    protocol: tcp/EDGE\n    ips: [127.0.0.1]\n    origin_direct: [tcp://127.0.0.1:EDGE]\n",
+        "apps[0]: its origins lead back to this spectrum's own edge, so a connection would loop:"
+        " 'a' port EDGE -> 127.0.0.1:EDGE ('a')",
+    ),
     "YAML syntax error": (
         "c.yaml",
         "apps:\n  - name: a\n    ports: [{destination_port: EDGE\n",
