@@ -5,7 +5,7 @@ C{twistd spectrum}: command-line options and the service they make.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 from twisted.application.service import MultiService
 from twisted.logger import ILogObserver, globalLogPublisher
@@ -32,6 +32,7 @@ class Options(usage.Options):
         ["workers", None, None, "Processes sharing the edge ports (overrides workers: in the config).", int],
         ["worker", None, None, "(internal) Run as worker N of a supervisor.", int],
         ["store-socket", None, None, "(internal) The supervisor's store socket, for a worker."],
+        ["ready-fd", None, None, "(internal) Where a worker tells its supervisor that it started.", int],
         [
             "certificate-check",
             None,
@@ -57,9 +58,22 @@ class Options(usage.Options):
         try:
             state.load()
         except StateError as e:
-            raise SystemExit(f"spectrum: {e}") from None
+            self.fail(f"spectrum: {e}")
         self.admin_state = state
         return state.loader()(path)
+
+    def fail(self, line: str) -> NoReturn:
+        """
+        Exit with status 1 and C{line}: a worker tells its supervisor, which
+        reports it once for all; otherwise it is the message on stderr.
+        """
+        fd = self["ready-fd"]
+        if fd is not None:
+            from spectrum.workers import report
+
+            report(fd, f"failed {line}")
+            raise SystemExit(1)
+        raise SystemExit(line)
 
     def postOptions(self) -> None:
         path = self["config"] or default_config_path()
@@ -69,7 +83,7 @@ class Options(usage.Options):
                 self.config = self._with_admin_state(path, self.config)
         except ConfigError as e:
             # One line naming the place in the file; nothing has been bound.
-            raise SystemExit(f"spectrum: {e}") from None
+            self.fail(f"spectrum: {e}")
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must be 0 or more seconds")
         if self["workers"] is not None and not 1 <= self["workers"] <= 256:
@@ -112,6 +126,10 @@ def makeService(options: Options) -> Any:
 
     Trimmer(service.reactor).setServiceParent(service)
     service.certificate_check_interval = options["certificate-check"]
+    if options["ready-fd"] is not None:
+        from spectrum.workers import ReadyReport
+
+        ReadyReport(service.reactor, options["ready-fd"]).setServiceParent(service)
     return _start_before_daemonizing(service, options)
 
 
@@ -161,6 +179,10 @@ def _start_before_daemonizing(service: Any, options: Options) -> Any:
     early = _EarlyLog()
     try:
         service.privilegedStartService()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            options.fail(e.code)
+        raise
     finally:
         early.started()
     holder = _StartedEarly(early)
