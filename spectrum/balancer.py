@@ -13,13 +13,17 @@ import random
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from hashlib import blake2b
-from math import log
+from math import fsum, isfinite, log
 
 from spectrum.model import LOAD_BALANCING, Origin, Pool
 
-# Virtual nodes per unit of weight on the hash ring: enough that shares stay
-# within about 10% of the weights, few enough that a rebuild stays cheap.
-VNODES_PER_WEIGHT = 100
+# Points on the hash ring for an origin of the pool's mean weight: enough
+# that shares stay within about 10% of the weights, few enough that a
+# rebuild stays cheap. Each origin has this many times its weight over the
+# mean (at least one), so the ring holds about this many per origin
+# whatever the weights' scale: weights 1 and 2 make the same ring as 1000
+# and 2000, and one huge weight cannot make a huge ring.
+POINTS_PER_ORIGIN = 100
 
 
 def _hash64(data: str) -> int:
@@ -109,9 +113,10 @@ class Balancer:
         for origin in pool.origins:
             if origin.name in states:
                 raise ValueError(f"pool {pool.name!r}: origin {origin.name!r} appears twice")
-            if not origin.weight > 0:
+            if not (isfinite(origin.weight) and origin.weight > 0):
                 raise ValueError(
-                    f"pool {pool.name!r}: origin {origin.name!r} has weight {origin.weight!r}, it must be more than 0"
+                    f"pool {pool.name!r}: origin {origin.name!r} has weight {origin.weight!r},"
+                    " it must be a finite number more than 0"
                 )
             state = _State(origin)
             old = self._states.get(origin.name)
@@ -126,10 +131,11 @@ class Balancer:
         self._usable: list[_Entry] | None = None
         self._ring_cache: tuple[frozenset, tuple[list[int], list[_Entry]]] | None = None
         self._ring: list[tuple[int, str]] = []
-        if pool.load_balancing == "hash":
+        if pool.load_balancing == "hash" and pool.origins:
             ring = []
+            mean = fsum(origin.weight for origin in pool.origins) / len(pool.origins)
             for origin in pool.origins:
-                for i in range(max(1, round(VNODES_PER_WEIGHT * origin.weight))):
+                for i in range(max(1, round(POINTS_PER_ORIGIN * (origin.weight / mean)))):
                     ring.append((_hash64(f"{origin.name}#{i}"), origin.name))
             ring.sort()
             self._ring = ring

@@ -213,7 +213,7 @@ class EventLog(Service):
         try:
             self.open()
         except EventLogError as e:
-            self.log.critical("{error}", error=str(e))
+            # twistd prints the line; logging it too would tell it twice.
             raise SystemExit(f"spectrum: {e}") from None
         super().privilegedStartService()
 

@@ -5,9 +5,12 @@ store), the worker processes, and what runs once (the admin site).
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 from typing import Any, Optional, Sequence
 
@@ -19,7 +22,7 @@ from spectrum.cluster import node_name
 from spectrum.model import Config
 from spectrum.store import make_store
 from spectrum.store.shared import StoreServerFactory
-from spectrum.workers import WorkerSupervisor, worker_argv
+from spectrum.workers import READY_FD, WorkerSupervisor, worker_argv
 
 
 class StoreService(Service):
@@ -57,9 +60,26 @@ class Supervisor(MultiService):
         self.tmpdir = tmpdir
         self._previous_sighup: Any = None
 
+    def privilegedStartService(self) -> None:
+        # Before any worker starts (and, under twistd, before it forks or
+        # writes its pidfile): a port that no worker could bind is the same
+        # one line as without workers.
+        check_edge_ports(self.config)
+        super().privilegedStartService()
+
     def startService(self) -> None:
         super().startService()
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _start_failed(self, line: str) -> None:
+        """
+        A worker could not start: stop the service (the other workers
+        too), and exit with status 1 once twistd has cleaned up.
+        """
+        atexit.register(_exit, 1)
+        reactor = self.workers.reactor
+        if reactor.running:
+            reactor.stop()
 
     def _sighup(self, signum: int, frame: Any) -> None:
         self.workers.reactor.callFromThread(self._reload)
@@ -84,6 +104,44 @@ class Supervisor(MultiService):
             return result
 
         return d.addBoth(cleanup)
+
+
+def _exit(status: int) -> None:
+    # twistd ends with status 0 after its reactor stops, and has no way to
+    # say otherwise; this runs at interpreter exit, after its pidfile and
+    # log are closed.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)
+
+
+def check_edge_ports(config: Config) -> None:
+    """
+    Bind every edge address and port of C{config} as the workers will
+    (C{SO_REUSEPORT}), and let go at once.
+
+    @raise SystemExit: one of them cannot be bound; the message is the line
+        a single process gives.
+    """
+    for index, app in enumerate(config.apps):
+        kind = socket.SOCK_DGRAM if app.protocol == "udp" else socket.SOCK_STREAM
+        for ip in app.ips:
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            for port in app.edge_ports():
+                with socket.socket(family, kind) as probe:
+                    if kind == socket.SOCK_STREAM:
+                        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if family == socket.AF_INET6:
+                        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    try:
+                        probe.bind((ip, port))
+                    except OSError as e:
+                        why = e.strerror or str(e)
+                        raise SystemExit(f"spectrum: apps[{index}] ({app.name}): cannot listen on {ip}:{port}: {why}")
 
 
 def make_supervisor(
@@ -113,11 +171,13 @@ def make_supervisor(
         socket_path = os.path.join(tmpdir, "store.sock")
     workers = WorkerSupervisor(
         count,
-        worker_argv(os.path.abspath(config.source), drain_timeout, socket_path, extra=extra),
+        worker_argv(os.path.abspath(config.source), drain_timeout, socket_path, extra=extra, ready_fd=READY_FD),
         reactor=reactor,
         stop_timeout=drain_timeout + 5,
+        ready_reports=True,
     )
     service = Supervisor(config, workers, holder, tmpdir)
+    workers.on_start_failure = service._start_failed
     if holder is not None and socket_path is not None:
         holder.setServiceParent(service)
         # Before the workers, so their first connection attempt finds it.

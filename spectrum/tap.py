@@ -4,9 +4,13 @@ C{twistd spectrum}: command-line options and the service they make.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import os
+from typing import Any, Dict, List, NoReturn, Optional
 
+from twisted.application.service import MultiService
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python import usage
+from zope.interface import implementer
 
 from spectrum.config import ConfigError, default_config_path, load
 from spectrum.model import Config
@@ -28,6 +32,7 @@ class Options(usage.Options):
         ["workers", None, None, "Processes sharing the edge ports (overrides workers: in the config).", int],
         ["worker", None, None, "(internal) Run as worker N of a supervisor.", int],
         ["store-socket", None, None, "(internal) The supervisor's store socket, for a worker."],
+        ["ready-fd", None, None, "(internal) Where a worker tells its supervisor that it started.", int],
         [
             "certificate-check",
             None,
@@ -53,9 +58,22 @@ class Options(usage.Options):
         try:
             state.load()
         except StateError as e:
-            raise SystemExit(f"spectrum: {e}") from None
+            self.fail(f"spectrum: {e}")
         self.admin_state = state
         return state.loader()(path)
+
+    def fail(self, line: str) -> NoReturn:
+        """
+        Exit with status 1 and C{line}: a worker tells its supervisor, which
+        reports it once for all; otherwise it is the message on stderr.
+        """
+        fd = self["ready-fd"]
+        if fd is not None:
+            from spectrum.workers import report
+
+            report(fd, f"failed {line}")
+            raise SystemExit(1)
+        raise SystemExit(line)
 
     def postOptions(self) -> None:
         path = self["config"] or default_config_path()
@@ -65,7 +83,7 @@ class Options(usage.Options):
                 self.config = self._with_admin_state(path, self.config)
         except ConfigError as e:
             # One line naming the place in the file; nothing has been bound.
-            raise SystemExit(f"spectrum: {e}") from None
+            self.fail(f"spectrum: {e}")
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must be 0 or more seconds")
         if self["workers"] is not None and not 1 <= self["workers"] <= 256:
@@ -86,8 +104,14 @@ def makeService(options: Options) -> Any:
     if options["worker"] is None and workers > 1:
         from spectrum.supervisor import make_supervisor
 
-        return make_supervisor(
-            config, workers, options["drain-timeout"], extra=["--certificate-check", str(options["certificate-check"])]
+        return _start_before_daemonizing(
+            make_supervisor(
+                config,
+                workers,
+                options["drain-timeout"],
+                extra=["--certificate-check", str(options["certificate-check"])],
+            ),
+            options,
         )
     if options["worker"]:
         config = _worker_config(config, options["worker"])
@@ -102,7 +126,106 @@ def makeService(options: Options) -> Any:
 
     Trimmer(service.reactor).setServiceParent(service)
     service.certificate_check_interval = options["certificate-check"]
-    return service
+    if options["ready-fd"] is not None:
+        from spectrum.workers import ReadyReport
+
+        ReadyReport(service.reactor, options["ready-fd"]).setServiceParent(service)
+    return _start_before_daemonizing(service, options)
+
+
+class _StartedEarly(MultiService):
+    """
+    Holds a service whose privileged start already ran, before twistd
+    wrote its pidfile and forked: twistd's own call to it is a no-op.
+    """
+
+    def __init__(self, early_log: _EarlyLog) -> None:
+        super().__init__()
+        self.early_log = early_log
+
+    def privilegedStartService(self) -> None:
+        pass
+
+    def startService(self) -> None:
+        # Logging has begun by now.
+        self.early_log.close()
+        super().startService()
+
+
+def _start_before_daemonizing(service: Any, options: Options) -> Any:
+    """
+    Under twistd, do the privileged start (bind the edge and admin ports,
+    open the event log) now, before twistd writes its pidfile and, without
+    C{-n}, forks into a daemon: a start error is then one line on stderr
+    and exit status 1, with no pidfile left behind, in both modes.
+
+    Otherwise twistd forks first and starts the service in the daemon,
+    and its parent waits for a start status on a pipe that our one-line
+    start errors (C{SystemExit}) never write: it hung, leaving a pidfile
+    that named a dead process. The bound sockets and open files pass to
+    the daemon through the fork.
+    """
+    twistd = getattr(options, "parent", None)
+    # C{twist} (python -m twisted) neither forks nor writes a pidfile, and
+    # has no such options. (Under C{--chroot} the files are opened outside,
+    # where the config that names them was read and checked.)
+    if twistd is None or "nodaemon" not in twistd:
+        return service
+    umask = twistd.get("umask")
+    if umask is None and not twistd["nodaemon"]:
+        umask = 0o077  # what twistd sets for a daemon, before it starts it
+    if umask is not None:
+        os.umask(umask)
+    early = _EarlyLog()
+    try:
+        service.privilegedStartService()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            options.fail(e.code)
+        raise
+    finally:
+        early.started()
+    holder = _StartedEarly(early)
+    service.setServiceParent(holder)
+    return holder
+
+
+@implementer(ILogObserver)
+class _EarlyLog:
+    """
+    Keeps what the early start logs: until twistd begins logging, Twisted
+    buffers only the newest 200 events, and an edge port range logs lines
+    per port. When the buffer is replayed, the events it dropped are
+    published first, so the log file has them all, in order.
+    """
+
+    def __init__(self) -> None:
+        self.events: List[Dict[str, Any]] = []
+        self.capturing = True
+        self.replaying = False
+        globalLogPublisher.addObserver(self)
+
+    def started(self) -> None:
+        self.capturing = False
+
+    def close(self) -> None:
+        self.events = []
+        globalLogPublisher.removeObserver(self)
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        if self.capturing:
+            self.events.append(event)
+            return
+        if self.replaying or not self.events:
+            return
+        # The first event after the start: the oldest that the buffer kept,
+        # replayed as logging begins (this observer was added before the
+        # log file's, so those dropped reach the file first).
+        self.replaying = True
+        events, self.events = self.events, []
+        kept = next((i for i, e in enumerate(events) if e is event), 0)
+        for dropped in events[:kept]:
+            globalLogPublisher(dropped)
 
 
 def _worker_config(config: Config, worker: int) -> Config:

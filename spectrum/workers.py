@@ -30,6 +30,10 @@ RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 10.0
 
+#: The descriptor on which a worker tells the supervisor that it started
+#: (C{ready}) or why it could not (C{failed <the one line>}).
+READY_FD = 3
+
 #: twistd, run by this Python (C{python -m twisted} is C{twist}, not twistd).
 TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
 
@@ -45,6 +49,26 @@ class _WorkerProtocol(ProcessProtocol):
         self.supervisor = supervisor
         self.index = index
         self.ended: Deferred[None] = Deferred()
+        #: it said it started (on L{READY_FD})
+        self.ready = False
+        self._report = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != READY_FD:
+            return
+        self._report = (self._report + data)[:4096]
+        if not self.ready and self._report.startswith(b"ready\n"):
+            self.ready = True
+            self.supervisor._ready(self)
+
+    def failure(self) -> Optional[str]:
+        """
+        The line the worker reported when it could not start, if it did.
+        """
+        text = self._report.decode("utf-8", "replace")
+        if not text.startswith("failed "):
+            return None
+        return text[len("failed ") :].strip() or None
 
     def processEnded(self, reason: Failure) -> None:
         self.supervisor._ended(self, reason)
@@ -56,6 +80,12 @@ class WorkerSupervisor(Service):
     Runs C{count} copies of C{argv} (a list, to which C{--worker INDEX} is
     appended, or a function of the index)
     and restarts one that exits, with backoff.
+
+    With C{ready_reports}, each worker tells on L{READY_FD} that it started
+    or why it could not. Until every worker has started once, a worker that
+    ends without having started (a port it cannot bind, a config error) is
+    fatal: C{on_start_failure} is called with its line and nothing is
+    restarted. After that, only a worker that dies is restarted.
     """
 
     log = Logger()
@@ -67,6 +97,8 @@ class WorkerSupervisor(Service):
         reactor: Any = None,
         stop_timeout: float = 15.0,
         env: Optional[Dict[str, str]] = None,
+        ready_reports: bool = False,
+        on_start_failure: Optional[Callable[[str], None]] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -83,6 +115,12 @@ class WorkerSupervisor(Service):
         self.restarts = 0
         self._pending: Dict[int, Any] = {}
         self._stopping = False
+        self.ready_reports = ready_reports
+        self.on_start_failure = on_start_failure
+        #: every worker has started once (with C{ready_reports})
+        self.started = False
+        #: why the service could not start, if it could not
+        self.start_failure: Optional[str] = None
 
     def pids(self) -> Dict[int, int]:
         """
@@ -96,10 +134,20 @@ class WorkerSupervisor(Service):
             return
         protocol = _WorkerProtocol(self, index)
         argv = self.argv(index) if callable(self.argv) else [*self.argv, "--worker", str(index)]
-        process = self.reactor.spawnProcess(protocol, argv[0], argv, env=self.env, childFDs={0: "w", 1: 1, 2: 2})
+        fds: Dict[int, Union[int, str]] = {0: "w", 1: 1, 2: 2}
+        if self.ready_reports:
+            fds[READY_FD] = "r"
+        process = self.reactor.spawnProcess(protocol, argv[0], argv, env=self.env, childFDs=fds)
         self.workers[index] = protocol
         self.started_at[index] = self.reactor.seconds()
         self.log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
+
+    def _ready(self, protocol: _WorkerProtocol) -> None:
+        if self.started or self._stopping:
+            return
+        if len(self.workers) == self.count and all(w.ready for w in self.workers.values()):
+            self.started = True
+            self.log.info("all {count} workers started", count=self.count)
 
     def _ended(self, protocol: _WorkerProtocol, reason: Failure) -> None:
         index = protocol.index
@@ -107,6 +155,17 @@ class WorkerSupervisor(Service):
             del self.workers[index]
         if self._stopping:
             return
+        if self.ready_reports and not protocol.ready:
+            why = protocol.failure() or f"worker {index} exited ({reason.getErrorMessage()}) before it started"
+            if not self.started:
+                # At start a worker that cannot start is a config or bind
+                # error that a restart will not fix: stop, do not loop.
+                self.start_failure = why
+                self.log.error("worker {index} could not start; stopping: {why}", index=index, why=why)
+                if self.on_start_failure is not None:
+                    self.on_start_failure(why)
+                return
+            self.log.warn("worker {index} could not start: {why}", index=index, why=why)
         ran = self.reactor.seconds() - self.started_at.get(index, 0)
         failures = 0 if ran >= STABLE_AFTER else self.failures.get(index, 0) + 1
         self.failures[index] = failures
@@ -177,6 +236,7 @@ def worker_argv(
     store_socket: Optional[str],
     argv: Optional[List[str]] = None,
     extra: Sequence[str] = (),
+    ready_fd: Optional[int] = None,
 ) -> Callable[[int], List[str]]:
     """
     The command line of worker N: this Python running C{twistd -n
@@ -194,6 +254,8 @@ def worker_argv(
         command += ["spectrum", "--config", source, "--drain-timeout", str(drain_timeout)]
         if store_socket:
             command += ["--store-socket", store_socket]
+        if ready_fd is not None:
+            command += ["--ready-fd", str(ready_fd)]
         return [*command, *extra, "--worker", str(index)]
 
     return build
@@ -238,3 +300,29 @@ class ParentWatch(Service):
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()
+
+
+class ReadyReport(Service):
+    """
+    In a worker: tell the supervisor on C{fd} that the worker started, once
+    the reactor runs (every service has started by then).
+    """
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self.reactor = reactor
+        self.fd = fd
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(report, self.fd, "ready")
+
+
+def report(fd: int, text: str) -> None:
+    """
+    Write C{text} as one line to the supervisor on C{fd}, and close it.
+    """
+    try:
+        os.write(fd, (" ".join(text.split()) + "\n").encode("utf-8", "replace")[:4000])
+        os.close(fd)
+    except OSError:
+        pass  # the supervisor is gone: ParentWatch stops this worker

@@ -22,9 +22,11 @@ class RedisServer:
     One C{redis-server} process on 127.0.0.1.
     """
 
-    def __init__(self, port: Optional[int] = None) -> None:
+    def __init__(self, port: Optional[int] = None, debug: bool = False) -> None:
         self.program = require_program("redis-server")
         self.port = port or free_port()
+        #: allow DEBUG (SLEEP...) from loopback: Redis 7 refuses it by default
+        self.debug = debug
         self.process: Optional[subprocess.Popen] = None
 
     def url(self, prefix: Optional[str] = None) -> str:
@@ -47,6 +49,7 @@ class RedisServer:
                 "no",
                 "--protected-mode",
                 "no",
+                *(["--enable-debug-command", "local"] if self.debug else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -83,6 +86,23 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             s.sendall(b"".join(parts))
             return s.recv(65536)
+
+    def stall(self, seconds: float) -> None:
+        """
+        C{DEBUG SLEEP}: Redis stops answering everyone for C{seconds} (the
+        kernel still accepts connections; nothing is read), as a Redis held
+        up by a slow disk or a long command would. Returns once it is
+        asleep; needs C{debug=True}.
+        """
+        arg = str(seconds).encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$%d\r\n%s\r\n" % (len(arg), arg))
+            s.settimeout(min(0.3, seconds / 2))
+            try:
+                answer = s.recv(256)
+            except socket.timeout:
+                return  # no answer yet: asleep
+            raise RuntimeError(f"DEBUG SLEEP answered at once: {answer!r}")
 
 
 class Recorder:

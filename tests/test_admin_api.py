@@ -244,10 +244,12 @@ async def test_every_mutation_refuses_bad_bodies_with_400(world: Any) -> None:
     assert status == 200, app_rule
     app_rule_id = app_rule["result"]["id"]
     before_state = (w.tmp_path / "spectrum.state.json").read_text()
+    loop_port = free_port()
 
     endpoints = [
         ("POST", APPS, {"protocol": 22, "origin_direct": ["tcp://127.0.0.1:1"]}, "protocol: expected tcp, udp"),
         ("POST", APPS, {"protocol": "tcp/1"}, "needs origin_pool or origin_direct"),
+        ("POST", APPS, echo_app("loop", loop_port, loop_port), "so a connection would loop"),
         ("POST", APPS, "tcp/22", "must be a JSON object"),
         ("POST", APPS, dict(echo_app("u", free_port(), 9), colour="red"), "unknown key 'colour'"),
         ("PUT", f"{APPS}/{app_id}", {"protocol": "tcp/1", "origin_direct": "tcp://127.0.0.1:1"}, "origin_direct"),
@@ -395,6 +397,50 @@ async def test_created_app_accepts_within_a_second_and_delete_keeps_open_connect
     await client.done
     status, answer = await w.admin.call("GET", f"{APPS}/{app['id']}")
     assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_hash_pool_weights_are_bounded_and_checked(world: Any) -> None:
+    """
+    Issue 16, fault 6: weight 50000 on a C{hash} pool made through the API
+    stopped all relaying for seconds (a ring of 100 points per unit of
+    weight); 1e400 (infinity) answered 500 and stayed in the state file.
+    """
+    w = world()
+    origin_port = w.origin_port.getHost().port
+    port = free_port()
+
+    def body(weight: str) -> bytes:
+        # Raw JSON: json.dumps cannot write 1e400, which reads as infinity.
+        origins = (
+            f'[{{"name": "heavy", "address": "127.0.0.1", "port": {origin_port}, "weight": {weight}}},'
+            f' {{"name": "light", "address": "127.0.0.1", "port": {origin_port}}}]'
+        )
+        return (
+            f'{{"protocol": "tcp/{port}", "dns": {{"type": "CNAME", "name": "hashed.example.com"}},'
+            f' "ips": ["127.0.0.1"], "origin_pool": {{"load_balancing": "hash", "origins": {origins}}}}}'
+        ).encode()
+
+    state = w.tmp_path / "spectrum.state.json"
+    before = state.read_text() if state.exists() else None
+    for weight, words in [
+        ("1e400", "origins[0].weight: must be a finite number, got inf"),
+        ("2000000", "origins[0].weight: must be at most 1000000, got 2000000"),
+        ("0", "origins[0].weight: must be more than 0, got 0"),
+    ]:
+        status, answer = await w.admin.call("POST", APPS, raw=body(weight))
+        assert status == 400, (weight, answer)
+        message = error_of(answer)
+        assert words in message and "\n" not in message, message
+    assert (state.read_text() if state.exists() else None) == before
+    assert [app.name for app in w.admin.service.config.apps] == ["echo"]
+
+    started = time.monotonic()
+    status, answer = await w.admin.call("POST", APPS, raw=body("50000"))
+    assert status == 200, answer
+    assert await echo_through(port) == b"ping"
+    assert await echo_through(w.edge_port) == b"ping"
+    assert time.monotonic() - started < 1.0
 
 
 @pytest_twisted.ensureDeferred

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import Counter
 from collections.abc import Iterable
 
 import pytest
 
-from spectrum.balancer import Balancer
+from spectrum.balancer import POINTS_PER_ORIGIN, Balancer
 from spectrum.model import LOAD_BALANCING, Origin, Pool
 
 
@@ -343,3 +344,27 @@ def test_bad_pools_rejected() -> None:
         Balancer(make_pool([("a", 1.0), ("a", 2.0)]))
     with pytest.raises(ValueError, match="weight"):
         Balancer(make_pool([("a", 0.0)]))
+    for weight in (math.inf, math.nan, -math.inf):
+        with pytest.raises(ValueError, match="must be a finite number"):
+            Balancer(make_pool([("a", 1.0), ("b", weight)], "hash"))
+
+
+def test_hash_ring_does_not_grow_with_the_weights_scale() -> None:
+    """
+    Issue 16, fault 6: the ring had 100 points per unit of weight, so one
+    origin of weight 50000 made 5 million points (8 s with the reactor
+    stopped, 580 MiB). It now holds about 100 points per origin whatever
+    the weights: only their ratios count.
+    """
+    started = time.perf_counter()
+    heavy = Balancer(make_pool([("a", 50000.0), ("b", 1.0)], "hash"))
+    assert time.perf_counter() - started < 0.5
+    assert len(heavy._ring) <= 2 * (POINTS_PER_ORIGIN + 1)
+    # The light one keeps a point, so it still has clients.
+    picks = Counter(first(heavy, ip).name for ip in client_ips(5000))
+    assert picks["a"] > 4800 and picks["b"] >= 1
+    # Scaled weights make the same ring.
+    ips = client_ips(2000)
+    small = Balancer(make_pool(WEIGHTS, "hash"))
+    large = Balancer(make_pool([(name, weight * 1000) for name, weight in WEIGHTS], "hash"))
+    assert [first(small, ip).name for ip in ips] == [first(large, ip).name for ip in ips]

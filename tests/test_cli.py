@@ -28,6 +28,7 @@ from procs import (
     Client,
     NamedOrigin,
     accepts,
+    environment,
     greeting,
     port_is_free,
     run,
@@ -190,6 +191,35 @@ BAD_CONFIGS: Dict[str, tuple] = {
         edit(lambda d: d["apps"][0].update(ips=["127.0.0.256"])),
         "apps[0].ips[0]: '127.0.0.256' is not an IP address",
     ),
+    "infinite weight (YAML .inf)": (
+        "c.yaml",
+        "apps:\n  - name: a\n    protocol: tcp/EDGE\n    origin_pool:\n      load_balancing: hash\n"
+        "      origins:\n        - {name: o, address: 127.0.0.1, port: 1, weight: .inf}\n",
+        "apps[0].origin_pool.origins[0].weight: must be a finite number, got inf",
+    ),
+    "weight 1e400 in JSON (infinity)": (
+        "c.json",
+        '{"apps": [{"name": "a", "protocol": "tcp/EDGE", "origin_pool": {"load_balancing": "hash", "origins":'
+        ' [{"name": "o", "address": "127.0.0.1", "port": 1, "weight": 1e400}]}}]}',
+        "apps[0].origin_pool.origins[0].weight: must be a finite number, got inf",
+    ),
+    "NaN timeout": (
+        "c.yaml",
+        "apps:\n  - name: a\n    protocol: tcp/EDGE\n    origin_direct: [tcp://127.0.0.1:1]\n"
+        "    timeouts: {connect: .nan}\n",
+        "apps[0].timeouts.connect: must be a finite number, got nan",
+    ),
+    "weight over the maximum": (
+        "c.json",
+        edit(lambda d: d["apps"][0]["origin_pool"]["origins"][0].update(weight=1e7)),
+        "apps[0].origin_pool.origins[0].weight: must be at most 1000000, got 10000000.0",
+    ),
+    "proxy loop: the origin is the app's own edge": (
+        "c.yaml",
+        "apps:\n  - name: a\n    protocol: tcp/EDGE\n    ips: [127.0.0.1]\n    origin_direct: [tcp://127.0.0.1:EDGE]\n",
+        "apps[0]: its origins lead back to this spectrum's own edge, so a connection would loop:"
+        " 'a' port EDGE -> 127.0.0.1:EDGE ('a')",
+    ),
     "YAML syntax error": (
         "c.yaml",
         "apps:\n  - name: a\n    ports: [{destination_port: EDGE\n",
@@ -273,6 +303,34 @@ def test_bad_config_one_line_nonzero_nothing_bound(kind: str, tmp_path: Any) -> 
     assert port_is_free(edge)
 
 
+def test_redis_store_without_the_redis_client_is_one_line(tmp_path: Any) -> None:
+    """
+    Issue 16, fault 4: C{store: redis://} where the Redis client library
+    (txredisapi) cannot be imported was a C{ModuleNotFoundError} traceback.
+    A directory ahead on C{PYTHONPATH} makes the import fail as it does
+    when the library is not installed.
+    """
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "txredisapi.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'txredisapi'\", name='txredisapi')\n"
+    )
+    edge = free_port()
+    path = write_config(tmp_path / "c.json", {"store": "redis://127.0.0.1:6379/0", **_fill(apps(), edge)})
+    env = environment()
+    env["PYTHONPATH"] = f"{shadow}{os.pathsep}{env['PYTHONPATH']}"
+    done = subprocess.run(
+        spectrum_command(path), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    assert done.stderr == (
+        "spectrum: store: redis:// needs the Redis client library, which is not installed"
+        " (No module named 'txredisapi'): pip install 'spectrum[redis]'\n"
+    ), done
+    assert port_is_free(edge)
+
+
 def _held_port() -> socket.socket:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -307,6 +365,101 @@ def test_port_in_use_at_start(runner: str, tmp_path: Any) -> None:
         assert port_is_free(first)
     finally:
         taken.close()
+
+
+# daemon mode (no -n) --------------------------------------------------------
+
+
+def _daemon_command(config: str, tmp_path: Any) -> List[str]:
+    return [*twistd(), f"--logfile={tmp_path / 'd.log'}", f"--pidfile={tmp_path / 'd.pid'}", "spectrum", "--config",
+            config]  # fmt: skip
+
+
+def _kill_daemon(pidfile: Any) -> None:
+    """
+    SIGTERM the daemon a pidfile names, if there is one, and wait for it.
+    """
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 15, what=f"daemon {pid} to exit")
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.parametrize("what", ["edge", "admin"])
+@pytest.mark.parametrize("mode", ["daemon", "-n"])
+def test_start_failure_exits_1_with_one_line_and_no_pidfile(mode: str, what: str, tmp_path: Any) -> None:
+    """
+    Issue 16, fault 2: without C{-n}, a port that cannot be bound made
+    twistd's parent wait forever for the daemon's start status and left a
+    pidfile naming a dead process. Either way it is now one line, told
+    once, exit status 1, and no pidfile.
+    """
+    taken = _held_port()
+    busy = taken.getsockname()[1]
+    data: Dict[str, Any] = {"apps": [tcp_app("a", busy if what == "edge" else free_port(), [free_port()])]}
+    if what == "admin":
+        token = {"name": "t", "token": "x" * 32, "permissions": "read"}
+        data["admin"] = {"listen": f"tcp:{busy}:interface=127.0.0.1", "tokens": [token]}
+    expected = {
+        "edge": f"spectrum: apps[0] (a): cannot listen on 127.0.0.1:{busy}: Address already in use",
+        "admin": f"spectrum: admin.listen: cannot listen on 'tcp:{busy}:interface=127.0.0.1': Address already in use",
+    }[what]
+    path = write_config(tmp_path / "c.json", data)
+    pidfile = tmp_path / "d.pid"
+    command = _daemon_command(path, tmp_path)
+    if mode == "-n":
+        command.insert(command.index("spectrum"), "-n")
+    try:
+        done = run(command, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("twistd did not return within 15 s of a start failure")
+    finally:
+        taken.close()
+        _kill_daemon(pidfile)
+    assert done.returncode == 1, done
+    # Found before twistd writes its pidfile, forks or starts its log: the
+    # line is all there is, on the terminal's stderr.
+    assert (done.stdout, done.stderr) == ("", expected + "\n"), done
+    assert not pidfile.exists()
+
+
+def test_daemon_starts_serves_and_stops(tmp_path: Any, origins: Callable[[str], NamedOrigin]) -> None:
+    """
+    Daemon mode that starts: twistd returns 0 at once, the daemon the
+    pidfile names relays (its ports were bound before the fork), and
+    SIGTERM stops it and removes the pidfile. The log has every line of
+    the start, though the ports were bound before logging began (Twisted
+    buffers only 200 events until then): here 250, one per edge port.
+    """
+    from conftest import free_port_range
+
+    origin = origins("one")
+    base = free_port_range(250)
+    app = tcp_app("a", base, [origin.port])
+    app["ports"] = [{"destination_port": f"{base}-{base + 249}"}]
+    path = write_config(tmp_path / "c.json", {"apps": [app]})
+    pidfile = tmp_path / "d.pid"
+    try:
+        done = run(_daemon_command(path, tmp_path), timeout=20)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+        pid = int(pidfile.read_text())
+        assert os.path.exists(f"/proc/{pid}")
+        wait_until(lambda: accepts(base + 249), 10, what="the daemon's edge ports")
+        assert greeting(base) == b"one" and greeting(base + 249) == b"one"
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 15, what="the daemon to exit")
+        assert not pidfile.exists()
+        log = (tmp_path / "d.log").read_text()
+        assert "Traceback" not in log, log
+        listening = re.findall(r"a: listening on 127\.0\.0\.1:(\d+) \(tcp\)", log)
+        assert sorted(map(int, listening)) == list(range(base, base + 250)), log
+    finally:
+        _kill_daemon(pidfile)
 
 
 # reload and drain ---------------------------------------------------------

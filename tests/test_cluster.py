@@ -241,6 +241,51 @@ def test_redis_killed_while_traffic_flows(tmp_path: Path, redis: RedisServer, or
     assert all(s in (0, -signal.SIGTERM) for s in statuses)
 
 
+def test_nodes_reconnect_after_redis_stalls_for_8_seconds(tmp_path: Path, origin: EchoOrigin) -> None:
+    """
+    Issue 16, fault 1: Redis stops answering for 8 s (C{DEBUG SLEEP 8}),
+    longer than a heartbeat's reply timeout plus the reconnection's
+    C{SELECT} timeout (2 s each). Both nodes come back, rules flow between
+    them again, and a later empty restart of Redis is seeded again.
+    """
+    redis = RedisServer(debug=True).start()
+    store = redis.url("stall")
+    a = ClusterNode(tmp_path, "a", store, origin).start()
+    b = ClusterNode(tmp_path, "b", store, origin).start()
+    rules = "/user/firewall/access_rules/rules"
+    try:
+        a.ready()
+        b.ready()
+        first = a.api("POST", rules, {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.2"}})
+        wait_until(lambda: len(b.api("GET", rules)) == 1, 2.0, "A's rule on B")
+        redis.stall(8)
+        for node in (a, b):
+            node.process.wait_log(r"store redis://.*: connection lost", timeout=5)
+        for node in (a, b):
+            node.process.wait_log(r"reachable again", timeout=20)
+            node.process.wait_log(r"store: \S+ in step", count=2, timeout=5)
+        assert a.api("GET", "/zones/local/spectrum/cluster")["store"]["available"]
+        # Rules made on one node reach the other again.
+        second = b.api("POST", rules, {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.3"}})
+        wait_until(lambda: len(a.api("GET", rules)) == 2, 2.0, "B's rule on A after the stall")
+        with pytest.raises(ConnectionError):
+            blocked_client(a.edge, "127.0.0.3")
+        # Redis restarted empty: the nodes notice and seed it again.
+        redis.kill()
+        redis.start()
+        for node in (a, b):
+            node.process.wait_log(r"reachable again", count=2, timeout=15)
+        wait_until(
+            lambda: all(r["id"].encode() in redis.command("HKEYS", "stall:docs:rules") for r in (first, second)),
+            5.0,
+            "the rules seeded into the empty Redis",
+        )
+    finally:
+        statuses = [a.stop(), b.stop()]
+        redis.kill()
+    assert all(s in (0, -signal.SIGTERM) for s in statuses)
+
+
 def blocked_client(port: int, source: str = "127.0.0.2") -> None:
     """
     Connect from C{source} (blocked); raises ConnectionError when refused.

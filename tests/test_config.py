@@ -540,3 +540,98 @@ def test_apps_sharing_a_port_agree_on_accept_proxy_protocol() -> None:
     assert error_of(data) == (
         "apps[1].accept_proxy_protocol: differs from that of app 'my-game-server', which shares an edge port with it"
     )
+
+
+def _loop_app(name: str, port: object, origin: str, **extra: object) -> dict:
+    app = {"name": name, "protocol": f"tcp/{port}", "ips": ["127.0.0.1"], "origin_direct": [origin]}
+    app.update(extra)
+    return app
+
+
+LOOP = "its origins lead back to this spectrum's own edge, so a connection would loop: "
+
+
+@pytest.mark.parametrize(
+    "apps, expected",
+    [
+        (
+            [_loop_app("a", 5000, "tcp://127.0.0.1:5000")],
+            "apps[0]: " + LOOP + "'a' port 5000 -> 127.0.0.1:5000 ('a')",
+        ),
+        (
+            [_loop_app("a", 5000, "tcp://127.0.0.1:6000"), _loop_app("b", 6000, "tcp://127.0.0.1:5000")],
+            "apps[0]: " + LOOP + "'a' port 5000 -> 127.0.0.1:6000 ('b') -> 127.0.0.1:5000 ('a')",
+        ),
+        (
+            [
+                _loop_app("a", 5000, "tcp://127.0.0.1:9"),
+                _loop_app("b", 6000, "tcp://127.0.0.1:7000"),
+                _loop_app("c", 7000, "tcp://127.0.0.1:6000"),
+            ],
+            "apps[1]: " + LOOP + "'b' port 6000 -> 127.0.0.1:7000 ('c') -> 127.0.0.1:6000 ('b')",
+        ),
+        (
+            [_loop_app("a", 5000, "tcp://localhost:5000", ips=["0.0.0.0"])],
+            "apps[0]: " + LOOP + "'a' port 5000 -> localhost:5000 ('a')",
+        ),
+        (
+            [_loop_app("a", 5000, "tcp://[::1]:5000", ips=["::"])],
+            "apps[0]: " + LOOP + "'a' port 5000 -> [::1]:5000 ('a')",
+        ),
+        (
+            # Two of its port mappings, each onto the other's edge port.
+            [
+                {
+                    "name": "a",
+                    "protocol": "tcp",
+                    "ips": ["127.0.0.1"],
+                    "ports": [
+                        {"destination_port": 5000, "origin_port": 5001},
+                        {"destination_port": 5001, "origin_port": 5000},
+                    ],
+                    "origin_pool": {"origins": [{"name": "o", "address": "127.0.0.1"}]},
+                }
+            ],
+            "apps[0]: " + LOOP + "'a' port 5000 -> 127.0.0.1:5001 ('a') -> 127.0.0.1:5000 ('a')",
+        ),
+        (
+            # No origin port: each edge port's own.
+            [
+                {
+                    "name": "a",
+                    "protocol": "udp",
+                    "ports": [{"destination_port": "5000-5001"}],
+                    "origin_pool": {"origins": [{"name": "o", "address": "127.0.0.1"}]},
+                }
+            ],
+            "apps[0]: " + LOOP + "'a' port 5000 -> 127.0.0.1:5000 ('a')",
+        ),
+    ],
+)
+def test_proxy_loops_are_refused(apps: list, expected: str) -> None:
+    """
+    Issue 16, fault 7: an app whose origin is its own edge address, or
+    apps pointing at each other, loaded; each connection then looped
+    through spectrum until descriptors ran out.
+    """
+    assert error_of({"apps": apps}).startswith(expected)
+
+
+def test_chains_and_other_addresses_are_not_loops() -> None:
+    parse(
+        {
+            "apps": [
+                # a -> b -> elsewhere
+                _loop_app("a", 5000, "tcp://127.0.0.1:6000"),
+                _loop_app("b", 6000, "tcp://192.0.2.1:6000"),
+                # Another loopback address than the edge's; a hostname is not judged.
+                _loop_app("c", 7000, "tcp://127.0.0.2:7000"),
+                _loop_app("d", 8000, "tcp://edge.example.com:8000"),
+                # Each port to the next, the last out of the range: a chain.
+                _loop_app("r", "10000-10002", "tcp://127.0.0.1:10001-10003"),
+                # A TCP app's origin on a UDP app's port.
+                _loop_app("e", 9000, "udp://127.0.0.1:9001", protocol="udp/9000"),
+                _loop_app("f", 9001, "tcp://127.0.0.1:9000"),
+            ]
+        }
+    )

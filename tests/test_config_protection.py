@@ -150,7 +150,7 @@ def test_duplicate_rules() -> None:
         ({"per_ip_connections": -1}, "apps[0].limits.per_ip_connections: must be at least 0, got -1"),
         ({"per_ip_rates": 1}, "apps[0].limits: unknown key 'per_ip_rates' (did you mean 'per_ip_rate'?)"),
         ({"max_connections": 1.5}, "apps[0].limits.max_connections: expected integer, got number 1.5"),
-        ({"per_ip_rate": float("nan")}, "apps[0].limits.per_ip_rate: expected connections per second, got nan"),
+        ({"per_ip_rate": float("nan")}, "apps[0].limits.per_ip_rate: must be a finite number, got nan"),
     ],
 )
 def test_bad_limits(limits: dict, expected: str) -> None:

@@ -139,6 +139,98 @@ async def test_hung_redis_trips_the_reply_timeout() -> None:
         server.kill()
 
 
+@pytest_twisted.ensureDeferred
+async def test_reconnects_after_a_stall_longer_than_the_reconnect_select() -> None:
+    """
+    Redis stalls long enough that the reconnection's own C{SELECT} times
+    out (issue 16, fault 1: txredisapi then stopped trying for good). The
+    store comes back once Redis answers again, resyncs its listeners, and
+    a later empty restart of Redis is noticed and resynced too.
+    """
+    from spectrum.store.redis import RedisStore
+
+    server = RedisServer(debug=True).start()
+    store = RedisStore(server.url("stall"), node="a", reactor=reactor, reply_timeout=0.3, heartbeat=0.1)
+    seen = Recorder()
+    store.listen(seen)
+    try:
+        store.start()
+        await until_available(store)
+        assert seen.resyncs == 1
+        # With a 0.3 s reply timeout, 3 s is several reconnect attempts whose
+        # SELECT goes unanswered (8 s with the default 2 s).
+        server.stall(3)
+        stalled = time.monotonic()
+        deadline = stalled + 2
+        while store.available:
+            assert time.monotonic() < deadline, "the stall went unnoticed"
+            await sleep(0.02)
+        await until_available(store, timeout=10)
+        assert time.monotonic() - stalled >= 2.5
+        assert seen.resyncs == 2
+        await store.put(RULES, "after-stall", {"ok": True})
+        assert await store.documents(RULES) == {"after-stall": {"ok": True}}
+
+        server.kill()
+        deadline = time.monotonic() + 3
+        while store.available:
+            assert time.monotonic() < deadline, "the kill went unnoticed"
+            await sleep(0.02)
+        server.start()  # empty
+        await until_available(store, timeout=10)
+        assert seen.resyncs == 3
+        assert await store.documents(RULES) == {}
+    finally:
+        await store.stop()
+        server.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_the_client_library_gave_up_on_is_started_again() -> None:
+    """
+    Whatever makes txredisapi stop retrying (here its own C{stopTrying},
+    called past the store's guard), the heartbeat notices a connection
+    that is neither up nor being retried and starts a fresh one.
+    """
+    import txredisapi
+
+    from spectrum.store.redis import RedisStore
+
+    server = RedisServer().start()
+    store = RedisStore(server.url(), node="a", reactor=reactor, heartbeat=0.1)
+    seen = Recorder()
+    store.listen(seen)
+    logged: List[str] = []
+
+    def observer(event: dict) -> None:
+        from twisted.logger import formatEvent
+
+        if "store" in str(event.get("log_format", "")):
+            logged.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        store.start()
+        await until_available(store)
+        command = store._factories[0]
+        await txredisapi.RedisFactory.stopTrying(command)
+        store._command.transport.abortConnection()
+        deadline = time.monotonic() + 2
+        while store.available:
+            assert time.monotonic() < deadline, "the lost connection went unnoticed"
+            await sleep(0.01)
+        await until_available(store, timeout=5)
+        assert seen.resyncs == 2
+        assert store._factories[0] is not command
+        assert any("stopped retrying; starting it again" in line for line in logged), logged
+        await store.put(RULES, "again", {"ok": True})
+        assert await store.documents(RULES) == {"again": {"ok": True}}
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        await store.stop()
+        server.kill()
+
+
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: Any) -> Any:
     openssl = require_program("openssl")
@@ -264,7 +356,7 @@ async def test_password(tmp_path: Any) -> None:
         await good.put(RULES, "auth", {"ok": True})
         await sleep(0.5)
         assert not bad.available
-        refused = [line for line in logged if "refused for good" in line]
+        refused = [line for line in logged if "connection not usable" in line]
         assert refused and all("127.0.0.1" in line and "wrong" not in line for line in refused)
         # The password never reaches the log.
         assert not any("s3cret-pass" in line for line in logged)

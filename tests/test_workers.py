@@ -6,8 +6,10 @@ that dies, and stops them all.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -191,4 +193,54 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path, origin: Echo
             assert time.monotonic() < deadline, "orphaned workers keep the edge port"
             time.sleep(0.05)
     finally:
+        node.stop()
+
+
+def _workers_alive(log: str) -> list:
+    pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", log)]
+    return [pid for pid in pids if os.path.exists(f"/proc/{pid}") and "zombie" not in _state(pid)]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
+@pytest.mark.parametrize("what", ["edge", "admin"])
+def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path, origin: EchoOrigin, what: str) -> None:
+    """
+    Issue 16, fault 3: with a port no worker can bind, the supervisor
+    restarted the workers forever and looked healthy. A worker that fails
+    at start stops the whole service with its one line, exit status 1.
+    The edge port is checked by the supervisor before any worker starts;
+    the admin port, which worker 0 binds, is reported by that worker.
+    """
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    busy = taken.getsockname()[1]
+    config = {"apps": [app_config("echo", busy if what == "edge" else free_port(), origin.port)], "workers": 2}
+    if what == "admin":
+        token = {"name": "t", "token": "x" * 32, "permissions": "read"}
+        config["admin"] = {"listen": f"tcp:{busy}:interface=127.0.0.1", "tokens": [token]}
+    expected = {
+        "edge": f"spectrum: apps[0] (echo): cannot listen on 127.0.0.1:{busy}: Address already in use",
+        "admin": f"spectrum: admin.listen: cannot listen on 'tcp:{busy}:interface=127.0.0.1': Address already in use",
+    }[what]
+    node = Node(tmp_path, "edge", config).start()
+    try:
+        assert node.process is not None
+        try:
+            status = node.process.wait(20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after 20 s:\n{node.log()}") from None
+        log = node.log()
+        assert status == 1, log
+        assert log.count(expected) == 1, log
+        assert "Traceback" not in log and "restarting" not in log, log
+        assert not _workers_alive(log), log
+    finally:
+        taken.close()
         node.stop()

@@ -133,8 +133,8 @@ class AdminService(Service):
             self._prepare()
             self._listen()
         except AdminListenError as e:
-            # One line and exit status 1, not a traceback out of twistd.
-            self.log.critical("{error}", error=str(e))
+            # One line and exit status 1, not a traceback out of twistd
+            # (which prints it: logging it too would tell it twice).
             raise SystemExit(f"spectrum: {e}") from None
         super().privilegedStartService()
 

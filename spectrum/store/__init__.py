@@ -13,8 +13,8 @@ from typing import Any
 
 def make_store(url: str, node: str, reactor: Any = None) -> Any:
     """
-    The store that C{url} names: C{memory}, or a Redis URL (which needs
-    the C{redis} extra: txredisapi).
+    The store that C{url} names: C{memory}, or a Redis URL (txredisapi, a
+    dependency; the config check says in one line when it is missing).
 
     @raise spectrum.store.url.StoreURLError: the URL is not usable.
     """

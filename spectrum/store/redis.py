@@ -8,6 +8,13 @@ channel. Each is kept up by txredisapi's C{startConnecting} with backoff;
 the subscriber subscribes again on every reconnect, and the store tells its
 listeners to L{resync} then, because changes may have been missed.
 
+The store, not the client library, decides when to stop trying: txredisapi
+gives up for good when the C{AUTH} or C{SELECT} of a reconnection fails,
+a reply timeout included (a Redis stalled for a few seconds), so its
+C{stopTrying} is disabled here until L{RedisStore.stop}, and the heartbeat
+also checks that every connection is either up or being retried, and
+starts a fresh one when the library stopped anyway.
+
 While Redis is out of reach every call fails at once with
 L{StoreUnavailable}: nothing queues behind a dead connection, and the
 callers (L{spectrum.cluster}) keep their local copies and buffer counters.
@@ -131,12 +138,27 @@ return count
 
 class _Hooks:
     """
-    Tells the store when a connection of this factory becomes usable or is
-    lost (mixed into txredisapi's factories).
+    Tells the store when a connection of this factory becomes usable, is
+    lost or is refused, and keeps the factory trying until the store stops
+    (mixed into txredisapi's factories).
     """
 
     store: RedisStore
     role: str
+    #: set by L{RedisStore.stop}: from then on, stopping is for real
+    stopping = False
+
+    def stopTrying(self) -> Deferred[Any]:
+        # txredisapi calls this when the AUTH or SELECT of a (re)connection
+        # fails, a reply timeout included: it would then never reconnect.
+        # Keep retrying with backoff; the store stops with disconnect().
+        if self.stopping:
+            return super().stopTrying()  # type: ignore[misc]
+        return succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        self.store._refused(self.role, why)
+        super().connectionError(why)  # type: ignore[misc]
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)  # type: ignore[misc]
@@ -223,6 +245,8 @@ class RedisStore:
         self._subscriber: Optional[Any] = None
         self._subscribed = False
         self._factories: List[Any] = []
+        #: why a connection was last refused, per role, logged once per outage
+        self._refusals: Dict[str, str] = {}
         self._sentinel: Optional[Any] = None
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
@@ -263,8 +287,8 @@ class RedisStore:
         factory.maxDelay = MAX_DELAY
         factory.store = self
         factory.role = role
-        # A failed AUTH or SELECT is reported here; say it once, clearly.
-        factory.deferred.addErrback(self._fatal, role)
+        # A failed AUTH or SELECT also fails this (once); _refused logs it.
+        factory.deferred.addErrback(lambda _: None)
         return factory
 
     def _endpoint(self, factory: Any) -> Any:
@@ -301,19 +325,50 @@ class RedisStore:
             self._pinger.stop()
         factories, self._factories = self._factories, []
         self.available = False
+        for factory in factories:
+            factory.stopping = True
         stops = [f.disconnect() for f in factories]
         if self._sentinel is not None:
             stops.append(self._sentinel.disconnect())
             self._sentinel = None
         return gatherResults(stops, consumeErrors=True)
 
-    def _fatal(self, failure: Failure, role: str) -> None:
+    def _refused(self, role: str, why: str) -> None:
+        """
+        A connection was made but its C{AUTH} or C{SELECT} failed (refused,
+        or unanswered in time): it is retried with backoff; say why once
+        per outage, and again only if the reason changes.
+        """
+        why = why.replace("Redis error: ", "", 1)
+        if self._refusals.get(role) == why:
+            return
+        self._refusals[role] = why
         self.log.error(
-            "store {url}: {role} connection refused for good: {why}",
+            "store {url}: {role} connection not usable: {why}; retrying with backoff",
             url=str(self.url),
             role=role,
-            why=failure.getErrorMessage(),
+            why=why,
         )
+
+    def _supervise(self) -> None:
+        """
+        Start a fresh connection for any factory that neither has a
+        connection nor is trying to make one (the client library gave up,
+        whatever the reason).
+        """
+        for i, factory in enumerate(self._factories):
+            if factory.pool or all(slot.service.running for slot in factory.slots):
+                continue
+            self.log.warn(
+                "store {url}: the {role} connection stopped retrying; starting it again",
+                url=str(self.url),
+                role=factory.role,
+            )
+            factory.stopping = True
+            factory.disconnect().addErrback(lambda _: None)
+            fresh = self._factory(factory.role)
+            self._factories[i] = fresh
+            fresh.startConnecting(self._endpoint(fresh))
 
     def _connection_up(self, role: str, conn: Any) -> None:
         if role == "command":
@@ -348,6 +403,7 @@ class RedisStore:
             self.log.info("store {url}: connected", url=str(self.url))
         self._ever_up = True
         self._down_since = None
+        self._refusals.clear()
         for listener in list(self._listeners):
             try:
                 listener.resync()
@@ -380,6 +436,7 @@ class RedisStore:
         self.available = False
 
     def _ping(self) -> None:
+        self._supervise()
         conn = self._command
         if conn is not None:
             # A Redis that stopped answering trips replyTimeout, which drops
