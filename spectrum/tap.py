@@ -41,6 +41,15 @@ class Options(usage.Options):
     #: the admin API's state (apps and rules it made), when there is an admin
     admin_state: Any = None
 
+    def opt_version(self) -> None:
+        """
+        Display spectrum's version (and Twisted's and Python's) and exit.
+        """
+        from spectrum import version_line
+
+        print(version_line())
+        raise SystemExit(0)
+
     def _with_admin_state(self, path: str, config: Config) -> Config:
         """
         The config with the apps the admin API made (kept in its state file)
@@ -82,6 +91,8 @@ def makeService(options: Options) -> Any:
 
     assert options.config is not None
     config = options.config
+    if options["worker"] is None:
+        _log_start(options["config"])
     workers = options["workers"] or config.workers
     if options["worker"] is None and workers > 1:
         from spectrum.supervisor import make_supervisor
@@ -103,6 +114,15 @@ def makeService(options: Options) -> Any:
     Trimmer(service.reactor).setServiceParent(service)
     service.certificate_check_interval = options["certificate-check"]
     return service
+
+
+def _log_start(path: Optional[str]) -> None:
+    from twisted.logger import Logger
+
+    from spectrum import version_line
+
+    what = f"the config file {path}" if path else f"the built-in default config ({default_config_path()})"
+    Logger().info("{version} starting with {what}", version=version_line(), what=what)
 
 
 def _worker_config(config: Config, worker: int) -> Config:
