@@ -24,7 +24,7 @@ import requests
 import spectrum
 from spectrum.config import default_config_path, load
 
-from conftest import free_port
+from conftest import free_port, require_program
 from geokit import write_country_db
 from procs import (
     ROOT,
@@ -42,6 +42,7 @@ from procs import (
     write_config,
 )
 from test_cli import BAD_CONFIGS, _fill
+from tlskit import MKCERTS
 
 EXAMPLES = sorted(Path(ROOT, "examples").glob("*.yaml")) + sorted(Path(ROOT, "examples").glob("*.json"))
 EDIT = "edit-token-0123456789abcdef"
@@ -603,5 +604,41 @@ def test_generated_token_and_admin_address_from_the_config_file(tmp_path: Any) -
             done = cli("status", "--config", path, "--admin", f"http://localhost:{admin}")
             assert done.returncode == 0, done.stderr
             assert done.stdout.startswith(f"spectrum at http://localhost:{admin}, zone local: 1 app")
+        finally:
+            proxy.stop()
+
+
+def test_an_admin_on_ssl_is_reached_over_https(tmp_path: Any) -> None:
+    """
+    C{admin.listen: ssl:...}: the command goes to https, verifies the
+    admin's certificate against C{--cacert} (or, with C{--insecure}, not at
+    all) and refuses one it cannot verify.
+    """
+    require_program("openssl")
+    subprocess.run([MKCERTS, "-d", str(tmp_path), "server", "localhost", "127.0.0.1"], check=True, capture_output=True)
+    edge, admin = free_port(), free_port()
+    with NamedOrigin("o") as origin:
+        path = write_config(
+            tmp_path / "spectrum.json",
+            {
+                "apps": [tcp_app("game", edge, [origin.port])],
+                "admin": {
+                    "listen": f"ssl:{admin}:interface=127.0.0.1:certKey={tmp_path}/localhost.crt"
+                    f":privateKey={tmp_path}/localhost.key",
+                    "tokens": [{"name": "ops", "token": EDIT, "permissions": "edit"}],
+                },
+            },
+        )
+        proxy = Twistd(path, tmp_path / "twistd.log")
+        try:
+            proxy.wait_for_ports(edge, admin)
+            url = f"https://127.0.0.1:{admin}"
+            done = cli("status", "--config", path, "--token", EDIT, "--cacert", tmp_path / "ca.crt")
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.startswith(f"spectrum at {url}, zone local: 1 app, 1 listening")
+            line = failed(cli("status", "--config", path, "--token", EDIT))
+            assert line.startswith(f"spectrum: cannot reach {url}: [SSL: CERTIFICATE_VERIFY_FAILED]"), line
+            done = cli("apps", "list", "--config", path, "--token", EDIT, "--insecure")
+            assert done.returncode == 0, done.stderr
         finally:
             proxy.stop()
