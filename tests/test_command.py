@@ -137,6 +137,23 @@ def test_start_up_log_names_the_version_and_the_config_file(tmp_path: Any) -> No
         proxy.stop()
 
 
+def test_start_up_line_is_logged_once_with_workers(tmp_path: Any) -> None:
+    """
+    With C{--workers 2} the supervisor says it; the workers, started from
+    the same file, do not say it again.
+    """
+    edge = free_port()
+    with NamedOrigin("o") as origin:
+        path = write_config(tmp_path / "spectrum.json", {"apps": [tcp_app("a", edge, [origin.port])]})
+        proxy = start_twistd(path, tmp_path / "twistd.log", [edge], ["--workers", "2"])
+        try:
+            assert greeting(edge) == b"o"
+            proxy.wait_for_log("a: listening on", after=proxy.log().index("a: listening on") + 1)
+        finally:
+            proxy.stop()
+    assert proxy.log().count(f"starting with the config file {path}") == 1, proxy.log()
+
+
 # check ------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Tuple
 import spectrum
 
 from conftest import free_port, require_program
-from procs import ROOT, NamedOrigin, environment, greeting, tcp_app, wait_for_port, wait_until, write_config
+from procs import ROOT, NamedOrigin, environment, greeting, tcp_app, wait_for_port, write_config
 
 UNIT = Path(ROOT, "contrib", "systemd", "spectrum.service")
 #: Where the unit expects the install and the config (see its comments).
@@ -194,4 +194,4 @@ def test_the_units_commands_start_reload_and_stop_spectrum(tmp_path: Any) -> Non
         log_text = log_path.read_text()
         assert log_text.count("reloaded") == 1, log_text
         assert "Traceback" not in log_text
-        wait_until(lambda: log_text.rstrip().endswith("Server Shut Down."), timeout=1)
+        assert log_text.rstrip().endswith("Server Shut Down."), log_text
