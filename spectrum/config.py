@@ -111,7 +111,9 @@ def load(path: str) -> Config:
 def read(path: str) -> object:
     """
     The decoded document in the file C{path} (JSON by extension, else YAML),
-    not yet checked: what L{load} hands to L{parse}.
+    not yet checked: what L{load} hands to L{parse}. A file holding one app
+    object (C{{"name": ..., "protocol": "tcp/22", ...}}, as Cloudflare
+    shows an app) reads as a config with that one app.
 
     @raise ConfigError: the file cannot be read or decoded.
     """
@@ -126,8 +128,13 @@ def read(path: str) -> object:
     except UnicodeDecodeError as e:
         raise ConfigError(name, f"not UTF-8 text (byte {e.start})") from None
     if os.path.splitext(name)[1].lower() == ".json":
-        return _decode_json(name, text)
-    return _decode_yaml(name, text)
+        document = _decode_json(name, text)
+    else:
+        document = _decode_yaml(name, text)
+    # "protocol" is an app's key, never a config's.
+    if isinstance(document, dict) and "protocol" in document and "apps" not in document:
+        return {"apps": [document]}
+    return document
 
 
 def parse(data: object, source: str | None = None) -> Config:

@@ -46,6 +46,15 @@ class Options(usage.Options):
     #: the admin API's state (apps and rules it made), when there is an admin
     admin_state: Any = None
 
+    def opt_version(self) -> None:
+        """
+        Display spectrum's version (and Twisted's and Python's) and exit.
+        """
+        from spectrum import version_line
+
+        print(version_line())
+        raise SystemExit(0)
+
     def _with_admin_state(self, path: str, config: Config) -> Config:
         """
         The config with the apps the admin API made (kept in its state file)
@@ -100,6 +109,8 @@ def makeService(options: Options) -> Any:
 
     assert options.config is not None
     config = options.config
+    if options["worker"] is None:
+        _log_start(options["config"])
     workers = options["workers"] or config.workers
     if options["worker"] is None and workers > 1:
         from spectrum.supervisor import make_supervisor
@@ -226,6 +237,15 @@ class _EarlyLog:
         kept = next((i for i, e in enumerate(events) if e is event), 0)
         for dropped in events[:kept]:
             globalLogPublisher(dropped)
+
+
+def _log_start(path: Optional[str]) -> None:
+    from twisted.logger import Logger
+
+    from spectrum import version_line
+
+    what = f"the config file {path}" if path else f"the built-in default config ({default_config_path()})"
+    Logger().info("{version} starting with {what}", version=version_line(), what=what)
 
 
 def _worker_config(config: Config, worker: int) -> Config:

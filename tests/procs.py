@@ -43,6 +43,17 @@ def twistd() -> List[str]:
     return [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
 
 
+def spectrum_cli() -> List[str]:
+    """
+    The C{spectrum} command: the console script installed next to this
+    Python, else the module it runs.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "spectrum")
+    if os.access(script, os.X_OK):
+        return [sys.executable, script]
+    return [sys.executable, "-m", "spectrum.cli"]
+
+
 def spectrum_command(config: Optional[str] = None, *options: str) -> List[str]:
     """
     C{twistd -n --pidfile= spectrum [--config FILE] [options]}.
@@ -330,6 +341,12 @@ class NamedOrigin:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(5)
+
+    def __enter__(self) -> NamedOrigin:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
 
 class Client:

@@ -1,0 +1,9 @@
+"""
+C{python -m spectrum.cli}: the C{spectrum} command without its script.
+"""
+
+import sys
+
+from spectrum.cli import main
+
+sys.exit(main())
