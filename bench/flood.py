@@ -247,12 +247,19 @@ def log_tail(tmp: str) -> str:
 class Spectrum(Proxy):
     name = "spectrum"
 
+    def __init__(self, name: str = "spectrum", root: str = ROOT, kernel_filter: bool = True) -> None:
+        self.name = name
+        #: the source tree to run (another checkout, for a before/after)
+        self.root = root
+        #: whether that tree knows the C{kernel_filter} key
+        self.kernel_filter = kernel_filter
+
     def launch(self, port: int, target: int, tmp: str) -> List[subprocess.Popen]:
         path = os.path.join(tmp, "spectrum.yaml")
-        # "off" quoted: bare, YAML 1.1 reads it as false.
+        kernel_filter = 'kernel_filter: "off"' if self.kernel_filter else ""
         with open(path, "w") as f:
             f.write(f"""
-kernel_filter: "off"
+{kernel_filter}
 access_rules:
   - mode: block
     configuration: {{target: ip_range, value: {BLOCKED}}}
@@ -266,8 +273,8 @@ apps:
 """)
         # A log file in the temp dir (never /dev/null: twistd rotates it).
         argv = [*TWISTD, "-n", "--pidfile=", f"--logfile={tmp}/twistd.log", "spectrum", "--config", path]
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        return [common.spawn(argv, tmp, "spectrum", cwd=ROOT, env=env)]
+        env = dict(os.environ, PYTHONPATH=self.root)
+        return [common.spawn(argv, tmp, self.name, cwd=self.root, env=env)]
 
 
 class HAProxy(Proxy):
@@ -334,6 +341,18 @@ stream {{
 
 
 PROXIES: List[Proxy] = [Spectrum(), HAProxy(), NginxStream()]
+if os.environ.get("SPECTRUM_BENCH_BASELINE"):
+    # Another checkout of spectrum (the commit before a change), flooded in
+    # the same run: a before/after under the same load. Checkouts before
+    # the kernel_filter key get no such key.
+    PROXIES.insert(
+        1,
+        Spectrum(
+            "spectrum-base",
+            root=os.path.abspath(os.environ["SPECTRUM_BENCH_BASELINE"]),
+            kernel_filter=os.environ.get("SPECTRUM_BENCH_BASELINE_KERNEL_FILTER", "") == "1",
+        ),
+    )
 
 
 def refuses_blocked(port: int, timeout: float = 5.0) -> bool:

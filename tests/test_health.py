@@ -487,7 +487,11 @@ def app_with(monitor: Any, **pool: Any) -> dict:
             {
                 "name": "a",
                 "protocol": "tcp/22",
-                "origin_pool": {"origins": [{"name": "x", "address": "127.0.0.1"}], "monitor": monitor, **pool},
+                "origin_pool": {
+                    "origins": [{"name": "x", "address": "127.0.0.1", "port": 2222}],
+                    "monitor": monitor,
+                    **pool,
+                },
             }
         ]
     }
