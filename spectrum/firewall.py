@@ -54,7 +54,7 @@ import ipaddress
 import re
 import socket
 import uuid
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import attr
 
@@ -401,6 +401,9 @@ class Firewall:
         self._rules: Dict[str, AccessRule] = {}
         self._global = _Rules()
         self._apps: Dict[str, _Rules] = {}
+        #: called with the firewall after each change (the kernel filter's
+        #: maps follow the rules this way)
+        self.watchers: List[Callable[[Firewall], None]] = []
         self.replace(rules)
 
     # the rule set -----------------------------------------------------------
@@ -456,6 +459,7 @@ class Firewall:
             )
         self._scope(rule.app).add(rule)
         self._rules[rule.id] = rule
+        self._changed()
         return rule
 
     def _same(self, rule: AccessRule) -> List[AccessRule]:
@@ -475,6 +479,7 @@ class Firewall:
         scope.remove(rule)
         if rule.app is not None and not scope.count:
             del self._apps[rule.app]
+        self._changed()
         return rule
 
     def update(self, id: str, mode: Optional[str] = None, notes: Optional[str] = None) -> AccessRule:
@@ -497,6 +502,7 @@ class Firewall:
         scope.remove(old)
         scope.add(new)
         self._rules[id] = new
+        self._changed()
         return new
 
     def replace(self, rules: Iterable[AccessRule]) -> None:
@@ -507,12 +513,18 @@ class Firewall:
         @raise DuplicateRule: two of C{rules} are the same rule.
         """
         fresh = Firewall.__new__(Firewall)
+        fresh.watchers = []
         fresh._rules = {}
         fresh._global = _Rules()
         fresh._apps = {}
         for rule in rules:
             fresh.add(rule)
         self._rules, self._global, self._apps = fresh._rules, fresh._global, fresh._apps
+        self._changed()
+
+    def _changed(self) -> None:
+        for watcher in self.watchers:
+            watcher(self)
 
     def uses(self, target: str) -> bool:
         """

@@ -49,6 +49,9 @@ class _EdgePort(tcp.Port):
     #: set SO_REUSEPORT, so the worker processes of C{workers: N} each
     #: bind the same address and the kernel spreads new connections
     reuse_port = False
+    #: sockets accepted so far (admitted or refused; the kernel filter's
+    #: drops never get here)
+    accepted = 0
 
     def createInternetSocket(self) -> socket.socket:
         sock = edge_socket_options(super().createInternetSocket(), self.addressFamily, self.reuse_port)
@@ -77,6 +80,7 @@ class _EdgePort(tcp.Port):
         try:
             with tcp._BuffersLogs(self._logger.namespace, self._logger.observer) as logger:
                 for skt, addr in tcp._accept(logger, range(ACCEPTS_PER_TURN), self.socket, tcp._reservedFD):
+                    self.accepted += 1
                     if wildcard:
                         try:
                             here = skt.getsockname()
@@ -109,12 +113,26 @@ class Listener:
     One bound edge address and port, and the factory behind it.
     """
 
-    def __init__(self, protocol: str, ip: str, port: int, factory: Any, listening: IListeningPort) -> None:
+    def __init__(
+        self, protocol: str, ip: str, port: int, factory: Any, listening: IListeningPort, shield: Any = None
+    ) -> None:
         self.protocol = protocol
         self.ip = ip
         self.port = port
         self.factory = factory
         self.listening = listening
+        #: the kernel filter guarding the socket (L{spectrum.kernel.shield})
+        self.shield = shield
+
+    def guard(self, runtimes: Sequence[AppRuntime]) -> None:
+        """
+        Attach the kernel filter of C{runtimes}' rules to the socket.
+        """
+        listening: Any = self.listening
+        sock = getattr(listening, "socket", None) or getattr(getattr(listening, "port", None), "socket", None)
+        if self.shield is None or sock is None:
+            return
+        self.shield.attach(sock, self.protocol == "tcp", [runtime.app for runtime in runtimes])
 
     @property
     def runtime(self) -> AppRuntime:
@@ -129,6 +147,7 @@ class Listener:
             self.factory.set_routes(runtimes)
         else:
             self.factory.runtime = runtimes[0]
+        self.guard(runtimes)
 
     def stop(self) -> Any:
         """
@@ -148,6 +167,7 @@ def listen(
     runtimes: Sequence[AppRuntime],
     tls: Any = None,
     reuse_port: bool = False,
+    shield: Any = None,
 ) -> Listener:
     """
     Bind C{ip}:C{port} for C{protocol} and serve it with C{runtimes} (one
@@ -156,6 +176,7 @@ def listen(
     @param tls: the service's L{spectrum.proxy.tls.EdgeTls}, for apps that
         speak TLS.
     @param reuse_port: share the port with other processes (SO_REUSEPORT).
+    @param shield: the kernel filter to attach to the socket, if any.
 
     @raise twisted.internet.error.CannotListenError: the address is taken or
         not available.
@@ -164,7 +185,9 @@ def listen(
         from spectrum.proxy.udp import listen_udp
 
         edge, udp_port = listen_udp(reactor, ip, port, runtimes[0], reuse_port=reuse_port)
-        return Listener(protocol, ip, port, edge, udp_port)  # type: ignore[arg-type]
+        listener = Listener(protocol, ip, port, edge, udp_port, shield)  # type: ignore[arg-type]
+        listener.guard(runtimes)
+        return listener
     if protocol != "tcp":
         raise ValueError(f"no listener for protocol {protocol!r}")
     from spectrum.proxy.port import PortFactory
@@ -178,7 +201,9 @@ def listen(
     else:
         # Test reactors (MemoryReactor) record listenTCP calls.
         listening = reactor.listenTCP(port, factory, backlog=BACKLOG, interface=ip)
-    return Listener(protocol, ip, port, factory, listening)
+    listener = Listener(protocol, ip, port, factory, listening, shield)
+    listener.guard(runtimes)
+    return listener
 
 
 try:

@@ -19,6 +19,7 @@ from spectrum.admission import Admission
 from spectrum.analytics import Analytics
 from spectrum.config import ConfigError, load
 from spectrum.eventlog import EventLog
+from spectrum.kernel.shield import KernelShield
 from spectrum.listeners import Listener, listen
 from spectrum.model import App, Config
 from spectrum.proxy.tls import EdgeTls, TlsFileError
@@ -94,6 +95,12 @@ class SpectrumService(MultiService):
         #: who gets in: access rules, geo, limits and further gates
         self.admission = Admission(config, reactor)
         self.config_hooks.append(self.admission.configure)
+        #: the access rules in the kernel (C{kernel_filter}); its mode is
+        #: the one the service started with
+        self.shield = KernelShield(config.kernel_filter)
+        if self.shield.active:
+            self.shield.sync(self.admission.firewall.rules)
+            self.admission.firewall.watchers.append(lambda firewall: self.shield.sync(firewall.rules))
         #: refused clients, counted and sampled
         self.refusals = Refusals(self.recorders, reactor)
         # Analytics, the event log and the admin site attach themselves
@@ -150,7 +157,9 @@ class SpectrumService(MultiService):
             protocol, ip, port = key
             runtimes = [planned[app.name] for app in apps]
             try:
-                bound[key] = listen(self.reactor, protocol, ip, port, runtimes, self.tls, reuse_port=self.reuse_port)
+                bound[key] = listen(
+                    self.reactor, protocol, ip, port, runtimes, self.tls, reuse_port=self.reuse_port, shield=self.shield
+                )
             except (CannotListenError, OSError) as e:
                 for listener in bound.values():
                     listener.stop()
@@ -246,6 +255,10 @@ class SpectrumService(MultiService):
             self.tls.watch(self.certificate_check_interval)
 
     def _apply_or_exit(self) -> None:
+        if self.shield.mode == "on" and not self.shield.active:
+            raise SystemExit(f"spectrum: kernel_filter is on, but {self.shield.reason}")
+        if not self.listeners:
+            self.log.info("{line}", line=self.shield.describe())
         try:
             self.apply(self.config)
         except ListenError as e:
@@ -288,6 +301,8 @@ class SpectrumService(MultiService):
         stops = [listener.stop() for listener in self.listeners.values()]
         self.listeners.clear()
         yield DeferredList([d for d in stops if isinstance(d, Deferred)])
+        # The sockets are closed: the kernel lets go of the filters with them.
+        self.shield.close()
         runtimes = self.all_runtimes()
         count = sum(len(runtime.connections) for runtime in runtimes)
         if not count:

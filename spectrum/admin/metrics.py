@@ -22,7 +22,10 @@ reached no origin, such as refused ones):
   - C{spectrum_access_rules} (gauge): rules in force;
   - C{spectrum_refused_total} (counter) by C{app}, C{status} and C{rule}:
     connections refused before the relay, every one (the event log and the
-    log keep a sampled share of them, L{spectrum.refusals}).
+    log keep a sampled share of them, L{spectrum.refusals});
+  - C{spectrum_kernel_dropped_total} and C{spectrum_kernel_dropped_bytes_total}
+    by C{app} and C{reason}: what the kernel filter dropped before the
+    process saw it (L{spectrum.kernel.shield}).
 """
 
 from __future__ import annotations
@@ -44,10 +47,17 @@ class AnalyticsCollector:
     A prometheus_client collector over an L{Analytics}.
     """
 
-    def __init__(self, analytics: Analytics, firewall: Optional[Any] = None, refusals: Optional[Any] = None) -> None:
+    def __init__(
+        self,
+        analytics: Analytics,
+        firewall: Optional[Any] = None,
+        refusals: Optional[Any] = None,
+        shield: Optional[Any] = None,
+    ) -> None:
         self.analytics = analytics
         self.firewall = firewall
         self.refusals = refusals
+        self.shield = shield
 
     def describe(self) -> list:
         # Described lazily: registering must not scrape.
@@ -131,6 +141,25 @@ class AnalyticsCollector:
                 refused.add_metric([app, str(status), rule], count)
             yield refused
 
+        shield = self.shield
+        if shield is not None and shield.active:
+            packets = CounterMetricFamily(
+                "spectrum_kernel_dropped",
+                "Packets (SYNs, datagrams) dropped by the kernel filter, by app and reason (the rule).",
+                labels=["app", "reason"],
+            )
+            size = CounterMetricFamily(
+                "spectrum_kernel_dropped_bytes",
+                "Bytes of the packets the kernel filter dropped.",
+                labels=["app", "reason"],
+            )
+            for (app, rule), (count, total) in sorted(shield.dropped().items()):
+                reason = f"rule {rule}" if rule else "rule"
+                packets.add_metric([app, reason], count)
+                size.add_metric([app, reason], total)
+            yield packets
+            yield size
+
 
 class MetricsResource(Resource):
     """
@@ -149,12 +178,12 @@ class MetricsResource(Resource):
 
 
 def metrics_resource(
-    analytics: Analytics, firewall: Optional[Any] = None, refusals: Optional[Any] = None
+    analytics: Analytics, firewall: Optional[Any] = None, refusals: Optional[Any] = None, shield: Optional[Any] = None
 ) -> MetricsResource:
     """
     A C{/metrics} resource with its own registry (not the process-global
     one, so two services in one process never collide).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AnalyticsCollector(analytics, firewall, refusals))
+    registry.register(AnalyticsCollector(analytics, firewall, refusals, shield))
     return MetricsResource(registry)

@@ -43,7 +43,10 @@ def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Op
         from spectrum.admin.page import Root
 
         root = Root(service)
-    root.putChild(b"metrics", metrics_resource(analytics, firewall, getattr(service, "refusals", None)))
+    root.putChild(
+        b"metrics",
+        metrics_resource(analytics, firewall, getattr(service, "refusals", None), getattr(service, "shield", None)),
+    )
     return root
 
 

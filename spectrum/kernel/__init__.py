@@ -1,0 +1,3 @@
+"""
+The kernel side of the edge: eBPF programs and maps (L{spectrum.kernel.shield}).
+"""

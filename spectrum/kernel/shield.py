@@ -1,0 +1,403 @@
+"""
+The kernel shield: access rules as eBPF socket filters on the edge sockets,
+so a blocked source's SYN (TCP) or datagram (UDP) is dropped by the kernel
+before it is queued: no accept, no system call, no Python.
+
+What the kernel decides is exactly the part of the rules' verdict that an
+address alone settles (L{spectrum.firewall}'s precedence): the address rules
+(C{ip}, C{ip6}, C{ip_range}) of the socket's scope, in an LPM trie per
+address family, where the longest prefix wins and, at equal length, a
+whitelist beats a block. A packet whose longest match is a block is dropped
+and counted against that rule; a whitelist match, or no match, goes on to
+the userspace admission (which also applies ASN and country rules, limits
+and gates). So the kernel never refuses a client that userspace would admit.
+
+A scope is the rules one socket answers to: an app's own rules with the
+global ones (a port one app has alone), or the global ones only (a port
+shared by SNI, before the app is known; an app with C{ip_firewall: false}
+gets no filter). Each scope has its maps and programs; rule changes (file
+reload, API, other nodes through the store) update the maps in place, from
+the firewall's change notice, without re-attaching.
+
+TCP programs look at SYNs only: every other segment of an accepted
+connection (which inherits the listener's filter) returns at the first
+test. The programs and maps belong to this process: they go away with it,
+whatever the way it ends, and nothing stays attached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from twisted.logger import Logger
+
+from spectrum.kernel import bpf
+from spectrum.kernel.bpf import (
+    R0,
+    R1,
+    R2,
+    R6,
+    R7,
+    R8,
+    R10,
+    B,
+    Label,
+    W,
+    add_imm,
+    and_imm,
+    assemble,
+    atomic_add64,
+    call,
+    exit_,
+    ja,
+    jeq_imm,
+    jne_imm,
+    jset_imm,
+    ld_abs,
+    ld_ind,
+    ld_map,
+    ldx,
+    lsh_imm,
+    mov,
+    mov_imm,
+    st_imm,
+    stx,
+    to_be32,
+)
+
+#: trie values: (verdict, counter slot)
+DROP = 1
+PASS = 2
+#: rules per scope whose drops are counted one by one (more share slot 0)
+SLOTS = 4096
+#: prefixes per trie
+MAX_PREFIXES = 262144
+#: the targets an address settles
+ADDRESS_TARGETS = ("ip", "ip6", "ip_range")
+
+TCP_SYN = 0x02
+TCP_ACK = 0x10
+
+
+class ShieldError(Exception):
+    """
+    The kernel filter could not be had; C{str()} is one line saying why.
+    """
+
+
+def _program(family: int, stream: bool, trie: int, counters: int) -> bytes:
+    """
+    The socket filter for one address family and socket kind, looking the
+    source up in C{trie} and counting drops in C{counters}.
+    """
+    code: List[object] = [mov(R6, R1)]
+    if family == socket.AF_INET:
+        if stream:
+            # Only a SYN opens a connection: anything else returns at once.
+            code += [
+                ld_abs(B, 0),
+                and_imm(R0, 0x0F),
+                lsh_imm(R0, 2),
+                mov(R7, R0),
+                ld_ind(B, R7, 13),
+                jset_imm(R0, TCP_ACK, "keep"),
+                jset_imm(R0, TCP_SYN, "check"),
+                ja("keep"),
+                Label("check"),
+            ]
+        code += [
+            ld_abs(W, 12),
+            to_be32(R0),
+            stx(W, R10, R0, -4),
+            st_imm(W, R10, -8, 32),
+            ld_map(R1, trie),
+            mov(R2, R10),
+            add_imm(R2, -8),
+        ]
+    else:
+        if stream:
+            code += [
+                ld_abs(B, 6),
+                jne_imm(R0, socket.IPPROTO_TCP, "keep"),
+                ld_abs(B, 40 + 13),
+                jset_imm(R0, TCP_ACK, "keep"),
+                jset_imm(R0, TCP_SYN, "check"),
+                ja("keep"),
+                Label("check"),
+            ]
+        code.append(st_imm(W, R10, -24, 128))
+        for word in range(4):
+            code += [ld_abs(W, 8 + 4 * word), to_be32(R0), stx(W, R10, R0, -20 + 4 * word)]
+        code += [ld_map(R1, trie), mov(R2, R10), add_imm(R2, -24)]
+    code += [
+        call(bpf.FUNC_MAP_LOOKUP_ELEM),
+        jeq_imm(R0, 0, "keep"),
+        ldx(W, R7, R0, 0),
+        ldx(W, R8, R0, 4),
+        jeq_imm(R7, PASS, "keep"),
+        # Count the drop against its rule's slot: packets, then bytes.
+        stx(W, R10, R8, -28),
+        ld_map(R1, counters),
+        mov(R2, R10),
+        add_imm(R2, -28),
+        call(bpf.FUNC_MAP_LOOKUP_ELEM),
+        jeq_imm(R0, 0, "drop"),
+        mov_imm(R1, 1),
+        atomic_add64(R0, R1, 0),
+        ldx(W, R1, R6, 0),
+        atomic_add64(R0, R1, 8),
+        Label("drop"),
+        mov_imm(R0, 0),
+        exit_(),
+        Label("keep"),
+        mov_imm(R0, -1),
+        exit_(),
+    ]
+    return assemble(code)
+
+
+Prefix = Tuple[int, int, bytes]  # (family, length, network bytes)
+
+
+def compile_rules(rules: Iterable[Any], slots: Dict[str, int]) -> Dict[Prefix, Tuple[int, int]]:
+    """
+    The trie entries of C{rules}: per prefix, DROP unless a whitelist rule
+    has the same prefix (whitelist beats block at equal specificity), and
+    the counter slot of the (first) block rule deciding it.
+    """
+    entries: Dict[Prefix, Tuple[int, int]] = {}
+    for rule in rules:
+        if rule.target not in ADDRESS_TARGETS:
+            continue
+        network = ipaddress.ip_network(rule.value, strict=False)
+        family = socket.AF_INET if network.version == 4 else socket.AF_INET6
+        key = (family, network.prefixlen, network.network_address.packed)
+        current = entries.get(key)
+        if rule.mode == "whitelist":
+            entries[key] = (PASS, 0)
+        elif current is None:
+            entries[key] = (DROP, slots.get(rule.id, 0))
+    return entries
+
+
+class Scope:
+    """
+    The maps and programs of one scope (one app's rules with the global
+    ones, or the global ones alone).
+    """
+
+    def __init__(self, name: Optional[str]) -> None:
+        #: the app whose rules join the global ones; None: global only
+        self.name = name
+        self._maps: List[bpf.Map] = []
+        self._programs: Dict[Tuple[int, bool], int] = {}
+        try:
+            self.trie4 = self._map(bpf.MAP_TYPE_LPM_TRIE, 8, 8, MAX_PREFIXES, bpf.F_NO_PREALLOC)
+            self.trie6 = self._map(bpf.MAP_TYPE_LPM_TRIE, 20, 8, MAX_PREFIXES, bpf.F_NO_PREALLOC)
+            self.counters = self._map(bpf.MAP_TYPE_ARRAY, 4, 16, SLOTS)
+            for family in (socket.AF_INET, socket.AF_INET6):
+                trie = self.trie4 if family == socket.AF_INET else self.trie6
+                for stream in (True, False):
+                    code = _program(family, stream, trie.fd, self.counters.fd)
+                    self._programs[(family, stream)] = bpf.load_socket_filter(code)
+        except BaseException:
+            self.close()
+            raise
+        self.entries: Dict[Prefix, Tuple[int, int]] = {}
+        #: rule id -> counter slot, and back
+        self.slots: Dict[str, int] = {}
+        self.rules_of_slot: Dict[int, str] = {}
+
+    def _map(self, *args: int) -> bpf.Map:
+        made = bpf.Map(*args)
+        self._maps.append(made)
+        return made
+
+    def program(self, family: int, stream: bool) -> int:
+        return self._programs[(family, stream)]
+
+    def sync(self, rules: Sequence[Any]) -> None:
+        """
+        Make the tries hold C{rules}' address verdicts: changed prefixes
+        updated, gone ones deleted, in place.
+        """
+        for rule in rules:
+            if rule.target in ADDRESS_TARGETS and rule.mode == "block" and rule.id not in self.slots:
+                slot = len(self.slots) + 1
+                if slot < SLOTS:
+                    self.slots[rule.id] = slot
+                    self.rules_of_slot[slot] = rule.id
+        wanted = compile_rules(rules, self.slots)
+        for key in [key for key in self.entries if key not in wanted]:
+            self._trie(key).delete(_key(key))
+            del self.entries[key]
+        for key, value in wanted.items():
+            if self.entries.get(key) != value:
+                self._trie(key).update(_key(key), struct.pack("II", *value))
+                self.entries[key] = value
+
+    def _trie(self, key: Prefix) -> bpf.Map:
+        return self.trie4 if key[0] == socket.AF_INET else self.trie6
+
+    def dropped(self) -> Dict[str, Tuple[int, int]]:
+        """
+        Packets and bytes dropped so far, by rule id ("" for drops past the
+        counted rules).
+        """
+        result: Dict[str, Tuple[int, int]] = {}
+        for slot in [0, *self.rules_of_slot]:
+            value = self.counters.lookup(struct.pack("I", slot))
+            if value is None:
+                continue
+            packets, size = struct.unpack("QQ", value)
+            if packets:
+                rule = self.rules_of_slot.get(slot, "")
+                old = result.get(rule, (0, 0))
+                result[rule] = (old[0] + packets, old[1] + size)
+        return result
+
+    def close(self) -> None:
+        import os
+
+        for fd in self._programs.values():
+            os.close(fd)
+        self._programs = {}
+        for made in self._maps:
+            made.close()
+        self._maps = []
+
+
+def _key(prefix: Prefix) -> bytes:
+    return struct.pack("I", prefix[1]) + prefix[2]
+
+
+class KernelShield:
+    """
+    The kernel filters of one process: whether it has them (and why not),
+    a scope per app (and the global one), and the sockets they guard.
+
+    @ivar active: filters are loaded and attached to every edge socket.
+    @ivar reason: why not, when not.
+    """
+
+    log = Logger()
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.active = False
+        self.reason = ""
+        self.scopes: Dict[Optional[str], Scope] = {}
+        self._rules: Sequence[Any] = ()
+        if mode == "off":
+            self.reason = "kernel_filter: off"
+            return
+        try:
+            probe()
+        except OSError as e:
+            self.reason = _why(e)
+            return
+        self.active = True
+
+    def describe(self) -> str:
+        """
+        The one line said at start.
+        """
+        if self.active:
+            return "kernel filter: on (eBPF socket filters drop blocked sources' SYNs and datagrams)"
+        return f"kernel filter: off ({self.reason}); refused sources are shed after accept"
+
+    def scope_for(self, apps: Sequence[Any]) -> Optional[Scope]:
+        """
+        The scope of a socket serving C{apps}, made (and filled) on first
+        use; None when no filter applies.
+        """
+        if not self.active or not apps:
+            return None
+        if len(apps) == 1:
+            if not apps[0].ip_firewall:
+                return None
+            name: Optional[str] = apps[0].name
+        else:
+            name = None
+        scope = self.scopes.get(name)
+        if scope is None:
+            scope = self.scopes[name] = Scope(name)
+            scope.sync(self._rules_of(name))
+        return scope
+
+    def attach(self, sock: socket.socket, stream: bool, apps: Sequence[Any]) -> None:
+        """
+        Attach to C{sock} the filter of the scope of C{apps} (replacing any
+        earlier one), or detach when none applies.
+        """
+        if not self.active:
+            return
+        scope = self.scope_for(apps)
+        if scope is None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, bpf.SO_DETACH_FILTER, 0)
+            except OSError:
+                pass
+            return
+        program = scope.program(sock.family, stream)
+        sock.setsockopt(socket.SOL_SOCKET, bpf.SO_ATTACH_BPF, program)
+
+    def sync(self, rules: Sequence[Any]) -> None:
+        """
+        Take the rules in force now (all of them, every scope): the maps
+        follow in place.
+        """
+        self._rules = tuple(rules)
+        for name, scope in self.scopes.items():
+            try:
+                scope.sync(self._rules_of(name))
+            except OSError as e:
+                self.log.error("kernel filter: could not update the rules of {scope}: {error}", scope=name, error=e)
+
+    def _rules_of(self, name: Optional[str]) -> List[Any]:
+        return [rule for rule in self._rules if rule.app is None or (name is not None and rule.app == name)]
+
+    def dropped(self) -> Dict[Tuple[str, str], Tuple[int, int]]:
+        """
+        Packets and bytes dropped in the kernel, by (app, rule id); app ""
+        is the global scope of shared ports.
+        """
+        result: Dict[Tuple[str, str], Tuple[int, int]] = {}
+        for name, scope in self.scopes.items():
+            for rule, counts in scope.dropped().items():
+                result[(name or "", rule)] = counts
+        return result
+
+    def close(self) -> None:
+        for scope in self.scopes.values():
+            scope.close()
+        self.scopes = {}
+
+
+def probe() -> None:
+    """
+    Make and load what a scope needs once, then let it go.
+
+    @raise OSError: not permitted, no bpf(2), or the verifier refused.
+    """
+    if _refused_for_tests:
+        raise OSError(1, "loading refused (forced)")
+    Scope(None).close()
+
+
+#: tests force the fallback path with this
+_refused_for_tests = False
+
+
+def _why(error: OSError) -> str:
+    if isinstance(error, bpf.VerifierError):
+        last = error.log.strip().splitlines()[-1:] if error.log else []
+        return f"the kernel's verifier refused the program: {last[0] if last else error}"
+    if error.errno in (1, 13):
+        return "not permitted: needs root or CAP_BPF and CAP_NET_ADMIN"
+    if error.errno == 38:
+        return "this kernel has no bpf(2)"
+    return f"bpf(2) failed: {error.strerror or error}"
