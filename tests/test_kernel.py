@@ -87,6 +87,17 @@ async def test_a_blocked_range_is_dropped_in_the_kernel_and_its_whitelisted_addr
         # One SYN sent, one dropped and counted against its rule.
         ((where, (packets, size)),) = kernel_drops(proxy).items()
         assert where == ("game", "r-block") and packets == 1 and size > 0
+        # And /metrics says so.
+        from spectrum.admin.metrics import AnalyticsCollector
+
+        service = proxy.service
+        collector = AnalyticsCollector(service.analytics, service.admission.firewall, service.refusals, service.shield)
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in collector.collect()
+            for sample in family.samples
+        }
+        assert samples[("spectrum_kernel_dropped_total", (("app", "game"), ("reason", "rule r-block")))] == 1
     finally:
         await proxy.stop()
         await listening.stopListening()
