@@ -247,16 +247,19 @@ def log_tail(tmp: str) -> str:
 class Spectrum(Proxy):
     name = "spectrum"
 
-    def __init__(self, name: str = "spectrum", root: str = ROOT, kernel_filter: bool = True) -> None:
+    def __init__(self, name: str = "spectrum", root: str = ROOT, kernel_filter: bool = True, mode: str = "off") -> None:
         self.name = name
         #: the source tree to run (another checkout, for a before/after)
         self.root = root
         #: whether that tree knows the C{kernel_filter} key
         self.kernel_filter = kernel_filter
+        #: its value ("off": the userspace path alone; "on": the eBPF filter)
+        self.mode = mode
 
     def launch(self, port: int, target: int, tmp: str) -> List[subprocess.Popen]:
         path = os.path.join(tmp, "spectrum.yaml")
-        kernel_filter = 'kernel_filter: "off"' if self.kernel_filter else ""
+        # Quoted: bare, YAML 1.1 reads on/off as booleans.
+        kernel_filter = f'kernel_filter: "{self.mode}"' if self.kernel_filter else ""
         with open(path, "w") as f:
             f.write(f"""
 {kernel_filter}
@@ -340,7 +343,7 @@ stream {{
         return [common.spawn(["nginx", "-p", tmp, "-c", conf, "-e", f"{tmp}/error.log"], tmp, "nginx")]
 
 
-PROXIES: List[Proxy] = [Spectrum(), HAProxy(), NginxStream()]
+PROXIES: List[Proxy] = [Spectrum(), Spectrum("spectrum-kernel", mode="on"), HAProxy(), NginxStream()]
 if os.environ.get("SPECTRUM_BENCH_BASELINE"):
     # Another checkout of spectrum (the commit before a change), flooded in
     # the same run: a before/after under the same load. Checkouts before
@@ -363,7 +366,11 @@ def refuses_blocked(port: int, timeout: float = 5.0) -> bool:
     with socket.socket() as s:
         s.settimeout(timeout)
         s.bind((PROBE_SOURCE, 0))
-        s.connect(("127.0.0.1", port))
+        try:
+            s.connect(("127.0.0.1", port))
+        except socket.timeout:
+            # Dropped in the kernel (spectrum's kernel filter): no handshake.
+            return True
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         try:
             return s.recv(100) == b""

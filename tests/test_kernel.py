@@ -205,3 +205,53 @@ async def test_when_loading_is_refused_auto_falls_back_and_on_refuses_to_start(m
     )
     assert not service.listeners
     await listening.stopListening()
+
+
+def syn_burst(port: int, source: str, count: int, wait: float = 0.4) -> None:
+    """
+    C{count} non-blocking connects from C{source} at once, left for C{wait}
+    seconds (under the 1 s SYN retransmission), then closed.
+    """
+    import time
+
+    sockets = []
+    try:
+        for _ in range(count):
+            client = socket.socket()
+            client.setblocking(False)
+            client.bind((source, 0))
+            try:
+                client.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            sockets.append(client)
+        time.sleep(wait)
+    finally:
+        for client in sockets:
+            client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_ip_rate_in_the_kernel_admits_the_bucket_of_a_burst() -> None:
+    require_kernel_filter()
+    from spectrum.model import Limits
+
+    origin = OriginFactory()
+    listening = listen_origin(origin)
+    app = attr.evolve(make_app("game", [origin_at(listening)]), limits=Limits(per_ip_rate=20))
+    proxy = EdgeProxy(Config(apps=(app,), kernel_filter="on"))
+    port = proxy.port()
+    try:
+        await threads.deferToThread(syn_burst, port, "127.0.0.33", 500)
+        await sleep(0.2)
+        # The bucket's size (and what it refilled during the burst) got in;
+        # the rest never reached the accept queue.
+        accepted = edge_port(proxy).accepted
+        assert 20 <= accepted <= 30
+        packets, _ = kernel_drops(proxy)[("game", "per_ip_rate")]
+        assert packets == 500 - accepted
+        # Another address has its own bucket.
+        assert await exchange(port, "127.0.0.34") == b"ping"
+    finally:
+        await proxy.stop()
+        await listening.stopListening()

@@ -154,7 +154,7 @@ class AnalyticsCollector:
                 labels=["app", "reason"],
             )
             for (app, rule), (count, total) in sorted(shield.dropped().items()):
-                reason = f"rule {rule}" if rule else "rule"
+                reason = rule if rule == "per_ip_rate" else f"rule {rule}" if rule else "rule"
                 packets.add_metric([app, reason], count)
                 size.add_metric([app, reason], total)
             yield packets

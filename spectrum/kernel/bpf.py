@@ -41,6 +41,8 @@ SO_DETACH_FILTER = 27
 
 # Helpers
 FUNC_MAP_LOOKUP_ELEM = 1
+FUNC_MAP_UPDATE_ELEM = 2
+FUNC_KTIME_GET_NS = 5
 
 # Instruction classes and fields
 LD, LDX, ST, STX, ALU, JMP, RET_, ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
@@ -185,6 +187,18 @@ def jeq_imm(dst: int, imm: int, target: str) -> Insn:
 
 def jne_imm(dst: int, imm: int, target: str) -> Insn:
     return Insn(JMP | JNE | K, dst, imm=imm, target=target)
+
+
+def jgt(dst: int, src: int, target: str) -> Insn:
+    return Insn(JMP | JGT | X, dst, src, target=target)
+
+
+def jge(dst: int, src: int, target: str) -> Insn:
+    return Insn(JMP | JGE | X, dst, src, target=target)
+
+
+def add(dst: int, src: int) -> Insn:
+    return Insn(ALU64 | ADD | X, dst, src)
 
 
 def jset_imm(dst: int, imm: int, target: str) -> Insn:

@@ -1,7 +1,11 @@
 """
 The kernel shield: access rules as eBPF socket filters on the edge sockets,
 so a blocked source's SYN (TCP) or datagram (UDP) is dropped by the kernel
-before it is queued: no accept, no system call, no Python.
+before it is queued: no accept, no system call, no Python. On TCP ports of
+an app with C{limits.per_ip_rate} (node scope), a SYN over the address's
+rate is dropped there too (GCRA: one time stamp per address in an LRU map,
+the same burst and rate as the userspace bucket, which stays as the
+fallback and for concurrency limits).
 
 What the kernel decides is exactly the part of the rules' verdict that an
 address alone settles (L{spectrum.firewall}'s precedence): the address rules
@@ -36,16 +40,21 @@ from twisted.logger import Logger
 
 from spectrum.kernel import bpf
 from spectrum.kernel.bpf import (
+    DW,
     R0,
     R1,
     R2,
+    R3,
+    R4,
     R6,
     R7,
     R8,
+    R9,
     R10,
     B,
     Label,
     W,
+    add,
     add_imm,
     and_imm,
     assemble,
@@ -54,6 +63,8 @@ from spectrum.kernel.bpf import (
     exit_,
     ja,
     jeq_imm,
+    jge,
+    jgt,
     jne_imm,
     jset_imm,
     ld_abs,
@@ -73,6 +84,10 @@ DROP = 1
 PASS = 2
 #: rules per scope whose drops are counted one by one (more share slot 0)
 SLOTS = 4096
+#: the counter slot of SYNs over the per-address rate
+RATE_SLOT = SLOTS - 1
+#: addresses whose rate is followed per scope (least recently seen go first)
+RATE_ADDRESSES = 65536
 #: prefixes per trie
 MAX_PREFIXES = 262144
 #: the targets an address settles
@@ -88,10 +103,13 @@ class ShieldError(Exception):
     """
 
 
-def _program(family: int, stream: bool, trie: int, counters: int) -> bytes:
+def _program(family: int, stream: bool, trie: int, counters: int, rate: int = -1, buckets: int = -1) -> bytes:
     """
     The socket filter for one address family and socket kind, looking the
-    source up in C{trie} and counting drops in C{counters}.
+    source up in C{trie} and counting drops in C{counters}; on TCP, with
+    C{rate} (the scope's per-address rate: interval and tolerance in ns)
+    and C{buckets} (each address's theoretical arrival time, GCRA), a SYN
+    over the rate is dropped too.
     """
     code: List[object] = [mov(R6, R1)]
     if family == socket.AF_INET:
@@ -132,13 +150,16 @@ def _program(family: int, stream: bool, trie: int, counters: int) -> bytes:
         for word in range(4):
             code += [ld_abs(W, 8 + 4 * word), to_be32(R0), stx(W, R10, R0, -20 + 4 * word)]
         code += [ld_map(R1, trie), mov(R2, R10), add_imm(R2, -24)]
+    limited = stream and rate >= 0 and buckets >= 0
+    after = "rate" if limited else "keep"
     code += [
         call(bpf.FUNC_MAP_LOOKUP_ELEM),
-        jeq_imm(R0, 0, "keep"),
+        jeq_imm(R0, 0, after),
         ldx(W, R7, R0, 0),
         ldx(W, R8, R0, 4),
-        jeq_imm(R7, PASS, "keep"),
-        # Count the drop against its rule's slot: packets, then bytes.
+        jeq_imm(R7, PASS, after),
+        Label("count"),
+        # Count the drop against its slot (R8): packets, then bytes.
         stx(W, R10, R8, -28),
         ld_map(R1, counters),
         mov(R2, R10),
@@ -152,6 +173,54 @@ def _program(family: int, stream: bool, trie: int, counters: int) -> bytes:
         Label("drop"),
         mov_imm(R0, 0),
         exit_(),
+    ]
+    if limited:
+        key = -4 if family == socket.AF_INET else -20
+        code += [
+            Label("rate"),
+            st_imm(W, R10, -32, 0),
+            ld_map(R1, rate),
+            mov(R2, R10),
+            add_imm(R2, -32),
+            call(bpf.FUNC_MAP_LOOKUP_ELEM),
+            jeq_imm(R0, 0, "keep"),
+            ldx(DW, R7, R0, 0),  # interval
+            jeq_imm(R7, 0, "keep"),
+            ldx(DW, R8, R0, 8),  # tolerance
+            call(bpf.FUNC_KTIME_GET_NS),
+            mov(R9, R0),  # now
+            ld_map(R1, buckets),
+            mov(R2, R10),
+            add_imm(R2, key),
+            call(bpf.FUNC_MAP_LOOKUP_ELEM),
+            jne_imm(R0, 0, "known"),
+            # A new address: its next SYN is due one interval from now.
+            add(R9, R7),
+            stx(DW, R10, R9, -40),
+            ld_map(R1, buckets),
+            mov(R2, R10),
+            add_imm(R2, key),
+            mov(R3, R10),
+            add_imm(R3, -40),
+            mov_imm(R4, 0),
+            call(bpf.FUNC_MAP_UPDATE_ELEM),
+            ja("keep"),
+            Label("known"),
+            ldx(DW, R1, R0, 0),  # the theoretical arrival time
+            mov(R2, R9),
+            add(R2, R8),
+            jgt(R1, R2, "over"),
+            jge(R1, R9, "later"),
+            mov(R1, R9),
+            Label("later"),
+            add(R1, R7),
+            stx(DW, R0, R1, 0),
+            ja("keep"),
+            Label("over"),
+            mov_imm(R8, RATE_SLOT),
+            ja("count"),
+        ]
+    code += [
         Label("keep"),
         mov_imm(R0, -1),
         exit_(),
@@ -198,15 +267,21 @@ class Scope:
             self.trie4 = self._map(bpf.MAP_TYPE_LPM_TRIE, 8, 8, MAX_PREFIXES, bpf.F_NO_PREALLOC)
             self.trie6 = self._map(bpf.MAP_TYPE_LPM_TRIE, 20, 8, MAX_PREFIXES, bpf.F_NO_PREALLOC)
             self.counters = self._map(bpf.MAP_TYPE_ARRAY, 4, 16, SLOTS)
+            self.rate = self._map(bpf.MAP_TYPE_ARRAY, 4, 16, 1)
+            self.buckets4 = self._map(bpf.MAP_TYPE_LRU_HASH, 4, 8, RATE_ADDRESSES)
+            self.buckets6 = self._map(bpf.MAP_TYPE_LRU_HASH, 16, 8, RATE_ADDRESSES)
             for family in (socket.AF_INET, socket.AF_INET6):
-                trie = self.trie4 if family == socket.AF_INET else self.trie6
+                v4 = family == socket.AF_INET
+                trie = self.trie4 if v4 else self.trie6
+                buckets = self.buckets4 if v4 else self.buckets6
                 for stream in (True, False):
-                    code = _program(family, stream, trie.fd, self.counters.fd)
+                    code = _program(family, stream, trie.fd, self.counters.fd, self.rate.fd, buckets.fd)
                     self._programs[(family, stream)] = bpf.load_socket_filter(code)
         except BaseException:
             self.close()
             raise
         self.entries: Dict[Prefix, Tuple[int, int]] = {}
+        self.per_ip_rate = 0.0
         #: rule id -> counter slot, and back
         self.slots: Dict[str, int] = {}
         self.rules_of_slot: Dict[int, str] = {}
@@ -239,6 +314,21 @@ class Scope:
                 self._trie(key).update(_key(key), struct.pack("II", *value))
                 self.entries[key] = value
 
+    def set_rate(self, rate: float) -> None:
+        """
+        Follow C{rate} new connections a second per address (0: none), as
+        the userspace limit does: a burst of C{max(1, rate)}, then the rate.
+        """
+        if rate == self.per_ip_rate:
+            return
+        if rate > 0:
+            interval = int(1e9 / rate)
+            tolerance = int((max(1.0, rate) - 1.0) * interval)
+        else:
+            interval = tolerance = 0
+        self.rate.update(struct.pack("I", 0), struct.pack("QQ", interval, tolerance))
+        self.per_ip_rate = rate
+
     def _trie(self, key: Prefix) -> bpf.Map:
         return self.trie4 if key[0] == socket.AF_INET else self.trie6
 
@@ -248,13 +338,13 @@ class Scope:
         counted rules).
         """
         result: Dict[str, Tuple[int, int]] = {}
-        for slot in [0, *self.rules_of_slot]:
+        for slot in [0, *self.rules_of_slot, RATE_SLOT]:
             value = self.counters.lookup(struct.pack("I", slot))
             if value is None:
                 continue
             packets, size = struct.unpack("QQ", value)
             if packets:
-                rule = self.rules_of_slot.get(slot, "")
+                rule = "per_ip_rate" if slot == RATE_SLOT else self.rules_of_slot.get(slot, "")
                 old = result.get(rule, (0, 0))
                 result[rule] = (old[0] + packets, old[1] + size)
         return result
@@ -326,6 +416,9 @@ class KernelShield:
         if scope is None:
             scope = self.scopes[name] = Scope(name)
             scope.sync(self._rules_of(name))
+        if name is not None:
+            limits = apps[0].limits
+            scope.set_rate(limits.per_ip_rate if limits.per_ip_rate_scope == "node" else 0.0)
         return scope
 
     def attach(self, sock: socket.socket, stream: bool, apps: Sequence[Any]) -> None:
