@@ -99,6 +99,8 @@ class SpectrumService(MultiService):
         #: the one the service started with
         self.shield = KernelShield(config.kernel_filter)
         if self.shield.active:
+            self.shield.set_geo(config.geoip.country_db, config.geoip.asn_db)
+            self.config_hooks.append(lambda config: self.shield.set_geo(config.geoip.country_db, config.geoip.asn_db))
             self.shield.sync(self.admission.firewall.rules)
             self.admission.firewall.watchers.append(lambda firewall: self.shield.sync(firewall.rules))
         #: refused clients, counted and sampled

@@ -255,3 +255,38 @@ async def test_per_ip_rate_in_the_kernel_admits_the_bucket_of_a_burst() -> None:
     finally:
         await proxy.stop()
         await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_country_and_asn_rules_expand_from_the_geoip_databases(tmp_path: Any) -> None:
+    require_kernel_filter()
+    from spectrum.model import GeoIPFiles
+
+    from geokit import write_asn_db, write_country_db
+
+    country_db = write_country_db(str(tmp_path / "country.mmdb"), {"127.2.0.0/16": "FR", "127.3.0.0/16": "DE"})
+    asn_db = write_asn_db(
+        str(tmp_path / "asn.mmdb"), {"127.2.3.0/24": (64500, "Friendly"), "127.3.0.0/16": (64501, "X")}
+    )
+    origin = OriginFactory()
+    listening = listen_origin(origin)
+    rules = (rule("r-fr", "block", "country", "FR"), rule("r-as", "whitelist", "asn", "AS64500"))
+    config = Config(
+        apps=(make_app("game", [origin_at(listening)]),),
+        access_rules=rules,
+        geoip=GeoIPFiles(country_db=country_db, asn_db=asn_db),
+        kernel_filter="on",
+    )
+    proxy = EdgeProxy(config)
+    port = proxy.port()
+    try:
+        # France is blocked in the kernel; its whitelisted AS (more
+        # specific than a country) and Germany are not.
+        assert not await threads.deferToThread(connects, port, "127.2.0.5")
+        assert await exchange(port, "127.2.3.4") == b"ping"
+        assert await exchange(port, "127.3.0.9") == b"ping"
+        assert edge_port(proxy).accepted == 2
+        assert kernel_drops(proxy) == {("game", "r-fr"): (1, kernel_drops(proxy)[("game", "r-fr")][1])}
+    finally:
+        await proxy.stop()
+        await listening.stopListening()

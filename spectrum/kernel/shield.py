@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
@@ -103,7 +103,9 @@ class ShieldError(Exception):
     """
 
 
-def _program(family: int, stream: bool, trie: int, counters: int, rate: int = -1, buckets: int = -1) -> bytes:
+def _program(
+    family: int, stream: bool, tries: Sequence[int], counters: int, rate: int = -1, buckets: int = -1
+) -> bytes:
     """
     The socket filter for one address family and socket kind, looking the
     source up in C{trie} and counting drops in C{counters}; on TCP, with
@@ -131,10 +133,8 @@ def _program(family: int, stream: bool, trie: int, counters: int, rate: int = -1
             to_be32(R0),
             stx(W, R10, R0, -4),
             st_imm(W, R10, -8, 32),
-            ld_map(R1, trie),
-            mov(R2, R10),
-            add_imm(R2, -8),
         ]
+        key = -8
     else:
         if stream:
             code += [
@@ -149,12 +149,22 @@ def _program(family: int, stream: bool, trie: int, counters: int, rate: int = -1
         code.append(st_imm(W, R10, -24, 128))
         for word in range(4):
             code += [ld_abs(W, 8 + 4 * word), to_be32(R0), stx(W, R10, R0, -20 + 4 * word)]
-        code += [ld_map(R1, trie), mov(R2, R10), add_imm(R2, -24)]
+        key = -24
     limited = stream and rate >= 0 and buckets >= 0
     after = "rate" if limited else "keep"
+    # The tries in precedence order (addresses, then ASNs, then countries):
+    # the first that holds a prefix of the source decides.
+    for trie in tries:
+        code += [
+            ld_map(R1, trie),
+            mov(R2, R10),
+            add_imm(R2, key),
+            call(bpf.FUNC_MAP_LOOKUP_ELEM),
+            jne_imm(R0, 0, "hit"),
+        ]
     code += [
-        call(bpf.FUNC_MAP_LOOKUP_ELEM),
-        jeq_imm(R0, 0, after),
+        ja(after),
+        Label("hit"),
         ldx(W, R7, R0, 0),
         ldx(W, R8, R0, 4),
         jeq_imm(R7, PASS, after),
@@ -228,27 +238,41 @@ def _program(family: int, stream: bool, trie: int, counters: int, rate: int = -1
     return assemble(code)
 
 
-Prefix = Tuple[int, int, bytes]  # (family, length, network bytes)
+#: (kind, family, prefix length, network bytes)
+Entry = Tuple[str, int, int, bytes]
+#: the tries of a scope, in precedence order
+KINDS = ("address", "asn", "country")
+GEO_TARGETS = ("asn", "country")
 
 
-def compile_rules(rules: Iterable[Any], slots: Dict[str, int]) -> Dict[Prefix, Tuple[int, int]]:
+def compile_rules(
+    rules: Iterable[Any], slots: Dict[str, int], expand: Optional[Callable[[str, str], Sequence[Any]]] = None
+) -> Dict[Entry, Tuple[int, int]]:
     """
-    The trie entries of C{rules}: per prefix, DROP unless a whitelist rule
-    has the same prefix (whitelist beats block at equal specificity), and
-    the counter slot of the (first) block rule deciding it.
+    The trie entries of C{rules}, by kind (address, asn, country): per
+    prefix, DROP unless a whitelist rule of that kind has the same prefix
+    (whitelist beats block at equal specificity), and the counter slot of
+    the (first) block rule deciding it. ASN and country rules become the
+    networks C{expand} gives for them (from the GeoIP databases).
     """
-    entries: Dict[Prefix, Tuple[int, int]] = {}
+    entries: Dict[Entry, Tuple[int, int]] = {}
     for rule in rules:
-        if rule.target not in ADDRESS_TARGETS:
+        if rule.target in ADDRESS_TARGETS:
+            kind = "address"
+            networks: Sequence[Any] = [ipaddress.ip_network(rule.value, strict=False)]
+        elif expand is not None and rule.target in GEO_TARGETS:
+            kind = rule.target
+            networks = expand(rule.target, rule.value)
+        else:
             continue
-        network = ipaddress.ip_network(rule.value, strict=False)
-        family = socket.AF_INET if network.version == 4 else socket.AF_INET6
-        key = (family, network.prefixlen, network.network_address.packed)
-        current = entries.get(key)
-        if rule.mode == "whitelist":
-            entries[key] = (PASS, 0)
-        elif current is None:
-            entries[key] = (DROP, slots.get(rule.id, 0))
+        for network in networks:
+            family = socket.AF_INET if network.version == 4 else socket.AF_INET6
+            key = (kind, family, network.prefixlen, network.network_address.packed)
+            current = entries.get(key)
+            if rule.mode == "whitelist":
+                entries[key] = (PASS, 0)
+            elif current is None:
+                entries[key] = (DROP, slots.get(rule.id, 0))
     return entries
 
 
@@ -264,23 +288,26 @@ class Scope:
         self._maps: List[bpf.Map] = []
         self._programs: Dict[Tuple[int, bool], int] = {}
         try:
-            self.trie4 = self._map(bpf.MAP_TYPE_LPM_TRIE, 8, 8, MAX_PREFIXES, bpf.F_NO_PREALLOC)
-            self.trie6 = self._map(bpf.MAP_TYPE_LPM_TRIE, 20, 8, MAX_PREFIXES, bpf.F_NO_PREALLOC)
+            self.tries: Dict[Tuple[str, int], bpf.Map] = {}
+            for kind in KINDS:
+                for family, size in ((socket.AF_INET, 8), (socket.AF_INET6, 20)):
+                    self.tries[(kind, family)] = self._map(
+                        bpf.MAP_TYPE_LPM_TRIE, size, 8, MAX_PREFIXES, bpf.F_NO_PREALLOC
+                    )
             self.counters = self._map(bpf.MAP_TYPE_ARRAY, 4, 16, SLOTS)
             self.rate = self._map(bpf.MAP_TYPE_ARRAY, 4, 16, 1)
             self.buckets4 = self._map(bpf.MAP_TYPE_LRU_HASH, 4, 8, RATE_ADDRESSES)
             self.buckets6 = self._map(bpf.MAP_TYPE_LRU_HASH, 16, 8, RATE_ADDRESSES)
             for family in (socket.AF_INET, socket.AF_INET6):
-                v4 = family == socket.AF_INET
-                trie = self.trie4 if v4 else self.trie6
-                buckets = self.buckets4 if v4 else self.buckets6
+                tries = [self.tries[(kind, family)].fd for kind in KINDS]
+                buckets = self.buckets4 if family == socket.AF_INET else self.buckets6
                 for stream in (True, False):
-                    code = _program(family, stream, trie.fd, self.counters.fd, self.rate.fd, buckets.fd)
+                    code = _program(family, stream, tries, self.counters.fd, self.rate.fd, buckets.fd)
                     self._programs[(family, stream)] = bpf.load_socket_filter(code)
         except BaseException:
             self.close()
             raise
-        self.entries: Dict[Prefix, Tuple[int, int]] = {}
+        self.entries: Dict[Entry, Tuple[int, int]] = {}
         self.per_ip_rate = 0.0
         #: rule id -> counter slot, and back
         self.slots: Dict[str, int] = {}
@@ -294,18 +321,18 @@ class Scope:
     def program(self, family: int, stream: bool) -> int:
         return self._programs[(family, stream)]
 
-    def sync(self, rules: Sequence[Any]) -> None:
+    def sync(self, rules: Sequence[Any], expand: Optional[Callable[[str, str], Sequence[Any]]] = None) -> None:
         """
-        Make the tries hold C{rules}' address verdicts: changed prefixes
-        updated, gone ones deleted, in place.
+        Make the tries hold C{rules}' verdicts: changed prefixes updated,
+        gone ones deleted, in place.
         """
         for rule in rules:
-            if rule.target in ADDRESS_TARGETS and rule.mode == "block" and rule.id not in self.slots:
+            if rule.mode == "block" and rule.id not in self.slots:
                 slot = len(self.slots) + 1
                 if slot < SLOTS:
                     self.slots[rule.id] = slot
                     self.rules_of_slot[slot] = rule.id
-        wanted = compile_rules(rules, self.slots)
+        wanted = compile_rules(rules, self.slots, expand)
         for key in [key for key in self.entries if key not in wanted]:
             self._trie(key).delete(_key(key))
             del self.entries[key]
@@ -329,8 +356,8 @@ class Scope:
         self.rate.update(struct.pack("I", 0), struct.pack("QQ", interval, tolerance))
         self.per_ip_rate = rate
 
-    def _trie(self, key: Prefix) -> bpf.Map:
-        return self.trie4 if key[0] == socket.AF_INET else self.trie6
+    def _trie(self, key: Entry) -> bpf.Map:
+        return self.tries[(key[0], key[1])]
 
     def dropped(self) -> Dict[str, Tuple[int, int]]:
         """
@@ -360,8 +387,8 @@ class Scope:
         self._maps = []
 
 
-def _key(prefix: Prefix) -> bytes:
-    return struct.pack("I", prefix[1]) + prefix[2]
+def _key(entry: Entry) -> bytes:
+    return struct.pack("I", entry[2]) + entry[3]
 
 
 class KernelShield:
@@ -381,6 +408,9 @@ class KernelShield:
         self.reason = ""
         self.scopes: Dict[Optional[str], Scope] = {}
         self._rules: Sequence[Any] = ()
+        #: the GeoIP databases ASN and country rules expand through
+        self._geo: Tuple[Optional[str], Optional[str]] = (None, None)
+        self._networks: Dict[Tuple[str, str], List[Any]] = {}
         if mode == "off":
             self.reason = "kernel_filter: off"
             return
@@ -415,7 +445,7 @@ class KernelShield:
         scope = self.scopes.get(name)
         if scope is None:
             scope = self.scopes[name] = Scope(name)
-            scope.sync(self._rules_of(name))
+            scope.sync(self._rules_of(name), self._expand)
         if name is not None:
             limits = apps[0].limits
             scope.set_rate(limits.per_ip_rate if limits.per_ip_rate_scope == "node" else 0.0)
@@ -446,9 +476,35 @@ class KernelShield:
         self._rules = tuple(rules)
         for name, scope in self.scopes.items():
             try:
-                scope.sync(self._rules_of(name))
+                scope.sync(self._rules_of(name), self._expand)
             except OSError as e:
                 self.log.error("kernel filter: could not update the rules of {scope}: {error}", scope=name, error=e)
+
+    def set_geo(self, country_db: Optional[str], asn_db: Optional[str]) -> None:
+        """
+        Expand ASN and country rules through these MaxMind DB files from now
+        on (the networks are read once per change of files).
+        """
+        if (country_db, asn_db) == self._geo:
+            return
+        self._geo = (country_db, asn_db)
+        self._networks = {}
+        if self.active and any(rule.target in GEO_TARGETS for rule in self._rules):
+            self.sync(self._rules)
+
+    def _expand(self, target: str, value: str) -> Sequence[Any]:
+        """
+        The networks of an ASN or country rule's value in the databases.
+        """
+        if not self._networks:
+            self._networks = _read_networks(*self._geo)
+            if not self._networks:
+                self._networks = {("", ""): []}
+        if target == "asn":
+            key = ("asn", str(int(str(value).upper().lstrip("AS"))))
+        else:
+            key = ("country", str(value).upper())
+        return self._networks.get(key, [])
 
     def _rules_of(self, name: Optional[str]) -> List[Any]:
         return [rule for rule in self._rules if rule.app is None or (name is not None and rule.app == name)]
@@ -468,6 +524,37 @@ class KernelShield:
         for scope in self.scopes.values():
             scope.close()
         self.scopes = {}
+
+
+def _read_networks(country_db: Optional[str], asn_db: Optional[str]) -> Dict[Tuple[str, str], List[Any]]:
+    """
+    Every network of the databases, by ("country", ISO code) and ("asn",
+    number), read the way L{spectrum.geo.GeoIP} reads one address.
+    """
+    from spectrum.geo import open_database
+
+    networks: Dict[Tuple[str, str], List[Any]] = {}
+    for target, path in (("country", country_db), ("asn", asn_db)):
+        if not path:
+            continue
+        reader = open_database(path)
+        try:
+            for network, found in reader:
+                if not isinstance(found, dict):
+                    continue
+                if target == "asn":
+                    number = found.get("autonomous_system_number")
+                    if isinstance(number, int):
+                        networks.setdefault(("asn", str(number)), []).append(network)
+                    continue
+                for field in ("country", "registered_country"):
+                    place = found.get(field)
+                    if isinstance(place, dict) and isinstance(place.get("iso_code"), str):
+                        networks.setdefault(("country", place["iso_code"].upper()), []).append(network)
+                        break
+        finally:
+            reader.close()
+    return networks
 
 
 def probe() -> None:
