@@ -749,3 +749,37 @@ async def test_a_failing_handler_answers_500_in_the_envelope_without_a_traceback
     # The failure went to the log (and only there).
     assert any("secret internals" in str(e.get("log_failure")) for e in no_logged_errors)
     no_logged_errors.clear()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_the_service_cannot_apply_leaves_the_state_file_as_it_was(
+    world: Any, no_logged_errors: List[dict]
+) -> None:
+    """
+    The state file is written only after the service committed the change:
+    an apply that fails in any way (here, one that raises what a bug would)
+    answers JSON and leaves the file, the apps and later creates as they were.
+    """
+    w = world()
+    state = w.tmp_path / "spectrum.state.json"
+    before = state.read_text() if state.exists() else None
+    service = w.admin.service
+    apply = service.apply
+
+    def broken(config: Any) -> None:
+        raise KeyError("a bug")
+
+    service.apply = broken
+    try:
+        status, answer = await w.admin.call("POST", APPS, echo_app("doomed", free_port(), 9))
+    finally:
+        service.apply = apply
+    assert status == 500 and "could not be applied" in error_of(answer)
+    assert (state.read_text() if state.exists() else None) == before
+    assert [app.name for app in service.config.apps] == ["echo"]
+    # The traceback of the bug was logged; it is expected here.
+    assert any("could not be applied" in str(e.get("log_format", "")) for e in no_logged_errors)
+    no_logged_errors.clear()
+    status, answer = await w.admin.call("POST", APPS, echo_app("next", free_port(), w.origin_port.getHost().port))
+    assert status == 200, answer
+    assert "next" in state.read_text()

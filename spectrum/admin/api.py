@@ -471,22 +471,29 @@ class AdminAPI(Resource):
         # Imported here: spectrum.service imports this module (through the site).
         from spectrum.service import ListenError
 
+        # Apply first (all or nothing), and only then write the state file:
+        # a change the service refused leaves the file as it was.
+        running = self.service.config
+        try:
+            self.service.apply(config)
+        except ListenError as e:
+            raise ApiError(409, CONFLICT, re.sub(r"^apps\[\d+\] ", "", str(e))) from None
+        except ConfigError as e:
+            raise ApiError(400, BAD_REQUEST, str(e)) from None
+        except Exception as e:
+            self.log.failure("admin API: the change could not be applied")
+            raise ApiError(500, INTERNAL, f"the change could not be applied: {e}") from None
         previous = self.state.apps
         self.state.apps = apps
         try:
             self.state.save()
         except StateError as e:
             self.state.apps = previous
-            raise ApiError(500, INTERNAL, str(e)) from None
-        try:
-            self.service.apply(config)
-        except ListenError as e:
-            self.state.apps = previous
             try:
-                self.state.save()
-            except StateError:
-                self.log.failure("admin API: could not restore the state file")
-            raise ApiError(409, CONFLICT, re.sub(r"^apps\[\d+\] ", "", str(e))) from None
+                self.service.apply(running)
+            except Exception:
+                self.log.failure("admin API: could not return to the config in force")
+            raise ApiError(500, INTERNAL, str(e)) from None
         self._tell_cluster("apps")
 
     def create_app(self, call: Call) -> Any:
