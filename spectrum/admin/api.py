@@ -47,7 +47,7 @@ from spectrum.admin.apps import BodyError, app_document, app_shape, origin_healt
 from spectrum.admin.auth import Authenticator, AuthError, Backoff
 from spectrum.admin.state import AdminState, StateError, describe_error, now_iso
 from spectrum.config import ConfigError
-from spectrum.firewall import DuplicateRule, RuleError, make_rule
+from spectrum.rules import DuplicateRule, RuleError, make_rule
 
 #: The most a request body may hold.
 MAX_BODY = 1024 * 1024
