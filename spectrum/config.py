@@ -9,7 +9,9 @@ as one L{ConfigError} whose text names the place in the file::
     apps[1].ports[0].origin_port: range 40000-40010 has 11 ports, destination has 10
 
 Like the PROXY protocol and SNI parsers, this is pure: no reactor, no I/O
-beyond reading the file named to L{load}.
+beyond reading the file named to L{load}, and no import of the data plane.
+The files a config names (certificates, CA files, GeoIP databases, the event
+log's directory) are checked after parsing, by L{spectrum.config_files}.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError, best_match
 
-from spectrum.firewall import RuleError, make_rule
-from spectrum.geo import GeoIPError, open_database
 from spectrum.model import (
     UDP_IDLE_DEFAULT,
     UDP_MAX_SESSIONS_DEFAULT,
@@ -55,6 +55,7 @@ from spectrum.model import (
     Timeouts,
     TlsOptions,
 )
+from spectrum.rules import RuleError, make_rule
 
 if TYPE_CHECKING:
     # Where a value sits in the document: keys and list indexes.
@@ -629,12 +630,7 @@ class _Builder:
         files: dict[str, str] = {}
         for key in ("country_db", "asn_db"):
             if key in raw:
-                path = self.relative(raw[key])
-                try:
-                    open_database(path).close()
-                except GeoIPError as e:
-                    raise self.fail(("geoip", key), str(e)) from None
-                files[key] = path
+                files[key] = self.relative(raw[key])
         return GeoIPFiles(**files)
 
     def access_rules(self, geoip: GeoIPFiles) -> tuple[AccessRule, ...]:
@@ -703,13 +699,7 @@ class _Builder:
         raw = self.data.get("events")
         if raw is None:
             return None
-        path = self.relative(raw["path"])
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            raise self.fail(("events", "path"), f"directory '{directory}' does not exist")
-        if os.path.isdir(path):
-            raise self.fail(("events", "path"), f"'{path}' is a directory; name a file")
-        settings = dict(raw, path=path)
+        settings = dict(raw, path=self.relative(raw["path"]))
         if math.isnan(settings.get("flush_interval", 1.0)):
             raise self.fail(("events", "flush_interval"), "expected seconds, got nan")
         return EventLogSettings(**settings)
@@ -1196,8 +1186,6 @@ class _Builder:
                 raise self.fail(path + ("expect_regex",), f"not a valid regular expression: {e}")
         if kind == "udp" and ("send" not in raw or not ("expect" in raw or "expect_regex" in raw)):
             raise self.fail(path, "a udp monitor needs send, and expect or expect_regex")
-        if "ca" in raw and not os.path.isfile(raw["ca"]):
-            raise self.fail(path + ("ca",), f"{_show(raw['ca'])} is not a readable file")
         headers = tuple(
             (name, (values,) if isinstance(values, str) else tuple(values))
             for name, values in raw.get("header", {}).items()
@@ -1236,8 +1224,9 @@ class _Builder:
         return os.path.abspath(name)
 
     def certificates(self) -> tuple[CertificateFiles, ...]:
-        from spectrum.proxy import tls
-
+        """
+        The edge certificates' files (read by L{spectrum.config_files}).
+        """
         result = []
         for index, raw in enumerate(self.data.get("certificates", [])):
             where = ("certificates", index)
@@ -1245,18 +1234,6 @@ class _Builder:
                 certificate=self.file(where + ("certificate",), raw["certificate"]),
                 private_key=self.file(where + ("private_key",), raw["private_key"]),
             )
-            try:
-                chain = tls.read_certificates(files.certificate)
-            except tls.TlsFileError as e:
-                raise self.fail(where + ("certificate",), str(e)) from None
-            try:
-                key = tls.load_private_key(files.private_key)
-            except tls.TlsFileError as e:
-                raise self.fail(where + ("private_key",), str(e)) from None
-            try:
-                tls._check_pair(chain[0], key, files.certificate, files.private_key)
-            except tls.TlsFileError as e:
-                raise self.fail(where, str(e)) from None
             result.append(files)
         return tuple(result)
 
@@ -1264,8 +1241,6 @@ class _Builder:
         """
         The app's TLS fields: mode, edge options, client auth, origin TLS.
         """
-        from spectrum.proxy import tls
-
         mode = raw.get("tls", "off") or "off"
         terminates = mode != "off"
         if (terminates or "origin_tls" in raw) and protocol != "tcp":
@@ -1281,11 +1256,6 @@ class _Builder:
             if isinstance(version, float):
                 version = f"{version:.1f}"
             ciphers = spec.get("ciphers")
-            if ciphers is not None:
-                try:
-                    tls.check_ciphers(ciphers)
-                except tls.TlsFileError as e:
-                    raise self.fail(path + ("tls_options", "ciphers"), str(e)) from None
             alpn = tuple(spec.get("alpn", ()))
             for index, name in enumerate(alpn):
                 if not name.isascii():
@@ -1295,13 +1265,7 @@ class _Builder:
         if "client_auth" in raw:
             if not terminates:
                 raise self.fail(path + ("client_auth",), edge_only)
-            where = path + ("client_auth", "ca")
-            ca = self.file(where, raw["client_auth"]["ca"])
-            try:
-                tls.read_certificates(ca, "client CA file")
-            except tls.TlsFileError as e:
-                raise self.fail(where, str(e)) from None
-            client_auth = ClientAuth(ca=ca)
+            client_auth = ClientAuth(ca=self.file(path + ("client_auth", "ca"), raw["client_auth"]["ca"]))
         origin_tls = None
         if "origin_tls" in raw:
             origin_tls = self.origin_tls(path + ("origin_tls",), raw["origin_tls"], mode)
@@ -1314,8 +1278,6 @@ class _Builder:
         }
 
     def origin_tls(self, path: _Path, spec: dict[str, Any], mode: str) -> OriginTls:
-        from spectrum.proxy import tls
-
         if mode == "flexible":
             raise self.fail(path, "tls flexible speaks plaintext to the origin; use full or strict for TLS to it")
         ca = None
@@ -1323,10 +1285,6 @@ class _Builder:
             if mode == "full":
                 raise self.fail(path + ("ca",), "tls full does not verify the origin; use strict to verify it")
             ca = self.file(path + ("ca",), spec["ca"])
-            try:
-                tls.read_certificates(ca, "origin CA file")
-            except tls.TlsFileError as e:
-                raise self.fail(path + ("ca",), str(e)) from None
         server_name = None
         if "server_name" in spec:
             server_name = self.address(path + ("server_name",), spec["server_name"], names=True)
@@ -1337,10 +1295,6 @@ class _Builder:
         if "certificate" in spec:
             certificate = self.file(path + ("certificate",), spec["certificate"])
             private_key = self.file(path + ("private_key",), spec["private_key"])
-            try:
-                tls.load_certificate(CertificateFiles(certificate, private_key))
-            except tls.TlsFileError as e:
-                raise self.fail(path + ("certificate",), str(e)) from None
         return OriginTls(ca=ca, server_name=server_name, certificate=certificate, private_key=private_key)
 
     def sni_defaults(self, apps: tuple[App, ...]) -> None:

@@ -17,7 +17,8 @@ from spectrum import status as S
 from spectrum.admin.site import AdminService, admin_root
 from spectrum.admission import Admission
 from spectrum.analytics import Analytics
-from spectrum.config import ConfigError, load
+from spectrum.config import ConfigError
+from spectrum.config_files import load_checked as load
 from spectrum.eventlog import EventLog
 from spectrum.listeners import Listener, listen
 from spectrum.model import App, Config

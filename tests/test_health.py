@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from spectrum.balancer import Balancer
 from spectrum.config import ConfigError, parse
+from spectrum.config_files import check_files
 from spectrum.health import (
     JITTER,
     HealthChecker,
@@ -499,7 +500,8 @@ def app_with(monitor: Any, **pool: Any) -> dict:
 
 def config_error(data: dict) -> str:
     with pytest.raises(ConfigError) as caught:
-        parse(data)
+        # The config, then the files it names (the second pass, as a start does).
+        check_files(parse(data))
     return str(caught.value)
 
 
