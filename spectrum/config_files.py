@@ -23,8 +23,7 @@ import os
 from typing import Any, Callable
 
 from spectrum.config import ConfigError, load
-from spectrum.config import _format_path as format_path
-from spectrum.config import _show as show
+from spectrum.config.messages import _format_path, _show
 from spectrum.geo import GeoIPError, open_database
 from spectrum.model import App, CertificateFiles, Config
 from spectrum.proxy import tls
@@ -51,7 +50,7 @@ def check_files(config: Config) -> Config:
     top = config.source or "config"
 
     def fail(path: Path, message: str) -> ConfigError:
-        return ConfigError(format_path(path, top), message)
+        return ConfigError(_format_path(path, top), message)
 
     for index, files in enumerate(config.certificates):
         _check_certificate(("certificates", index), files, fail)
@@ -97,7 +96,7 @@ def _check_certificate(where: Path, files: CertificateFiles, fail: _Fail) -> Non
 def _check_app(path: Path, app: App, fail: _Fail) -> None:
     monitor = app.pool.monitor
     if monitor is not None and monitor.ca is not None and not os.path.isfile(monitor.ca):
-        raise fail(path + ("origin_pool", "monitor", "ca"), f"{show(monitor.ca)} is not a readable file")
+        raise fail(path + ("origin_pool", "monitor", "ca"), f"{_show(monitor.ca)} is not a readable file")
     ciphers = app.tls_options.ciphers
     if ciphers is not None:
         try:
