@@ -602,7 +602,7 @@ class Cluster(Service):
         import attr
 
         from spectrum.config import ConfigError
-        from spectrum.service import ListenError
+        from spectrum.errors import ListenError
 
         state = self._state()
         apps = dict(state.apps)

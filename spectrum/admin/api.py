@@ -47,6 +47,7 @@ from spectrum.admin.apps import BodyError, app_document, app_shape, origin_healt
 from spectrum.admin.auth import Authenticator, AuthError, Backoff
 from spectrum.admin.state import AdminState, StateError, describe_error, now_iso
 from spectrum.config import ConfigError
+from spectrum.errors import ListenError
 from spectrum.rules import DuplicateRule, RuleError, make_rule
 
 #: The most a request body may hold.
@@ -468,8 +469,6 @@ class AdminAPI(Resource):
                 raise ApiError(400, BAD_REQUEST, describe_error(e, index)) from None
             raise ApiError(400, BAD_REQUEST, str(e)) from None
         config = _with_source(config, self.service.config)
-        # Imported here: spectrum.service imports this module (through the site).
-        from spectrum.service import ListenError
 
         previous = self.state.apps
         self.state.apps = apps
