@@ -26,9 +26,9 @@ from spectrum.health import (
     ProbeError,
     SMTPProbe,
     StreamProbe,
-    _Answer,
     parse_smtp,
 )
+from spectrum.health.probes import _Answer
 from spectrum.model import Monitor, Origin, Pool
 
 
