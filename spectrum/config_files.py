@@ -28,6 +28,10 @@ from spectrum.geo import GeoIPError, open_database
 from spectrum.model import App, CertificateFiles, Config
 from spectrum.proxy import tls
 
+#: where a value sits in the file: keys and list indexes
+Path = tuple[Any, ...]
+_Fail = Callable[[Path, str], ConfigError]
+
 
 def load_checked(path: str) -> Config:
     """
@@ -71,11 +75,6 @@ def check_files(config: Config) -> Config:
         if os.path.isdir(name):
             raise fail(("events", "path"), f"'{name}' is a directory; name a file")
     return config
-
-
-#: where a value sits in the file: keys and list indexes
-Path = tuple[Any, ...]
-_Fail = Callable[[Path, str], ConfigError]
 
 
 def _check_certificate(where: Path, files: CertificateFiles, fail: _Fail) -> None:
