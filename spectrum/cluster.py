@@ -537,7 +537,7 @@ class Cluster(Service):
             self.log.failure("store: could not apply {count} {kind} changes", count=len(changes), kind=kind)
 
     def _apply_rules(self, changes: Dict[str, Optional[Dict[str, Any]]]) -> None:
-        from spectrum.firewall import DuplicateRule, RuleError, make_rule
+        from spectrum.rules import DuplicateRule, RuleError, make_rule
 
         admission = getattr(self.service, "admission", None)
         if admission is None:
@@ -602,7 +602,7 @@ class Cluster(Service):
         import attr
 
         from spectrum.config import ConfigError
-        from spectrum.service import ListenError
+        from spectrum.errors import ListenError
 
         state = self._state()
         apps = dict(state.apps)

@@ -49,9 +49,7 @@ and adding or removing a rule touches only its own entries.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import re
 import socket
 import uuid
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -59,19 +57,23 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import attr
 
 from spectrum.model import AccessRule
-
-WHITELIST = "whitelist"
-BLOCK = "block"
-MODES = (WHITELIST, BLOCK)
-TARGETS = ("ip", "ip6", "ip_range", "asn", "country")
+from spectrum.rules import (  # noqa: F401  (re-exported: the rules' values live in spectrum.rules)
+    BLOCK,
+    MODES,
+    TARGETS,
+    WHITELIST,
+    DuplicateRule,
+    RuleError,
+    canonical_value,
+    make_rule,
+    rule_id,
+)
 
 #: C{ClientMatchedIpFirewall} when no rule matched, or the app has
 #: C{ip_firewall: false} (Cloudflare's meaning of UNKNOWN).
 UNMATCHED = "UNKNOWN"
 
 _KIND = {"ip": "IP", "ip6": "IP", "ip_range": "IP", "asn": "ASN", "country": "COUNTRY"}
-_ASN = re.compile(r"^(?:AS)?([0-9]{1,10})$", re.IGNORECASE)
-_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 
 # Specificity ranks: any address rule beats an ASN rule, which beats a
 # country rule; among address rules the prefix length counts.
@@ -83,103 +85,12 @@ _MASKS_V4 = tuple(((1 << 32) - 1) ^ ((1 << (32 - length)) - 1) for length in ran
 _MASKS_V6 = tuple(((1 << 128) - 1) ^ ((1 << (128 - length)) - 1) for length in range(129))
 
 
-class RuleError(ValueError):
-    """
-    A rule that cannot be used; C{str()} is one sentence about the value.
-    """
-
-
-class DuplicateRule(RuleError):
-    """
-    A rule with the same target, value and scope is already there.
-    """
-
-
 def matched_name(rule: AccessRule) -> str:
     """
     The C{ClientMatchedIpFirewall} value for a decision by C{rule}:
     C{BLOCK_IP}, C{BLOCK_COUNTRY}, C{WHITELIST_ASN}, ...
     """
     return f"{'WHITELIST' if rule.mode == WHITELIST else 'BLOCK'}_{_KIND[rule.target]}"
-
-
-def rule_id(target: str, value: str, app: Optional[str]) -> str:
-    """
-    The stable id of a rule from the config: the same target, value and
-    scope give the same id on every load (and two such rules are duplicates).
-    """
-    key = f"{target}\0{value}\0{app or ''}".encode()
-    return hashlib.sha256(key).hexdigest()[:32]
-
-
-def make_rule(
-    mode: str,
-    target: str,
-    value: object,
-    notes: str = "",
-    app: Optional[str] = None,
-    id: Optional[str] = None,
-) -> AccessRule:
-    """
-    A checked rule with its value in canonical form.
-
-    @param id: the rule's id; by default the stable one from L{rule_id}.
-
-    @raise RuleError: the mode, target or value is not usable.
-    """
-    if mode not in MODES:
-        raise RuleError(f"mode {mode!r} is not one of whitelist, block (challenges need HTTP)")
-    if target not in TARGETS:
-        raise RuleError(f"target {target!r} is not one of {', '.join(TARGETS)}")
-    canonical = canonical_value(target, value)
-    return AccessRule(
-        mode=mode,
-        target=target,
-        value=canonical,
-        notes=notes,
-        app=app,
-        id=id or rule_id(target, canonical, app),
-    )
-
-
-def canonical_value(target: str, value: object) -> str:
-    """
-    C{value} for C{target} in canonical form.
-
-    @raise RuleError: it is not a valid value for the target.
-    """
-    if target == "asn":
-        match = _ASN.match(str(value).strip()) if isinstance(value, (str, int)) else None
-        if match is None or isinstance(value, bool) or int(match.group(1)) > 0xFFFFFFFF:
-            raise RuleError(f"{value!r} is not an AS number like AS64500")
-        return f"AS{int(match.group(1))}"
-    if not isinstance(value, str):
-        raise RuleError(f"expected a string, got {value!r}")
-    if target == "country":
-        if not _COUNTRY.match(value):
-            raise RuleError(f"{value!r} is not a two-letter country code (XX for unknown)")
-        return value.upper()
-    if target in ("ip", "ip6"):
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            raise RuleError(f"{value!r} is not an IP address") from None
-        family = 4 if target == "ip" else 6
-        if address.version != family:
-            other = "ip6" if target == "ip" else "ip"
-            raise RuleError(f"{value!r} is an IPv{address.version} address; use target {other}")
-        return str(address)
-    try:
-        network = ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        try:
-            loose = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise RuleError(f"{value!r} is not a network like 192.0.2.0/24 or 2001:db8::/32") from None
-        raise RuleError(f"{value!r} has host bits set; did you mean {loose}?") from None
-    if "/" not in value:
-        raise RuleError(f"{value!r} has no prefix length; write {network}")
-    return str(network)
 
 
 def _address(target: str, value: str) -> Tuple[int, int, int]:

@@ -18,24 +18,13 @@ from twisted.python import log
 
 from spectrum.admission import normalize_ip
 from spectrum.runtime import AppRuntime
+from spectrum.sockets import edge_socket_options
 
 #: Accept queue length for edge ports: an edge takes bursts of new clients.
 #: Linux caps it at net.core.somaxconn (4096 by default since 5.4). A full
 #: queue makes the kernel drop handshakes, and with SYN cookies on, reset
 #: them: a flood then costs other clients their connections.
 BACKLOG = 4096
-
-
-def edge_socket_options(sock: socket.socket, family: int, reuse_port: bool) -> socket.socket:
-    """
-    Set what every edge socket (TCP or UDP) gets: IPv6 only for an IPv6
-    address, and SO_REUSEPORT when worker processes share the port.
-    """
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    return sock
 
 
 class _EdgePort(tcp.Port):

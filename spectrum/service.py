@@ -17,7 +17,9 @@ from spectrum import status as S
 from spectrum.admin.site import AdminService, admin_root
 from spectrum.admission import Admission
 from spectrum.analytics import Analytics
-from spectrum.config import ConfigError, load
+from spectrum.config import ConfigError
+from spectrum.config_files import load_checked as load
+from spectrum.errors import ListenError
 from spectrum.eventlog import EventLog
 from spectrum.kernel.shield import KernelShield
 from spectrum.listeners import Listener, listen
@@ -28,13 +30,6 @@ from spectrum.refusals import Refusals
 from spectrum.runtime import AppRuntime
 
 ListenerKey = Tuple[str, str, int]
-
-
-class ListenError(Exception):
-    """
-    An edge address and port could not be bound; C{str()} is one line that
-    names the app and the address.
-    """
 
 
 def desired_listeners(config: Config) -> Dict[ListenerKey, Tuple[App, ...]]:

@@ -12,7 +12,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python import usage
 from zope.interface import implementer
 
-from spectrum.config import ConfigError, default_config_path, load
+from spectrum.config import ConfigError, default_config_path
 from spectrum.model import Config
 
 
@@ -85,9 +85,11 @@ class Options(usage.Options):
         raise SystemExit(line)
 
     def postOptions(self) -> None:
+        from spectrum.config_files import load_checked
+
         path = self["config"] or default_config_path()
         try:
-            self.config = load(path)
+            self.config = load_checked(path)
             if self.config.admin is not None:
                 self.config = self._with_admin_state(path, self.config)
         except ConfigError as e:

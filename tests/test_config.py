@@ -91,7 +91,7 @@ def test_schema_is_valid() -> None:
     """
     The shipped schema is itself a valid JSON Schema.
     """
-    path = os.path.join(os.path.dirname(config.__file__), "schema.json")
+    path = os.path.join(os.path.dirname(os.path.dirname(config.__file__)), "schema.json")
     with open(path) as f:
         schema = json.load(f)
     jsonschema.validators.validator_for(schema).check_schema(schema)

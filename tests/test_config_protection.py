@@ -14,6 +14,7 @@ import pytest_twisted
 import yaml
 
 from spectrum.config import ConfigError, load, parse
+from spectrum.config_files import check_files
 from spectrum.firewall import make_rule
 from spectrum.model import AdminSettings, EventLogSettings, GeoIPFiles, Limits
 from spectrum.service import SpectrumService
@@ -40,7 +41,8 @@ def seed() -> dict:
 
 def error_of(data: object) -> str:
     with pytest.raises(ConfigError) as caught:
-        parse(data)
+        # The config, then the files it names (the second pass, as a start does).
+        check_files(parse(data))
     text = str(caught.value)
     assert "\n" not in text
     return text

@@ -19,15 +19,16 @@ from twisted.python.failure import Failure
 
 from spectrum.balancer import Balancer
 from spectrum.config import ConfigError, parse
+from spectrum.config_files import check_files
 from spectrum.health import (
     JITTER,
     HealthChecker,
     ProbeError,
     SMTPProbe,
     StreamProbe,
-    _Answer,
     parse_smtp,
 )
+from spectrum.health.probes import _Answer
 from spectrum.model import Monitor, Origin, Pool
 
 
@@ -499,7 +500,8 @@ def app_with(monitor: Any, **pool: Any) -> dict:
 
 def config_error(data: dict) -> str:
     with pytest.raises(ConfigError) as caught:
-        parse(data)
+        # The config, then the files it names (the second pass, as a start does).
+        check_files(parse(data))
     return str(caught.value)
 
 

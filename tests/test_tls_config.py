@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from spectrum.config import ConfigError, load
+from spectrum.config_files import load_checked
 from spectrum.model import ClientAuth, OriginTls, TlsOptions
 from spectrum.proxy.tls import EdgeTls
 
@@ -45,7 +46,8 @@ def write(directory: Any, data: Dict[str, Any]) -> str:
 
 def error(directory: Any, data: Dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as info:
-        load(write(directory, data))
+        # The config, then the files it names (the second pass, as a start does).
+        load_checked(write(directory, data))
     text = str(info.value)
     assert "\n" not in text
     return text
@@ -164,6 +166,26 @@ def test_bad_certificate_files(certs: str, tmp_path: Any) -> None:
     assert error(tmp_path, {"certificates": [{"certificate": crt}], "apps": apps}) == (
         "certificates[0]: missing key 'private_key'"
     )
+
+
+def test_the_loader_reads_no_file_the_config_names(tmp_path: Any) -> None:
+    """
+    L{load} reads the config file only: the certificate, CA and GeoIP files
+    it names are checked by the second pass, L{load_checked}.
+    """
+    app = tls_app(tls="strict", client_auth={"ca": "missing-clients.pem"})
+    app["origin_tls"] = {"ca": "missing-origin.pem"}
+    data = {
+        "certificates": [{"certificate": "missing.crt", "private_key": "missing.key"}],
+        "apps": [app],
+        "geoip": {"country_db": "missing.mmdb"},
+    }
+    config = load(write(tmp_path, data))
+    assert config.certificates[0].certificate == str(tmp_path / "missing.crt")
+    assert config.apps[0].client_auth is not None
+    assert config.apps[0].client_auth.ca == str(tmp_path / "missing-clients.pem")
+    assert config.geoip.country_db == str(tmp_path / "missing.mmdb")
+    assert error(tmp_path, data).startswith("certificates[0].certificate: cannot read certificate file")
 
 
 def test_default_app_per_shared_port(tmp_path: Any) -> None:

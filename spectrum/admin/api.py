@@ -47,7 +47,8 @@ from spectrum.admin.apps import BodyError, app_document, app_shape, origin_healt
 from spectrum.admin.auth import Authenticator, AuthError, Backoff
 from spectrum.admin.state import AdminState, StateError, describe_error, now_iso
 from spectrum.config import ConfigError
-from spectrum.firewall import DuplicateRule, RuleError, make_rule
+from spectrum.errors import ListenError
+from spectrum.rules import DuplicateRule, RuleError, make_rule
 
 #: The most a request body may hold.
 MAX_BODY = 1024 * 1024
@@ -468,8 +469,6 @@ class AdminAPI(Resource):
                 raise ApiError(400, BAD_REQUEST, describe_error(e, index)) from None
             raise ApiError(400, BAD_REQUEST, str(e)) from None
         config = _with_source(config, self.service.config)
-        # Imported here: spectrum.service imports this module (through the site).
-        from spectrum.service import ListenError
 
         # Apply first (all or nothing), and only then write the state file:
         # a change the service refused leaves the file as it was.

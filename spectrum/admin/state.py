@@ -156,9 +156,11 @@ class AdminState:
         """
         The L{Config} of L{compose}, checked as a config file is.
 
-        @raise ConfigError: it is not valid.
+        @raise ConfigError: it is not valid, or a file it names cannot be used.
         """
-        return parse(self.compose(apps), source=self.base_source)
+        from spectrum.config_files import check_files
+
+        return check_files(parse(self.compose(apps), source=self.base_source))
 
     def file_app_count(self) -> int:
         return len(self.base.get("apps") or [])
@@ -170,13 +172,15 @@ class AdminState:
         base only once the whole is valid.
         """
 
+        from spectrum.config_files import check_files
+
         def load(path: str) -> Config:
             raw = read(path)
             if not isinstance(raw, dict):
                 # parse() words this error.
                 return parse(raw, source=path)
             try:
-                config = parse(self.compose(base=raw), source=path)
+                config = check_files(parse(self.compose(base=raw), source=path))
             except ConfigError as e:
                 raise self._blame(e, len(raw.get("apps") or [])) from None
             self.base = raw

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from spectrum.config import ConfigError, default_config_path, load
+from spectrum.config import ConfigError, default_config_path
+from spectrum.config_files import load_checked
 from spectrum.model import Config
 
 
@@ -34,7 +35,7 @@ def check(path: Optional[str] = None) -> str:
     path = path or default_config_path()
     state = None
     try:
-        config = load(path)
+        config = load_checked(path)
         if config.admin is not None:
             # As C{spectrum.tap.Options} and the admin site do at start.
             state = AdminState(config.admin.state_file or default_state_file(path))

@@ -38,6 +38,7 @@ from spectrum.proxy import proxyproto, scratch
 from spectrum.proxy.inbound import is_trusted
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
 from spectrum.runtime import AppRuntime
+from spectrum.sockets import edge_socket_options
 
 #: The largest datagram read, edge and origin side: the most UDP can carry,
 #: where Twisted's default (8192) would cut datagrams short.
@@ -593,8 +594,6 @@ class _EdgeUDPPort(scratch.DatagramPort):
     reuse_port = False
 
     def createInternetSocket(self) -> socket.socket:
-        from spectrum.listeners import edge_socket_options
-
         return edge_socket_options(super().createInternetSocket(), self.addressFamily, self.reuse_port)
 
 

@@ -98,7 +98,7 @@ def config_yaml(data: bytes) -> None:
     The config loader on YAML text (what L{spectrum.config.read} decodes,
     then L{parse}).
     """
-    from spectrum.config import _decode_yaml
+    from spectrum.config.decode import _decode_yaml
 
     try:
         text = data[:MAX_INPUT].decode("utf-8")
@@ -116,7 +116,7 @@ def config_json(data: bytes) -> None:
     """
     The config loader on JSON text.
     """
-    from spectrum.config import _decode_json
+    from spectrum.config.decode import _decode_json
 
     try:
         text = data[:MAX_INPUT].decode("utf-8")
