@@ -94,7 +94,7 @@ class _EdgePort(tcp.Port):
 
 #: Clients accepted per reactor turn and port: a flood waiting in the accept
 #: queue cannot keep the reactor from the connections it already serves.
-ACCEPTS_PER_TURN = 32
+ACCEPTS_PER_TURN = 16
 
 
 class Listener:

@@ -15,6 +15,12 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The suite tests the userspace admission path unless a test asks for the
+# kernel filter (kernel_filter: on, tests/test_kernel.py): with `auto` (the
+# default) a blocked client's SYN would be dropped in the kernel instead of
+# refused after accept. Inherited by every twistd the tests start.
+os.environ["SPECTRUM_KERNEL_FILTER"] = "off"
+
 
 def require_program(name: str) -> str:
     """

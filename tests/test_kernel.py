@@ -29,7 +29,7 @@ from udpkit import UDPOrigin, bind_client, listen_udp_origin, udp_app
 
 
 def require_kernel_filter() -> None:
-    shield = KernelShield("auto")
+    shield = KernelShield("on")
     shield.close()
     if not shield.active:
         message = f"no kernel filter here: {shield.reason}"
@@ -178,6 +178,7 @@ async def test_udp_datagrams_from_a_blocked_range_are_dropped_in_the_kernel() ->
 @pytest_twisted.ensureDeferred
 async def test_when_loading_is_refused_auto_falls_back_and_on_refuses_to_start(monkeypatch: Any) -> None:
     monkeypatch.setattr(shield_module, "_refused_for_tests", True)
+    monkeypatch.delenv("SPECTRUM_KERNEL_FILTER", raising=False)
     origin = OriginFactory()
     listening = listen_origin(origin)
     app = make_app("game", [origin_at(listening)])
@@ -290,3 +291,26 @@ async def test_country_and_asn_rules_expand_from_the_geoip_databases(tmp_path: A
     finally:
         await proxy.stop()
         await listening.stopListening()
+
+
+def test_auto_loads_the_filter_unless_the_environment_says_off(monkeypatch: Any) -> None:
+    require_kernel_filter()
+    monkeypatch.delenv("SPECTRUM_KERNEL_FILTER", raising=False)
+    shield = KernelShield("auto")
+    try:
+        assert shield.active
+        assert shield.describe().startswith("kernel filter: on")
+    finally:
+        shield.close()
+    monkeypatch.setenv("SPECTRUM_KERNEL_FILTER", "off")
+    shield = KernelShield("auto")
+    assert not shield.active
+    assert shield.describe() == (
+        "kernel filter: off (SPECTRUM_KERNEL_FILTER=off in the environment); refused sources are shed after accept"
+    )
+    # "on" is the config's word: the environment does not turn it off.
+    shield = KernelShield("on")
+    try:
+        assert shield.active
+    finally:
+        shield.close()

@@ -32,6 +32,7 @@ whatever the way it ends, and nothing stays attached.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import struct
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -377,8 +378,6 @@ class Scope:
         return result
 
     def close(self) -> None:
-        import os
-
         for fd in self._programs.values():
             os.close(fd)
         self._programs = {}
@@ -413,6 +412,10 @@ class KernelShield:
         self._networks: Dict[Tuple[str, str], List[Any]] = {}
         if mode == "off":
             self.reason = "kernel_filter: off"
+            return
+        if mode == "auto" and os.environ.get("SPECTRUM_KERNEL_FILTER", "").lower() == "off":
+            # The operator's override, without editing the config.
+            self.reason = "SPECTRUM_KERNEL_FILTER=off in the environment"
             return
         try:
             probe()
