@@ -371,6 +371,9 @@ def refuses_blocked(port: int, timeout: float = 5.0) -> bool:
         except socket.timeout:
             # Dropped in the kernel (spectrum's kernel filter): no handshake.
             return True
+        except ConnectionResetError:
+            # Refused before this side saw its handshake complete.
+            return True
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         try:
             return s.recv(100) == b""
