@@ -194,6 +194,19 @@ class AppStats:
             bucket = self.minutes[slot] = Minute(number)
         return bucket
 
+    def breakdowns(self, country: str, client_ip: str) -> Tuple[Counters, Counters]:
+        """
+        The country and IP-version slices a client is counted in.
+        """
+        by_country = self.countries.get(country)
+        if by_country is None:
+            by_country = self.countries[country] = Counters()
+        version = 6 if ":" in client_ip else 4
+        by_version = self.ip_versions.get(version)
+        if by_version is None:
+            by_version = self.ip_versions[version] = Counters()
+        return by_country, by_version
+
     def recent(self, now: float) -> List[Minute]:
         """
         The buckets of the last C{window} minutes that saw events, oldest first.
@@ -242,15 +255,22 @@ class Analytics:
                 stats.window = window
                 stats.minutes = [None] * window
 
-    def __call__(self, kind: str, record: ConnectionRecord) -> None:
-        app = record.application
-        key = (app, record.origin_name or "")
+    def _slices(self, app: str, origin: str) -> Tuple[Series, AppStats]:
+        """
+        The series of (C{app}, C{origin}) and the app's stats, made on
+        first use.
+        """
+        key = (app, origin)
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = Series()
         stats = self.apps.get(app)
         if stats is None:
             stats = self.apps[app] = AppStats(self.window)
+        return series, stats
+
+    def __call__(self, kind: str, record: ConnectionRecord) -> None:
+        series, stats = self._slices(record.application, record.origin_name or "")
         now = self.reactor.seconds()
         if kind == CONNECT:
             series.add(kind, record, False)
@@ -268,45 +288,19 @@ class Analytics:
         status = record.status
         series.statuses[status] = series.statuses.get(status, 0) + 1
         stats.minute(now).add(kind, record, True)
-        country = record.extra.get("ClientCountry") or "XX"
-        slice_ = stats.countries.get(country)
-        if slice_ is None:
-            slice_ = stats.countries[country] = Counters()
-        slice_.add(kind, record, True)
-        version = 6 if ":" in record.client_ip else 4
-        slice_ = stats.ip_versions.get(version)
-        if slice_ is None:
-            slice_ = stats.ip_versions[version] = Counters()
-        slice_.add(kind, record, True)
+        for slice_ in stats.breakdowns(record.extra.get("ClientCountry") or "XX", record.client_ip):
+            slice_.add(kind, record, True)
 
     def count_refused(self, app: str, kind: str, status: int, client_ip: str, country: str) -> None:
         """
         Count a refused connection that got no record (past the refusals'
         sampling): what the recorder would have counted for it.
         """
-        key = (app, "")
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = Series()
-        stats = self.apps.get(app)
-        if stats is None:
-            stats = self.apps[app] = AppStats(self.window)
-        events = series.events
-        events[kind] = events.get(kind, 0) + 1
-        statuses = series.statuses
-        statuses[status] = statuses.get(status, 0) + 1
-        events = stats.minute(self.reactor.seconds()).events
-        events[kind] = events.get(kind, 0) + 1
-        country = country or "XX"
-        slice_ = stats.countries.get(country)
-        if slice_ is None:
-            slice_ = stats.countries[country] = Counters()
-        slice_.events[kind] = slice_.events.get(kind, 0) + 1
-        version = 6 if ":" in client_ip else 4
-        slice_ = stats.ip_versions.get(version)
-        if slice_ is None:
-            slice_ = stats.ip_versions[version] = Counters()
-        slice_.events[kind] = slice_.events.get(kind, 0) + 1
+        series, stats = self._slices(app, "")
+        series.statuses[status] = series.statuses.get(status, 0) + 1
+        for counters in (series, stats.minute(self.reactor.seconds()), *stats.breakdowns(country or "XX", client_ip)):
+            events = counters.events
+            events[kind] = events.get(kind, 0) + 1
 
     # reading ----------------------------------------------------------------
 
