@@ -9,7 +9,7 @@ between apps, or changes an app, never closes the listening socket.
 from __future__ import annotations
 
 import socket
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from twisted.internet import tcp
 from twisted.internet.abstract import isIPv6Address
@@ -112,6 +112,10 @@ class Listener:
         self.listening = listening
         #: the kernel filter guarding the socket (L{spectrum.kernel.shield})
         self.shield = shield
+        #: the socket's slot in the sk_lookup steering of an edge range
+        self.steering_slot: Optional[int] = None
+        #: the ports steered to it
+        self.steered_ports: Sequence[int] = ()
 
     def guard(self, runtimes: Sequence[AppRuntime]) -> None:
         """

@@ -6,6 +6,7 @@ reconciled against a new one on reload.
 from __future__ import annotations
 
 import signal
+import socket
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import MultiService
@@ -22,6 +23,7 @@ from spectrum.config_files import load_checked as load
 from spectrum.errors import ListenError
 from spectrum.eventlog import EventLog
 from spectrum.kernel.shield import KernelShield
+from spectrum.kernel.steer import Steering, probe_steering
 from spectrum.listeners import Listener, listen
 from spectrum.model import App, Config
 from spectrum.proxy.tls import EdgeTls, TlsFileError
@@ -98,6 +100,9 @@ class SpectrumService(MultiService):
             self.config_hooks.append(lambda config: self.shield.set_geo(config.geoip.country_db, config.geoip.asn_db))
             self.shield.sync(self.admission.firewall.rules)
             self.admission.firewall.watchers.append(lambda firewall: self.shield.sync(firewall.rules))
+        #: any port of an edge range on one socket (sk_lookup), with the
+        #: kernel filter's permissions; None: a listener per port
+        self.steering: Optional[Steering] = probe_steering() if self.shield.active else None
         #: refused clients, counted and sampled
         self.refusals = Refusals(self.recorders, reactor)
         # Analytics, the event log and the admin site attach themselves
@@ -135,6 +140,7 @@ class SpectrumService(MultiService):
         @raise ConfigError: a certificate could not be used (nothing changed).
         """
         wanted = desired_listeners(config)
+        steered = self._steered(wanted)
         try:
             tls = self.tls.prepare(config)
         except TlsFileError as e:
@@ -161,6 +167,20 @@ class SpectrumService(MultiService):
                 for listener in bound.values():
                     listener.stop()
                 raise ListenError(_listen_error(config, apps[0], ip, port, e)) from None
+        # A steered range takes its ports from whoever else listens there
+        # (sk_lookup runs first): each port new to the range must be free.
+        for key, ports in steered.items():
+            current = self.listeners.get(key)
+            had = set(current.steered_ports) if current is not None else set()
+            for port in ports[1:]:
+                if port in had:
+                    continue
+                try:
+                    _check_free(key[1], port)
+                except OSError as e:
+                    for made in bound.values():
+                        made.stop()
+                    raise ListenError(_listen_error(config, wanted[key][0], key[1], port, e)) from None
 
         # Everything bound: commit.
         self.tls.commit(tls)
@@ -175,6 +195,7 @@ class SpectrumService(MultiService):
         for key, listener in list(self.listeners.items()):
             members = wanted.get(key)
             if members is None:
+                self._unsteer(listener)
                 listener.stop()
                 del self.listeners[key]
                 self.log.info(
@@ -194,6 +215,11 @@ class SpectrumService(MultiService):
                 port=listener.bound_port(),
                 protocol=key[0],
             )
+        for key, listener in self.listeners.items():
+            if key in steered:
+                self._steer(listener, key[1], steered[key])
+            else:
+                self._unsteer(listener)
         for name in list(self.runtimes):
             if name not in planned:
                 runtime = self.runtimes.pop(name)
@@ -202,6 +228,44 @@ class SpectrumService(MultiService):
         self.config = config
         for hook in self.config_hooks:
             hook(config)
+
+    def _steered(self, wanted: Dict[ListenerKey, Tuple[App, ...]]) -> Dict[ListenerKey, Tuple[int, ...]]:
+        """
+        With sk_lookup steering, a TCP app alone on an IPv4 edge range is
+        served by one socket on its first port: the range's other keys leave
+        C{wanted}, and the first port's key is returned with every port.
+        """
+        steered: Dict[ListenerKey, Tuple[int, ...]] = {}
+        if self.steering is None:
+            return steered
+        for key, apps in list(wanted.items()):
+            protocol, ip, port = key
+            if protocol != "tcp" or len(apps) != 1 or ":" in ip:
+                continue
+            ports = apps[0].edge_ports()
+            if len(ports) < 2 or port != ports[0]:
+                continue
+            if all(wanted.get((protocol, ip, other)) == apps for other in ports):
+                steered[key] = ports
+                for other in ports[1:]:
+                    del wanted[(protocol, ip, other)]
+        return steered
+
+    def _steer(self, listener: Listener, ip: str, ports: Tuple[int, ...]) -> None:
+        steering = self.steering
+        assert steering is not None
+        if listener.steering_slot is None:
+            listener.steering_slot = steering.add(listener.listening.socket)  # type: ignore[attr-defined]
+            # Connections arrive for every port: each asks its own address.
+            listener.factory.edge = ("", 0)
+        steering.set_ports(listener.steering_slot, ip, ports)
+        listener.steered_ports = ports
+
+    def _unsteer(self, listener: Listener) -> None:
+        if listener.steering_slot is not None and self.steering is not None:
+            self.steering.remove(listener.steering_slot)
+            listener.steering_slot = None
+            listener.steered_ports = ()
 
     def _retire(self, runtime: AppRuntime) -> None:
         if not runtime.connections:
@@ -295,11 +359,16 @@ class SpectrumService(MultiService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
+        for listener in self.listeners.values():
+            self._unsteer(listener)
         stops = [listener.stop() for listener in self.listeners.values()]
         self.listeners.clear()
         yield DeferredList([d for d in stops if isinstance(d, Deferred)])
         # The sockets are closed: the kernel lets go of the filters with them.
         self.shield.close()
+        if self.steering is not None:
+            self.steering.close()
+            self.steering = None
         runtimes = self.all_runtimes()
         count = sum(len(runtime.connections) for runtime in runtimes)
         if not count:
@@ -326,6 +395,20 @@ class SpectrumService(MultiService):
             yield closed
             if late.active():
                 late.cancel()
+
+
+def _check_free(ip: str, port: int) -> None:
+    """
+    Bind C{ip}:C{port} for TCP and let go.
+
+    @raise OSError: the address is taken (or not available).
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((ip, port))
+    finally:
+        probe.close()
 
 
 def _listen_error(config: Config, app: App, ip: str, port: int, error: Exception) -> str:

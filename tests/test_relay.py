@@ -287,7 +287,12 @@ async def test_port_range_maps_offset_by_offset() -> None:
         assert len(proxy.service.listeners) == 20
         for offset in range(20):
             client = await connect_client(edge + offset)
-            await sleep(0.05)
+            # Until the origin's greeting came (not a fixed wait: a loaded
+            # machine may take longer than one to dial).
+            for _ in range(500):
+                if client.received:
+                    break
+                await sleep(0.01)
             client.transport.loseConnection()
             assert await client.done == str(first_origin + offset).encode()
     finally:
