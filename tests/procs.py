@@ -238,7 +238,29 @@ class Twistd:
             wait_for_port(port, timeout=timeout, process=self)
 
     def signal(self, signum: int) -> None:
+        self.wait_for_handler(signum)
         self.process.send_signal(signum)
+
+    def wait_for_handler(self, signum: int, timeout: float = 10.0) -> None:
+        """
+        Wait until the process catches C{signum}: its edge ports listen
+        before the reactor runs and installs its handlers, and a signal in
+        between would end it the default way, without its shutdown.
+        """
+
+        def caught() -> bool:
+            if self.process.poll() is not None:
+                return True
+            try:
+                with open(f"/proc/{self.process.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("SigCgt:"):
+                            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+            except OSError:
+                return True
+            return False
+
+        wait_until(caught, timeout, 0.01, f"twistd to catch signal {signum}")
 
     def stop(self, timeout: float = 15.0) -> int:
         """
@@ -247,6 +269,7 @@ class Twistd:
         after a clean stop).
         """
         if self.process.poll() is None:
+            self.wait_for_handler(signal.SIGTERM)
             self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
