@@ -142,18 +142,11 @@ class Admission:
         else:
             country, asn = UNKNOWN_COUNTRY, None
         matched = "UNKNOWN"
-        firewall = self.firewall
-        if app.ip_firewall and len(firewall):
-            try:
-                decision = firewall.decide(app.name, ip, country, asn)
-            except ValueError:
-                return Refusal(S.FIREWALL, f"client address {ip!r} cannot be checked", "BLOCK_ERROR", "", country, asn)
-            matched = decision.matched
-            if not decision.allowed:
-                rule = decision.rule
-                assert rule is not None
-                reason = f"access rule {rule.id} ({rule.mode} {rule.target} {rule.value})"
-                return Refusal(S.FIREWALL, reason, matched, rule.id, country, asn)
+        if app.ip_firewall:
+            ruled = self._rules(app.name, ip, country, asn)
+            if isinstance(ruled, Refusal):
+                return ruled
+            matched = ruled
         if limits is not None:
             refused = limits.admit(ip, app.limits, self.reactor.seconds())
             if refused is not None:
@@ -172,23 +165,33 @@ class Admission:
         the app is known (its ClientHello not yet read): the global rules,
         and the port's own limit on connections in that state.
         """
-        firewall = self.firewall
-        matched = "UNKNOWN"
-        if len(firewall):
-            try:
-                decision = firewall.decide("", ip)
-            except ValueError:
-                return Refusal(S.FIREWALL, f"client address {ip!r} cannot be checked", "BLOCK_ERROR")
-            matched = decision.matched
-            if not decision.allowed:
-                rule = decision.rule
-                assert rule is not None
-                reason = f"access rule {rule.id} ({rule.mode} {rule.target} {rule.value})"
-                return Refusal(S.FIREWALL, reason, matched, rule.id)
+        matched = self._rules("", ip, UNKNOWN_COUNTRY, None)
+        if isinstance(matched, Refusal):
+            return matched
         refused = limits.admit(ip, port_limits, self.reactor.seconds())
         if refused is not None:
             return Refusal(refused[0], refused[1], matched)
         return Ticket(limits, ip, UNKNOWN_COUNTRY, None, matched)
+
+    def _rules(self, app: str, ip: str, country: str, asn: Optional[int]) -> Union[str, Refusal]:
+        """
+        The access rules' verdict for C{ip} in C{app}'s scope (C{""}: the
+        global rules only): the kind of rule that matched when admitted
+        (C{ClientMatchedIpFirewall}), else the refusal.
+        """
+        firewall = self.firewall
+        if not len(firewall):
+            return "UNKNOWN"
+        try:
+            decision = firewall.decide(app, ip, country, asn)
+        except ValueError:
+            return Refusal(S.FIREWALL, f"client address {ip!r} cannot be checked", "BLOCK_ERROR", "", country, asn)
+        if decision.allowed:
+            return decision.matched
+        rule = decision.rule
+        assert rule is not None
+        reason = f"access rule {rule.id} ({rule.mode} {rule.target} {rule.value})"
+        return Refusal(S.FIREWALL, reason, decision.matched, rule.id, country, asn)
 
     def configure(self, config: Config) -> None:
         """
