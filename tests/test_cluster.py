@@ -156,12 +156,19 @@ def test_rule_on_a_refuses_on_b_and_analytics_are_summed(
         wait_until(lambda: b.summary()["count"] >= expected, 5.0, "B's analytics counting A's traffic")
         assert a.summary() == b.summary()
         assert a.summary()["count"] == expected
-        # Each node's own figures are there too.
-        cluster = a.api("GET", "/zones/local/spectrum/cluster")
-        assert cluster["node"] == "a" and cluster["store"]["available"]
-        nodes = cluster["nodes"]
-        assert nodes["a"]["echo"]["bytesIngress"] >= 70 and nodes["b"]["echo"]["bytesIngress"] >= 500
-        assert set(cluster["health"]) == {"a", "b"}
+
+        # Each node's own figures are there too (each node publishes its
+        # own on its own schedule: wait for B's to reach A).
+        seen: Dict[str, Any] = {}
+
+        def own_figures() -> bool:
+            seen.update(a.api("GET", "/zones/local/spectrum/cluster"))
+            nodes = seen["nodes"]
+            return nodes["a"]["echo"]["bytesIngress"] >= 70 and nodes["b"]["echo"]["bytesIngress"] >= 500
+
+        wait_until(own_figures, 5.0, "each node's own figures on A")
+        assert seen["node"] == "a" and seen["store"]["available"]
+        assert set(seen["health"]) == {"a", "b"}
     finally:
         statuses = [a.stop(), b.stop()]
     assert all(s in (0, -signal.SIGTERM) for s in statuses), a.process.log() + b.process.log()
