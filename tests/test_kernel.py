@@ -335,7 +335,6 @@ async def test_a_port_range_on_one_socket(monkeypatch: Any) -> None:
     # As many ports as this machine has free in one run, up to the 10,000
     # of tcp/20000-29999 (other services listen in between here).
     size = RANGE
-    edge = free_range_of(size)
     first_origin = free_port_range(3)
     factories = []
     ports = []
@@ -343,6 +342,8 @@ async def test_a_port_range_on_one_socket(monkeypatch: Any) -> None:
         factory = OriginFactory(echo=False, greeting=str(first_origin + offset).encode())
         factories.append(factory)
         ports.append(listen_origin(factory, first_origin + offset))
+    # Searched once the origins listen, so the range cannot take in their ports.
+    edge = free_range_of(size)
     app = make_app(
         "range",
         [origin_at(first_origin)],
