@@ -32,6 +32,8 @@ class _Bound(NamedTuple):
     edge: PortRange
     app: str
     hostnames: tuple[str, ...]
+    #: what the app takes on a port shared by protocol (C{""}: not shared so)
+    sniff: str = ""
 
 
 class _Part:
