@@ -46,6 +46,8 @@ def handshake(address: str, state: int = 1, version: int = 767, port: int = 2556
         (b"OPTIONS * HTTP/1.1\r\n", "http"),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http"),
         (handshake("a.example")[:3], "minecraft"),
+        # 22 bytes long: its first byte is a TLS record's.
+        (handshake("a.example\0FML3\0", state=2)[:2], "minecraft"),
         # PostgreSQL's SSLRequest, Redis, MQTT CONNECT, a TLS 0x16 with no
         # version 3: none of those protocols.
         (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", "any"),

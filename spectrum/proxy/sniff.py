@@ -60,12 +60,13 @@ def classify(data: bytes) -> Optional[str]:
     """
     if not data:
         return None
-    first = data[0]
-    if first == 0x16:
-        # A TLS handshake record: 0x16, then version 3.x.
+    if data[0] == 0x16:
+        # A TLS handshake record: 0x16, then version 3.x (a Minecraft
+        # handshake of 22 bytes starts with 0x16 too, then its id 0).
         if len(data) < 2:
             return None
-        return TLS if data[1] == 3 else ANY
+        if data[1] == 3:
+            return TLS
     for signature, protocol in _SIGNATURES:
         if data.startswith(signature):
             return protocol
