@@ -20,6 +20,7 @@ from spectrum.proxy import sniff
 from spectrum.proxy.port import PortFactory
 from spectrum.proxy.sniff import HandshakeParser, NotMinecraft, classify
 from spectrum.proxy.sniffgate import SniffGate
+from spectrum.proxy.starttls import NotPostgres, NotSmtp, command_line, first_message, greeting_end
 from spectrum.proxy.tcp import EdgeProtocol
 from spectrum.proxy.tls import EdgeTls
 from spectrum.record import Recorders
@@ -217,6 +218,15 @@ def test_config_protocols_share_a_port() -> None:
         ([app("a", starttls="postgres")], "apps[0].starttls: needs tls flexible"),
         ([app("a", tls="flexible", allow_plaintext=True)], "apps[0].allow_plaintext: applies only with starttls"),
         (
+            [app("a", tls="flexible", starttls="smtp", allow_plaintext=True)],
+            "apps[0].allow_plaintext: applies only with starttls postgres",
+        ),
+        (
+            [app("a", tls="flexible", sni=["a.example"]), app("b", tls="flexible", starttls="smtp", sni=["b.example"])],
+            "apps[1].ports[0].destination_port: 25565 on 127.0.0.1 is already used by app 'a'; an app with starttls"
+            " cannot share its edge port",
+        ),
+        (
             [app("a", tls="flexible", starttls="postgres", sniff="tls")],
             "apps[0].starttls: cannot be told apart on a port shared by protocol",
         ),
@@ -333,3 +343,31 @@ def test_not_minecraft_after_all_goes_to_any() -> None:
     assert port == 9001
     (connection,) = factory.runtimes[1].connections
     assert connection.preface == data
+
+
+# STARTTLS parsers ------------------------------------------------------------------
+
+
+def test_postgres_first_message() -> None:
+    assert first_message(bytes.fromhex("0000000804d2")) is None
+    assert first_message(bytes.fromhex("0000000804d2162f")) == ("ssl", 8)
+    assert first_message(bytes.fromhex("0000000804d21630")) == ("gssenc", 8)
+    startup = (16).to_bytes(4, "big") + (196608).to_bytes(4, "big") + b"user\0x\0\0"
+    assert first_message(startup[:12]) is None
+    assert first_message(startup) == ("startup", 16)
+    assert first_message(b"\x16\x03\x01") == ("tls", 0)
+    with pytest.raises(NotPostgres, match="first byte 0x47"):
+        first_message(b"GET /")
+    with pytest.raises(NotPostgres, match="first message of 100000 bytes"):
+        first_message((100000).to_bytes(4, "big") + (196608).to_bytes(4, "big"))
+
+
+def test_smtp_lines() -> None:
+    assert command_line(b"ehlo client.example\r\nMAIL") == ("EHLO", "client.example", 21)
+    assert command_line(b"STARTTLS") is None
+    with pytest.raises(NotSmtp, match="longer than 512"):
+        command_line(b"x" * 600)
+    assert greeting_end(b"220-origin.example ESMTP\r\n220 ready\r\nrest") == 37
+    assert greeting_end(b"220-origin") is None
+    with pytest.raises(NotSmtp, match="554"):
+        greeting_end(b"554 go away\r\n")

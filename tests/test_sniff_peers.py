@@ -21,7 +21,9 @@ import pytest
 import pytest_twisted
 from mcstatus import JavaServer
 from twisted.internet import defer, protocol, reactor, threads
+from twisted.mail import smtp
 from twisted.web import resource, server
+from zope.interface import implementer
 
 from conftest import free_port, require_program
 from procs import start_program
@@ -459,3 +461,103 @@ async def test_psql_through_starttls_postgres(certs: str, tmp_path: Any, postgre
         assert events[2]["Status"] == 443 and events[2]["Reason"] == "PostgreSQL client did not ask for TLS"
     finally:
         await edge.stop()
+
+
+# SMTP ---------------------------------------------------------------------------------------
+
+
+@implementer(smtp.IMessage)
+class _Message:
+    def __init__(self, box: List[bytes]) -> None:
+        self.box = box
+        self.lines: List[bytes] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def eomReceived(self) -> defer.Deferred:
+        self.box.append(b"\n".join(self.lines))
+        return defer.succeed(None)
+
+    def connectionLost(self) -> None:
+        pass
+
+
+@implementer(smtp.IMessageDelivery)
+class _Delivery:
+    def __init__(self) -> None:
+        self.box: List[bytes] = []
+        self.helo: List[bytes] = []
+
+    def receivedHeader(self, helo: Tuple[bytes, bytes], origin: Any, recipients: Any) -> bytes:
+        self.helo.append(helo[0])
+        return b"Received: by the test origin"
+
+    def validateFrom(self, helo: Any, origin: Any) -> Any:
+        return origin
+
+    def validateTo(self, user: Any) -> Any:
+        return lambda: _Message(self.box)
+
+
+class _SmtpOrigin(smtp.SMTPFactory):
+    protocol = smtp.ESMTP
+
+    def __init__(self, delivery: _Delivery) -> None:
+        super().__init__()
+        self.domain = b"origin.example"
+        self.delivery = delivery
+
+    def buildProtocol(self, addr: Any) -> Any:
+        server = super().buildProtocol(addr)
+        server.delivery = self.delivery
+        server.challengers = {}
+        return server
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_sends_mail_through_starttls_smtp(certs: str, tmp_path: Any) -> None:
+    curl = require_program("curl")
+    delivery = _Delivery()
+    origin = reactor.listenTCP(0, _SmtpOrigin(delivery), interface="127.0.0.1")
+    edge_port = free_port()
+    edge = Edge(
+        str(tmp_path),
+        {
+            "certificates": [cert(certs, "localhost")],
+            "apps": [
+                app(
+                    "mail",
+                    origin.getHost().port,
+                    edge_port,
+                    tls="flexible",
+                    starttls="smtp",
+                    dns={"name": "mail.example"},
+                )
+            ],
+        },
+    )
+    mail = tmp_path / "mail.txt"
+    mail.write_bytes(b"Subject: through the edge\r\n\r\nhello over STARTTLS\r\n")
+    url = f"smtp://127.0.0.1:{edge_port}/client.example"
+    common = [curl, "-sS", "--max-time", "20", url, "--mail-from", "a@example.com", "--mail-rcpt", "b@example.com"]
+    try:
+        out, err, code = await run(
+            [*common, "--ssl-reqd", "--cacert", os.path.join(certs, "ca.crt"), "-T", str(mail)], timeout=60
+        )
+        assert code == 0, err
+        (message,) = delivery.box
+        assert b"Subject: through the edge" in message and b"hello over STARTTLS" in message
+        # The origin's first command was the client's EHLO inside TLS.
+        assert delivery.helo == [b"client.example"]
+        # Without STARTTLS the edge refuses the mail itself.
+        out, err, code = await run([*common, "-T", str(mail)], timeout=60)
+        assert code != 0 and b"530" in err
+        assert len(delivery.box) == 1
+        await until(lambda: len(edge.finished()) == 2)
+        first, second = edge.finished()
+        assert (first["Status"], first["ClientTlsStatus"]) == (200, "OK")
+        assert second["Status"] == 443
+    finally:
+        await edge.stop()
+        await origin.stopListening()

@@ -63,7 +63,7 @@ class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
 
         pool, ports = self.pool(path, raw, name, protocol, ports)
         sniff = self.sniff(path, raw, protocol)
-        self.edge(path, raw, name, protocol, ips, ports, tuple(hostnames), sniff["sniff"] or "")
+        self.edge(path, raw, name, protocol, ips, ports, tuple(hostnames), sniff["sniff"] or "", "starttls" in raw)
 
         app_id = raw.get("id") or hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
         id_path = path + (("id",) if "id" in raw else ("name",))
@@ -224,6 +224,7 @@ class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
         ports: tuple[PortMapping, ...],
         hostnames: tuple[str, ...],
         sniff: str = "",
+        starttls: bool = False,
     ) -> None:
         """
         Refuse an edge address and port that an earlier app already has,
@@ -236,12 +237,12 @@ class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
                 where = path + ("protocol",)
             for ip in ips:
                 for other in self.bound:
-                    problem = self.clash(protocol, ip, mapping.edge, hostnames, other, sniff)
+                    problem = self.clash(protocol, ip, mapping.edge, hostnames, other, sniff, starttls)
                     if problem:
                         raise self.fail(where, problem)
         for mapping in ports:
             for ip in ips:
-                self.bound.append(_Bound(protocol, ip, mapping.edge, name, hostnames, sniff))
+                self.bound.append(_Bound(protocol, ip, mapping.edge, name, hostnames, sniff, starttls))
 
     @staticmethod
     def clash(
@@ -251,6 +252,7 @@ class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
         hostnames: tuple[str, ...],
         other: _Bound,
         sniff: str = "",
+        starttls: bool = False,
     ) -> str | None:
         """
         Why binding C{edge} on C{ip} collides with an earlier app, if it does.
@@ -263,6 +265,8 @@ class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
         used = f"{port} on {ip} is already used by app {_show(other.app)}"
         if protocol == "udp":
             return f"{used}; UDP apps cannot share an edge port"
+        if starttls or other.starttls:
+            return f"{used}; an app with starttls cannot share its edge port"
         if sniff or other.sniff:
             problem = _SniffPart.sniff_clash(used, sniff, hostnames, other)
             if problem is not None:

@@ -73,8 +73,8 @@ class _TlsPart(_Part):
                 path + ("starttls",),
                 f"needs tls flexible (the origin speaks {starttls} in plaintext), not {_show(mode)}",
             )
-        if "allow_plaintext" in raw and starttls is None:
-            raise self.fail(path + ("allow_plaintext",), "applies only with starttls")
+        if "allow_plaintext" in raw and starttls != "postgres":
+            raise self.fail(path + ("allow_plaintext",), "applies only with starttls postgres")
         return {
             "starttls": starttls,
             "allow_plaintext": raw.get("allow_plaintext", False),

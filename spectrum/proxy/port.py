@@ -35,7 +35,7 @@ from spectrum.proxy.inbound import HeaderGate, is_trusted
 from spectrum.proxy.lifecycle import HEADER, Connection, refuse_at_accept
 from spectrum.proxy.router import HandshakeGate, HostRoutes, RoutedEdge, SniGate, needs_router
 from spectrum.proxy.sniffgate import SniffGate, SniffRoutes
-from spectrum.proxy.starttls import PostgresGate
+from spectrum.proxy.starttls import PostgresGate, SmtpGate
 from spectrum.proxy.tcp import EdgeProtocol
 
 
@@ -163,7 +163,8 @@ class PortFactory(ServerFactory):
         app = connection.runtime.app
         app_tls = self.tls.apps.get(app.name) if self.tls is not None else None
         if app.starttls and app_tls is not None:
-            return PostgresGate(connection, app_tls)
+            gate = SmtpGate if app.starttls == "smtp" else PostgresGate
+            return gate(connection, app_tls)
         if app.terminates_tls and app_tls is not None:
             factory = app_tls.server_factory
             return factory.protocol(factory, HandshakeGate(connection, app_tls))

@@ -302,11 +302,15 @@ class HandshakeGate(_Gate):
     completes; then the L{RoutedEdge} takes its place.
     """
 
-    def __init__(self, connection: Connection, app_tls: AppTls, deadline: Optional[float] = None) -> None:
+    def __init__(
+        self, connection: Connection, app_tls: AppTls, deadline: Optional[float] = None, relay: Any = None
+    ) -> None:
         self.connection = connection
         connection.leg = self
         connection.phase = HANDSHAKE
         self.app_tls = app_tls
+        #: the relay that takes over after the handshake
+        self.relay = relay or RoutedEdge
         self.reactor = connection.runtime.reactor
         self.deadline = deadline
         self._early: List[bytes] = []
@@ -353,7 +357,7 @@ class HandshakeGate(_Gate):
             ClientTlsClientCertSubject=peer_subject(handle) or "",
         )
         connection.fields = fields
-        edge = RoutedEdge(connection, self.app_tls, alpn=tls.negotiatedProtocol)
+        edge = self.relay(connection, self.app_tls, alpn=tls.negotiatedProtocol)
         self._handed_over = True
         tls.wrappedProtocol = edge
         edge.makeConnection(tls)

@@ -26,7 +26,7 @@ from spectrum.proxy.sniff import (
     classify,
     read_packet,
 )
-from spectrum.proxy.starttls import MAX_STARTUP, NotPostgres, first_message
+from spectrum.proxy.starttls import MAX_STARTUP, NotPostgres, NotSmtp, command_line, first_message, greeting_end
 
 #: Inputs are cut to this many bytes: the parsers bound their own buffers far
 #: below it, so longer inputs only slow the search down.
@@ -137,6 +137,22 @@ def postgres_startup(data: bytes) -> None:
     if found is not None:
         kind, size = found
         assert size <= min(len(data), MAX_STARTUP)
+
+
+def smtp_lines(data: bytes) -> None:
+    """
+    The SMTP command line and origin greeting readers of C{starttls: smtp}.
+    """
+    data = data[:MAX_INPUT]
+    for reader in (command_line, greeting_end):
+        try:
+            found = reader(data)
+        except NotSmtp as e:
+            assert str(e)
+            continue
+        if found is not None:
+            size = found if isinstance(found, int) else found[2]
+            assert 0 < size <= len(data)
 
 
 def simple_proxy(data: bytes) -> None:
@@ -296,6 +312,7 @@ TARGETS: Dict[str, Callable[[bytes], None]] = {
     "minecraft_handshake": minecraft_handshake,
     "first_bytes": first_bytes,
     "postgres_startup": postgres_startup,
+    "smtp_lines": smtp_lines,
     "simple_proxy": simple_proxy,
     "config_yaml": config_yaml,
     "config_json": config_json,
