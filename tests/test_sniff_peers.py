@@ -100,8 +100,8 @@ def _read_varint(data: bytes, pos: int) -> Tuple[Optional[int], int]:
 class MinecraftServer(protocol.Protocol):
     """
     Answers a status request with the factory's description and a ping
-    with its pong; records every byte it got, and answers a login with a
-    disconnect.
+    with its pong; records every byte it got (a PROXY v1 header first, if
+    any), and answers a login with a disconnect.
     """
 
     def connectionMade(self) -> None:
@@ -112,6 +112,9 @@ class MinecraftServer(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.factory.received.append(data)
         self.buffer += data
+        if self.state == 0 and self.buffer.startswith(b"PROXY ") and b"\r\n" in self.buffer:
+            # Paper reads the PROXY header the edge sends first.
+            self.buffer = self.buffer.partition(b"\r\n")[2]
         while True:
             length, start = _read_varint(self.buffer, 0)
             if length is None or len(self.buffer) < start + length:
@@ -240,14 +243,24 @@ async def test_minecraft_login_relayed_byte_for_byte(tmp_path: Any) -> None:
         str(tmp_path),
         {
             "apps": [
-                app("a", port_a.getHost().port, edge_port, sniff="minecraft", dns={"name": "a.example"}),
+                app(
+                    "a",
+                    port_a.getHost().port,
+                    edge_port,
+                    sniff="minecraft",
+                    dns={"name": "a.example"},
+                    proxy_protocol="v1",
+                ),
                 app("rest", proxy_port.getHost().port, edge_port, sniff="any"),
             ]
         },
     )
     try:
         sent, answer = await threads.deferToThread(_login, edge_port, "a.example\0FML3\0")
-        assert b"".join(origin_a.received) == sent
+        # The PROXY header the app asks for, then the client's bytes as sent.
+        header, _, relayed = b"".join(origin_a.received).partition(b"\r\n")
+        assert header.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ") and header.endswith(b" %d" % edge_port)
+        assert relayed == sent
         text = json.dumps({"text": "welcome to A"}).encode()
         assert answer == _packet(0, _varint(len(text)) + text)
         assert proxy_origin.received == []
