@@ -441,12 +441,15 @@ QUERY = "select ssl, current_user from pg_stat_ssl where pid = pg_backend_pid()"
 @pytest_twisted.ensureDeferred
 async def test_psql_through_starttls_postgres(certs: str, tmp_path: Any, postgres: Postgres) -> None:
     psql = require_program("psql")
-    edge_port = free_port()
+    edge_port, open_port = free_port(), free_port()
     edge = Edge(
         str(tmp_path),
         {
             "certificates": [cert(certs, "localhost")],
-            "apps": [app("pg", postgres.port, edge_port, tls="flexible", starttls="postgres")],
+            "apps": [
+                app("pg", postgres.port, edge_port, tls="flexible", starttls="postgres"),
+                app("pg-open", postgres.port, open_port, tls="flexible", starttls="postgres", allow_plaintext=True),
+            ],
         },
     )
     base = f"hostaddr=127.0.0.1 port={edge_port} user=postgres dbname=postgres connect_timeout=10"
@@ -454,6 +457,10 @@ async def test_psql_through_starttls_postgres(certs: str, tmp_path: Any, postgre
 
     async def query(options: str) -> Tuple[bytes, bytes, int]:
         return await run([psql, "-X", "-At", "-c", QUERY, f"{base} {options}"], timeout=60)
+
+    async def query_open(options: str) -> Tuple[bytes, bytes, int]:
+        conninfo = f"{base.replace(str(edge_port), str(open_port))} {options}"
+        return await run([psql, "-X", "-At", "-c", QUERY, conninfo], timeout=60)
 
     try:
         with mock.patch.dict(os.environ, env):
@@ -468,8 +475,15 @@ async def test_psql_through_starttls_postgres(certs: str, tmp_path: Any, postgre
             out, err, code = await query("host=localhost sslmode=disable")
             assert code != 0 and out == b""
             assert b"this server requires TLS" in err
-        await until(lambda: len(edge.finished()) == 3)
-        events = edge.finished()
+            # An app that allows plaintext relays it; TLS still works there.
+            out, err, code = await query_open("host=localhost sslmode=disable")
+            assert (code, out) == (0, b"f|postgres\n"), err
+            out, err, code = await query_open("host=localhost sslmode=require")
+            assert (code, out) == (0, b"f|postgres\n"), err
+        await until(lambda: len(edge.finished()) == 5)
+        events = [e for e in edge.finished() if e["Application"] == "pg"]
+        opened = [e for e in edge.finished() if e["Application"] == "pg-open"]
+        assert [(e["Status"], e["ClientTlsStatus"]) for e in opened] == [(200, "UNKNOWN"), (200, "OK")]
         assert [(e["Status"], e["ClientTlsStatus"]) for e in events[:2]] == [(200, "OK")] * 2
         assert events[2]["Status"] == 443 and events[2]["Reason"] == "PostgreSQL client did not ask for TLS"
     finally:

@@ -211,8 +211,10 @@ class PostgresGate(_StartTlsGate):
         # A cancel request (never encrypted by older clients), or plaintext
         # the app allows: relayed as it came.
         self._cancel_timer()
-        self.connection.preface = bytes(held)
-        self._hand_over(EdgeProtocol(self.connection))
+        connection = self.connection
+        connection.fields = base_fields(app)
+        connection.preface = bytes(held)
+        self._hand_over(EdgeProtocol(connection))
 
 
 # SMTP -------------------------------------------------------------------------
