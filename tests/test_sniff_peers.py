@@ -1,8 +1,9 @@
 """
-Edge ports shared by protocol, and STARTTLS for PostgreSQL, with real
-clients: mcstatus (the Python library players' tools use) against small
-Minecraft servers written here, ssh to a real sshd, openssl s_client and
-curl on one edge port at once, and psql to a real PostgreSQL server.
+Edge ports shared by protocol, and STARTTLS, with real clients: mcstatus
+(the Python library players' tools use) against small Minecraft servers
+written here, ssh to a real sshd, openssl s_client and curl on one edge
+port at once, psql to a real PostgreSQL server, and curl sending mail to
+Twisted's ESMTP server.
 """
 
 from __future__ import annotations
@@ -585,6 +586,34 @@ async def test_curl_sends_mail_through_starttls_smtp(certs: str, tmp_path: Any) 
         first, second = edge.finished()
         assert (first["Status"], first["ClientTlsStatus"]) == (200, "OK")
         assert second["Status"] == 443
+    finally:
+        await edge.stop()
+        await origin.stopListening()
+
+
+def _encryption_requests(port: int) -> Tuple[bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(bytes.fromhex("0000000804d21630"))
+        gssenc = sock.recv(16)
+        sock.sendall(bytes.fromhex("0000000804d2162f"))
+        ssl_answer = sock.recv(16)
+    return gssenc, ssl_answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgres_gssapi_encryption_declined_then_tls_accepted(certs: str, tmp_path: Any) -> None:
+    origin, _ = listen_plain(b"")
+    edge_port = free_port()
+    edge = Edge(
+        str(tmp_path),
+        {
+            "certificates": [cert(certs, "localhost")],
+            "apps": [app("pg", origin.getHost().port, edge_port, tls="flexible", starttls="postgres")],
+        },
+    )
+    try:
+        answers = await threads.deferToThread(_encryption_requests, edge_port)
+        assert answers == (b"N", b"S")
     finally:
         await edge.stop()
         await origin.stopListening()
