@@ -14,8 +14,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from spectrum import status as S
+from spectrum.admission import Admission
 from spectrum.config import ConfigError, parse
-from spectrum.model import App, Origin, Pool, PortMapping, PortRange, Timeouts
+from spectrum.model import App, Config, Origin, Pool, PortMapping, PortRange, Timeouts
 from spectrum.proxy import sniff
 from spectrum.proxy.port import PortFactory
 from spectrum.proxy.sniff import HandshakeParser, NotMinecraft, classify
@@ -24,6 +25,7 @@ from spectrum.proxy.starttls import NotPostgres, NotSmtp, command_line, first_me
 from spectrum.proxy.tcp import EdgeProtocol
 from spectrum.proxy.tls import EdgeTls
 from spectrum.record import Recorders
+from spectrum.rules import make_rule
 from spectrum.runtime import AppRuntime
 
 from tlskit import client_hello
@@ -239,8 +241,11 @@ def test_config_refuses(apps: List[dict], message: str) -> None:
 # the gate ------------------------------------------------------------------------
 
 
-def sniff_port(*apps: Tuple[str, str, Tuple[str, ...]], wait: float = 1.0, handshake_timeout: float = 5.0) -> Any:
+def sniff_port(
+    *apps: Tuple[str, str, Tuple[str, ...]], wait: float = 1.0, handshake_timeout: float = 5.0, block: str = ""
+) -> Any:
     reactor = MemoryReactorClock()
+    admission = Admission(Config(access_rules=(make_rule("block", "ip", block),) if block else ()), reactor)
     recorders = Recorders()
     events: List[Tuple[str, Any]] = []
     recorders.add(lambda kind, record: events.append((kind, record.as_event(kind))))
@@ -259,13 +264,24 @@ def sniff_port(*apps: Tuple[str, str, Tuple[str, ...]], wait: float = 1.0, hands
             sniff_wait=wait,
             minecraft_unknown_message="Unknown server here",
         )
-        runtimes.append(AppRuntime(model, recorders, reactor))
+        runtimes.append(AppRuntime(model, recorders, reactor, admission))
     factory = PortFactory(runtimes, EdgeTls(reactor))
     gate = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    if block:
+        return factory, reactor, events, gate, None
     assert isinstance(gate, SniffGate)
     transport = StringTransport()
     gate.makeConnection(transport)
     return factory, reactor, events, gate, transport
+
+
+def test_access_rules_run_at_accept_before_anything_is_read() -> None:
+    factory, reactor, events, gate, transport = sniff_port(("s", "ssh", ()), ("rest", "any", ()), block="127.0.0.1")
+    # No protocol at all: the socket is closed without a byte read.
+    assert gate is None
+    ((kind, event),) = events
+    assert event["Status"] == S.FIREWALL and event["Application"] == ""
+    assert reactor.getDelayedCalls() == [] and reactor.tcpClients == []
 
 
 def test_silent_client_goes_to_any_after_the_wait() -> None:
