@@ -11,8 +11,8 @@ then start the first stage of its connection.
                         names it, before the handshake or the origin;
   - shared by protocol (C{sniff}): the same, once the first bytes (and a
                         ClientHello or a Minecraft handshake) name the app;
-  - STARTTLS (PostgreSQL): admission at accept, then the SSLRequest, the
-                        handshake and the relay;
+  - STARTTLS (PostgreSQL, SMTP): admission at accept, then the client's
+                        request for TLS, the handshake and the relay;
   - behind an upstream (C{accept_proxy_protocol}, any of the above): the
                         upstream's trust at accept, admission of the
                         declared client right after its PROXY header.
@@ -54,8 +54,8 @@ def port_limits(runtimes: Sequence[Any]) -> Limits:
 class PortFactory(ServerFactory):
     """
     The factory of one TCP edge address and port: its apps (one, or several
-    told apart by SNI), its admission and the first stage of each
-    connection.
+    told apart by SNI or by protocol), its admission and the first stage of
+    each connection.
 
     @ivar edge: the bound address and port when the socket is bound to one
         address (not a wildcard), so connections need not ask the kernel.
@@ -153,8 +153,9 @@ class PortFactory(ServerFactory):
 
     def next_protocol(self, connection: Connection) -> Protocol:
         """
-        The protocol after admission: the ClientHello of a shared port, the
-        edge TLS handshake, or the relay.
+        The protocol after admission: the first bytes of a port shared by
+        protocol, the ClientHello of a port shared by SNI, the request for
+        TLS of a STARTTLS app, the edge TLS handshake, or the relay.
         """
         if self.sniffing is not None:
             return SniffGate(connection, self.sniffing)
