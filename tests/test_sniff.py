@@ -18,6 +18,7 @@ from spectrum.admission import Admission
 from spectrum.config import ConfigError, parse
 from spectrum.model import App, Config, Origin, Pool, PortMapping, PortRange, Timeouts
 from spectrum.proxy import sniff
+from spectrum.proxy.inbound import HeaderGate
 from spectrum.proxy.port import PortFactory
 from spectrum.proxy.sniff import HandshakeParser, NotMinecraft, classify
 from spectrum.proxy.sniffgate import SniffGate
@@ -242,7 +243,11 @@ def test_config_refuses(apps: List[dict], message: str) -> None:
 
 
 def sniff_port(
-    *apps: Tuple[str, str, Tuple[str, ...]], wait: float = 1.0, handshake_timeout: float = 5.0, block: str = ""
+    *apps: Tuple[str, str, Tuple[str, ...]],
+    wait: float = 1.0,
+    handshake_timeout: float = 5.0,
+    block: str = "",
+    trusted: Tuple[str, ...] = (),
 ) -> Any:
     reactor = MemoryReactorClock()
     admission = Admission(Config(access_rules=(make_rule("block", "ip", block),) if block else ()), reactor)
@@ -263,13 +268,14 @@ def sniff_port(
             sniff=what,
             sniff_wait=wait,
             minecraft_unknown_message="Unknown server here",
+            accept_proxy_protocol=trusted,
         )
         runtimes.append(AppRuntime(model, recorders, reactor, admission))
     factory = PortFactory(runtimes, EdgeTls(reactor))
     gate = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
     if block:
         return factory, reactor, events, gate, None
-    assert isinstance(gate, SniffGate)
+    assert isinstance(gate, HeaderGate if trusted else SniffGate)
     transport = StringTransport()
     gate.makeConnection(transport)
     return factory, reactor, events, gate, transport
@@ -305,6 +311,17 @@ def test_ssh_bytes_go_to_the_ssh_app_and_are_replayed() -> None:
     (connection,) = factory.runtimes[0].connections
     assert connection.preface == b"SSH-2.0-x\r\n"
     assert connection.named and connection.sniffed == ("ssh", "")
+
+
+def test_behind_an_upstream_the_bytes_after_its_header_are_sniffed() -> None:
+    factory, reactor, events, gate, transport = sniff_port(
+        ("s", "ssh", ()), ("rest", "any", ()), trusted=("127.0.0.1",)
+    )
+    gate.dataReceived(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 25565\r\nSSH-2.0-x\r\n")
+    ((host, port, *_),) = reactor.tcpClients
+    assert port == 9000
+    (connection,) = factory.runtimes[0].connections
+    assert connection.client_ip == "198.51.100.7" and connection.preface == b"SSH-2.0-x\r\n"
 
 
 def test_unknown_protocol_without_any_app_refused() -> None:
