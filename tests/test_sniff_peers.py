@@ -617,3 +617,36 @@ async def test_postgres_gssapi_encryption_declined_then_tls_accepted(certs: str,
     finally:
         await edge.stop()
         await origin.stopListening()
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        answer = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return answer
+            answer += chunk
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_turns_a_port_into_one_shared_by_protocol(tmp_path: Any) -> None:
+    origin_x, _ = listen_plain(b"X:")
+    origin_y, _ = listen_plain(b"Y:")
+    edge_port = free_port()
+    apps = [app("plain", origin_x.getHost().port, edge_port)]
+    edge = Edge(str(tmp_path), {"apps": apps})
+    try:
+        assert await threads.deferToThread(_exchange, edge_port, b"SSH-2.0-x\r\n") == b"X:SSH-2.0-x\r\n"
+        apps[0]["sniff"] = "any"
+        apps.append(app("ssh", origin_y.getHost().port, edge_port, sniff="ssh"))
+        with open(edge.path, "w") as f:
+            json.dump({"apps": apps}, f)
+        assert edge.service.reload()
+        assert await threads.deferToThread(_exchange, edge_port, b"SSH-2.0-x\r\n") == b"Y:SSH-2.0-x\r\n"
+        assert await threads.deferToThread(_exchange, edge_port, b"hello\n") == b"X:hello\n"
+    finally:
+        await edge.stop()
+        await origin_x.stopListening()
+        await origin_y.stopListening()
