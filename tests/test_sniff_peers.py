@@ -26,6 +26,8 @@ from twisted.mail import smtp
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from spectrum.admin.metrics import AnalyticsCollector
+
 from conftest import free_port, require_program
 from procs import start_program
 from relaykit import sleep
@@ -302,6 +304,10 @@ def ssh(tmp_path: Any) -> Iterator[SSH]:
     server.stop()
 
 
+#: the apps of the shared port, and what each takes
+PROTOCOL_OF = {"ssh": "ssh", "pa": "tls", "b": "tls", "web": "http", "rest": "any"}
+
+
 @pytest_twisted.ensureDeferred
 async def test_ssh_tls_http_and_a_server_first_protocol_on_one_port(certs: str, tmp_path: Any, ssh: SSH) -> None:
     curl = require_program("curl")
@@ -357,14 +363,17 @@ async def test_ssh_tls_http_and_a_server_first_protocol_on_one_port(certs: str, 
         assert greeting == b"220 server speaks first\n"
 
         await until(lambda: len(edge.finished()) == 5)
-        sniffed = {e["Application"]: (e["ClientSniffedProtocol"], e["Status"]) for e in edge.finished()}
-        assert sniffed == {
-            "ssh": ("ssh", 200),
-            "pa": ("tls", 200),
-            "b": ("tls", 200),
-            "web": ("http", 200),
-            "rest": ("any", 200),
+        service = edge.service
+        collector = AnalyticsCollector(service.analytics, service.admission.firewall, service.refusals, service.shield)
+        samples = {
+            tuple(sorted(sample.labels.items())): sample.value
+            for family in collector.collect()
+            for sample in family.samples
+            if sample.name == "spectrum_client_protocol_connections_total"
         }
+        assert samples == {(("app", name), ("protocol", protocol)): 1 for name, protocol in PROTOCOL_OF.items()}
+        sniffed = {e["Application"]: (e["ClientSniffedProtocol"], e["Status"]) for e in edge.finished()}
+        assert sniffed == {name: (protocol, 200) for name, protocol in PROTOCOL_OF.items()}
     finally:
         await edge.stop()
         for listening in (tls_origin, plain_origin, web, greeter):
