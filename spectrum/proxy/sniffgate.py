@@ -208,6 +208,7 @@ class SniffGate(_Gate):
         self.transport.loseConnection()
 
     def _choose(self, protocol: str, handshake: Optional[Handshake]) -> None:
+        self._cancel_wait()
         connection = self.connection
         name = handshake.hostname if handshake is not None else ""
         connection.sniffed = (protocol, name)
@@ -228,7 +229,6 @@ class SniffGate(_Gate):
             self._unknown(handshake, held)
             return
         self._cancel_timer()
-        self._cancel_wait()
         if not connection.named:
             connection.move_to(runtime)
             refusal = connection.admit()
@@ -253,7 +253,6 @@ class SniffGate(_Gate):
         (status) or the login screen, then close.
         """
         self._closed = True
-        self._cancel_wait()
         self._reason = f"no app for Minecraft server address {handshake.hostname!r}"
         message = self.routes.unknown_message
         if handshake.next_state != STATUS:
