@@ -446,8 +446,10 @@ class HealthChecker:
         monitor = self.monitor
         if health is None or monitor is None or not health.active:
             return
-        if reason.check(ierror.UserError, ierror.ConnectingCancelledError, CancelledError):
-            # The client left while we were connecting: not the origin's fault.
+        timed_out = reason.check(ierror.TimeoutError)
+        if not timed_out and reason.check(ierror.UserError, ierror.ConnectingCancelledError, CancelledError):
+            # The client left while we were connecting: not the origin's fault
+            # (a connect timeout is a UserError too, and is the origin's).
             return
         health.passive_total += 1
         if not health.up or not monitor.passive_down:
