@@ -19,6 +19,7 @@ from spectrum.limits import ClientLimits
 from spectrum.model import App, PortMapping
 from spectrum.record import Recorders
 from spectrum.refusals import Refusals
+from spectrum.resolver import Resolver, shared_resolver
 
 
 class AppRuntime:
@@ -33,6 +34,7 @@ class AppRuntime:
         reactor: Any = None,
         admission: Optional[Admission] = None,
         refusals: Optional[Refusals] = None,
+        resolver: Optional[Resolver] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -43,6 +45,8 @@ class AppRuntime:
         self.admission = admission if admission is not None else Admission(None, reactor)
         #: how refused clients are counted and sampled
         self.refusals = refusals if refusals is not None else Refusals(recorders, reactor)
+        #: origin names to addresses (shared by every app of the service)
+        self.resolver = resolver if resolver is not None else shared_resolver(reactor)
         #: what this app's admitted clients hold open
         self.limits = ClientLimits()
         self.app = app

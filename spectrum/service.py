@@ -29,6 +29,7 @@ from spectrum.model import App, Config
 from spectrum.proxy.tls import EdgeTls, TlsFileError
 from spectrum.record import Recorders
 from spectrum.refusals import Refusals
+from spectrum.resolver import Resolver
 from spectrum.runtime import AppRuntime
 
 ListenerKey = Tuple[str, str, int]
@@ -105,6 +106,8 @@ class SpectrumService(MultiService):
         self.steering: Optional[Steering] = probe_steering() if self.shield.active else None
         #: refused clients, counted and sampled
         self.refusals = Refusals(self.recorders, reactor)
+        #: origin names to addresses, for every app
+        self.resolver = Resolver(reactor, config.resolvers)
         # Analytics, the event log and the admin site attach themselves
         # through the hooks above.
         self.analytics = Analytics(reactor, config.analytics.window_minutes)
@@ -127,7 +130,7 @@ class SpectrumService(MultiService):
     # building and reconciling ---------------------------------------------
 
     def _new_runtime(self, app: App) -> AppRuntime:
-        return AppRuntime(app, self.recorders, self.reactor, self.admission, self.refusals)
+        return AppRuntime(app, self.recorders, self.reactor, self.admission, self.refusals, self.resolver)
 
     def apply(self, config: Config) -> None:
         """
@@ -226,6 +229,7 @@ class SpectrumService(MultiService):
                 runtime.health.stop()
                 self._retire(runtime)
         self.config = config
+        self.resolver.configure(config.resolvers)
         for hook in self.config_hooks:
             hook(config)
 

@@ -29,6 +29,7 @@ DATA_PLANE = (
     "spectrum.proxy",
     "spectrum.record",
     "spectrum.refusals",
+    "spectrum.resolver",
     "spectrum.runtime",
     "spectrum.sockets",
 )

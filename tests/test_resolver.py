@@ -1,0 +1,126 @@
+"""
+Origin hostnames through spectrum's resolver, against a real name server
+started by the test: a name that is never answered holds up no other app,
+a lookup waits no longer than the connect timeout, answers are kept for
+their TTL, and TCP and UDP resolve the same way (IPv6-only names too).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, List
+
+import pytest_twisted
+from twisted.internet import defer
+
+from spectrum import status as S
+from spectrum.model import Config, Origin, Timeouts
+from spectrum.service import SpectrumService
+
+from dnskit import name_server
+from relaykit import OriginFactory, connect_client, listen_origin, make_app, sleep
+
+
+class Service:
+    """
+    A started service whose origin names are asked of C{server}.
+    """
+
+    def __init__(self, server: Any, *apps: Any) -> None:
+        from twisted.internet import reactor
+
+        config = Config(apps=apps, resolvers=(("127.0.0.1", server.port),))
+        self.service = SpectrumService(config, reactor=reactor)
+        self.events: List[Any] = []
+        self.service.recorders.add(lambda kind, record: self.events.append((kind, record.as_event(kind))))
+        self.service.startService()
+
+    def port(self, name: str) -> int:
+        for listener in self.service.listeners.values():
+            if listener.runtime.app.name == name:
+                return int(listener.bound_port())
+        raise KeyError(name)
+
+    def stop(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.service.stopService)
+
+
+async def _exchange(port: int) -> bytes:
+    client = await connect_client(port)
+    client.transport.write(b"x")
+    client.transport.loseWriteConnection()
+    return bytes(await client.done)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_name_holds_up_no_other_app(tmp_path: Any) -> None:
+    """
+    Twenty clients of an app whose origin's name is never answered wait at
+    most the connect timeout (then 523), and meanwhile another app's
+    hostname origin serves at once.
+    """
+    origin = listen_origin(OriginFactory(greeting=b"F\n"))
+    number = origin.getHost().port
+    with name_server(tmp_path, {"fast.test": {"A": ["127.0.0.1"]}, "slow.test": "silent"}) as server:
+        slow = make_app("slow", [Origin(name="s", address="slow.test", port=number)], timeouts=Timeouts(connect=1.5))
+        fast = make_app("fast", [Origin(name="f", address="fast.test", port=number)])
+        service = Service(server, slow, fast)
+        try:
+            started = time.monotonic()
+            waiting = [await connect_client(service.port("slow")) for _ in range(20)]
+            assert await _exchange(service.port("fast")) == b"F\nx"
+            assert time.monotonic() - started < 0.5
+            answers = [await client.done for client in waiting]
+            took = time.monotonic() - started
+            assert answers == [b""] * 20
+            assert 1.4 < took < 2.5
+            statuses = [e["Status"] for kind, e in service.events if e["Application"] == "slow"]
+            assert statuses == [S.ORIGIN_UNREACHABLE] * 20
+            # One lookup for the twenty (its retransmissions aside).
+            assert 1 <= server.questions("A", "slow.test") <= 2
+        finally:
+            await service.stop()
+            await origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_are_kept_for_their_ttl(tmp_path: Any) -> None:
+    """
+    Clients within the answer's TTL cost no question; the first after it
+    asks again.
+    """
+    origin = listen_origin(OriginFactory(greeting=b"T\n"))
+    app = make_app("ttl", [Origin(name="t", address="ttl.test", port=origin.getHost().port)])
+    with name_server(tmp_path, {"ttl.test": {"A": ["127.0.0.1"], "ttl": 1}}) as server:
+        service = Service(server, app)
+        try:
+            for _ in range(5):
+                assert await _exchange(service.port("ttl")) == b"T\nx"
+            assert server.questions("A", "ttl.test") == 1
+            await sleep(1.1)
+            assert await _exchange(service.port("ttl")) == b"T\nx"
+            assert server.questions("A", "ttl.test") == 2
+        finally:
+            await service.stop()
+            await origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_with_no_address_is_refused_at_once(tmp_path: Any) -> None:
+    """
+    A name that does not exist fails the connect without waiting (523), and
+    the next origin of the pool serves.
+    """
+    origin = listen_origin(OriginFactory(greeting=b"N\n"))
+    number = origin.getHost().port
+    origins = [Origin(name="gone", address="gone.test", port=number), Origin(name="ok", address="ok.test", port=number)]
+    app = make_app("nx", origins)
+    with name_server(tmp_path, {"ok.test": {"A": ["127.0.0.1"]}}) as server:
+        service = Service(server, app)
+        try:
+            started = time.monotonic()
+            assert await _exchange(service.port("nx")) == b"N\nx"
+            assert time.monotonic() - started < 0.5
+        finally:
+            await service.stop()
+            await origin.stopListening()
