@@ -19,6 +19,7 @@ from spectrum.service import SpectrumService
 
 from dnskit import name_server
 from relaykit import OriginFactory, connect_client, listen_origin, make_app, sleep
+from udpkit import UDPOrigin, bind_client, listen_udp_origin, udp_app
 
 
 class Service:
@@ -124,3 +125,30 @@ async def test_a_name_with_no_address_is_refused_at_once(tmp_path: Any) -> None:
         finally:
             await service.stop()
             await origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_with_only_an_ipv6_address_serves_tcp_and_udp(tmp_path: Any) -> None:
+    """
+    A name with an AAAA record and no A record: TCP and UDP apps reach
+    their origins on it alike.
+    """
+    tcp_origin = listen_origin(OriginFactory(greeting=b"6\n"), host="::1")
+    udp_origin = UDPOrigin(lambda data, addr: b"six:" + data)
+    udp_port = listen_udp_origin(udp_origin, host="::1")
+    tcp_app = make_app("tcp6", [Origin(name="t", address="six.test", port=tcp_origin.getHost().port)])
+    udp = udp_app("udp6", [Origin(name="u", address="six.test", port=udp_port.getHost().port)])
+    client, client_port = bind_client()
+    with name_server(tmp_path, {"six.test": {"AAAA": ["::1"]}}) as server:
+        service = Service(server, tcp_app, udp)
+        try:
+            assert await _exchange(service.port("tcp6")) == b"6\nx"
+            for i in range(3):
+                client.send(b"%d" % i, service.port("udp6"))
+            assert sorted(await client.wait_for(3)) == [b"six:0", b"six:1", b"six:2"]
+        finally:
+            await service.stop()
+            for port in (client_port, udp_port, tcp_origin):
+                await port.stopListening()
+    ends = {e["Application"]: e for kind, e in service.events if kind == "disconnect"}
+    assert ends["tcp6"]["OriginIP"] == ends["udp6"]["OriginIP"] == "::1"

@@ -365,7 +365,12 @@ class UDPEdge(DatagramProtocol):
         record.origin_port = port
         session = Session(self, runtime, addr, record, origin, now, verdict)
         address = origin.address
-        if isIPAddress(address) or isIPv6Address(address):
+        if not (isIPAddress(address) or isIPv6Address(address)):
+            addresses = runtime.resolver.cached(address)
+            address = addresses[0] if addresses else ""
+            if address:
+                record.origin_ip = address
+        if address:
             try:
                 session.connect(reactor, address, port)
             except (OSError, CannotListenError) as e:
@@ -374,18 +379,20 @@ class UDPEdge(DatagramProtocol):
                     client, upstream, S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}", ORIGIN_ERROR, verdict
                 )
                 return None
-        else:
-            # Resolved off the data plane; the first datagrams wait in the
-            # session (a few, bounded).
-            reactor.resolve(address).addCallbacks(
-                self._resolved, self._unresolved, callbackArgs=(session, port), errbackArgs=(session,)
-            )
         self.sessions[addr] = session
         self.per_ip[client_ip] = self.per_ip.get(client_ip, 0) + 1
         runtime.opened(session)
         runtime.balancer.connection_opened(origin)
         runtime.recorders(CONNECT, record)
         self._schedule_sweep()
+        if not address:
+            # Resolved off the data plane (the session's first datagrams
+            # wait, bounded); an answer known to be empty ends it at once.
+            runtime.resolver.resolve(origin.address, app.timeouts.connect).addCallbacks(
+                self._resolved, self._unresolved, callbackArgs=(session, port), errbackArgs=(session,)
+            )
+            if session.ended:
+                return None
         return session, data
 
     def _record(
@@ -438,10 +445,11 @@ class UDPEdge(DatagramProtocol):
         self._refuse((ip, addr[1]), None, status, reason or "", CLIENT_FILTERED, None)
         return None
 
-    def _resolved(self, ip: str, session: Session, port: int) -> None:
+    def _resolved(self, addresses: Tuple[str, ...], session: Session, port: int) -> None:
         if session.ended:
             return
-        session.record.origin_ip = ip
+        # UDP cannot tell a working address from another: the first.
+        ip = session.record.origin_ip = addresses[0]
         try:
             session.connect(self.reactor, ip, port)
         except (OSError, CannotListenError) as e:
