@@ -15,11 +15,16 @@ name with only an IPv6 address resolves.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from twisted.internet import base, udp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.names import client, dns
 from twisted.python.failure import Failure
 
 #: seconds an answer with no address (no such name, or no A nor AAAA) is kept
@@ -39,6 +44,64 @@ class ResolveError(Exception):
     """
     A name could not be resolved (no address, no answer in time).
     """
+
+
+class QuietPort(udp.Port):
+    """
+    A UDP socket that logs nothing when it opens or closes: Twisted's UDP
+    port logs a line each way, worth having for an edge port, but one pair
+    per client session or per question asked would be most of the log.
+    """
+
+    def _bindSocket(self) -> None:
+        try:
+            skt = self.createInternetSocket()
+            skt.bind((self.interface, self.port))
+        except OSError as e:
+            raise CannotListenError(self.interface, self.port, e) from e
+        # The ephemeral port is not needed (getHost asks the socket).
+        self._realPortNumber = 0
+        self.connected = 1
+        self.socket = skt
+        self.fileno = skt.fileno  # type: ignore[method-assign]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # udp.Port.connectionLost, without its log line.
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        base.BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):
+            self.d.callback(None)
+            del self.d
+
+
+class _QuietDNS(dns.DNSDatagramProtocol):
+    noisy = False
+
+
+class _NameClient(client.Resolver):
+    """
+    Twisted's DNS client, its questions asked from quiet sockets.
+    """
+
+    def _connectedProtocol(self, interface: str = "") -> dns.DNSDatagramProtocol:
+        protocol = _QuietDNS(self, reactor=self._reactor)
+        if isinstance(self._reactor, PosixReactorBase):
+            # A socket on a random source port, as Twisted's own.
+            for _ in range(100):
+                port = QuietPort(dns.randomSource(), protocol, interface, 8192, self._reactor)
+                try:
+                    port.startListening()
+                except CannotListenError as e:
+                    if getattr(e.socketError, "errno", None) == errno.EMFILE:
+                        raise
+                    continue
+                return protocol
+        return super()._connectedProtocol(interface)
 
 
 class Resolver:
@@ -140,10 +203,8 @@ class Resolver:
 
     def _name_client(self) -> Any:
         if self._client is None:
-            from twisted.names import client
-
             servers = list(self.servers)
-            self._client = client.Resolver(
+            self._client = _NameClient(
                 resolv=None if servers else self.resolv_conf,
                 servers=servers or None,
                 timeout=QUERY_TIMEOUTS,
@@ -152,7 +213,6 @@ class Resolver:
         return self._client
 
     def _answered(self, results: List[Tuple[bool, Any]], name: str) -> None:
-        from twisted.names import dns
         from twisted.names.error import DNSNameError
 
         addresses: List[str] = []

@@ -22,7 +22,6 @@ import errno
 import socket
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from twisted.internet import base
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
@@ -37,6 +36,7 @@ from spectrum.model import Origin
 from spectrum.proxy import proxyproto, scratch
 from spectrum.proxy.inbound import is_trusted
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
+from spectrum.resolver import QuietPort
 from spectrum.runtime import AppRuntime
 from spectrum.sockets import edge_socket_options
 
@@ -46,12 +46,46 @@ MAX_DATAGRAM = 65535
 #: Socket buffers asked for on the edge port, which every client shares
 #: (the kernel caps them at net.core.rmem_max / wmem_max).
 EDGE_SOCKET_BUFFER = 4 * 1024 * 1024
-#: Datagrams kept for a session while its origin's name is being resolved.
+#: Datagrams kept for a session while its origin's name is being resolved
+#: (the rest are dropped and counted): at most this many, of at most
+#: PENDING_BYTES in all, and no more than PENDING_TOTAL for every session of
+#: the process together.
 PENDING_DATAGRAMS = 64
+PENDING_BYTES = 64 * 1024
+PENDING_TOTAL = 8 * 1024 * 1024
 #: The longest gap between idle sweeps, whatever the idle timeout.
 MAX_SWEEP_INTERVAL = 5.0
 
 Address = Tuple[str, int]
+
+
+class PendingBytes:
+    """
+    The bytes every session of the process keeps while it waits for its
+    origin, against one limit.
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """
+        Count C{size} more bytes kept, unless that would pass the limit.
+        """
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+#: the process's sessions waiting for their origins
+PENDING = PendingBytes(PENDING_TOTAL)
 
 
 class _OriginDatagrams(DatagramProtocol):
@@ -105,6 +139,7 @@ class Session:
         "ticket",
         "_first",
         "_pending",
+        "_pending_bytes",
         "_reply_headers",
         "_send",
         "_spp",
@@ -141,6 +176,7 @@ class Session:
         self.seen_at = now
         self._send: Any = None
         self._pending: Optional[List[bytes]] = []
+        self._pending_bytes = 0
         mode = runtime.app.proxy_protocol
         client = (record.client_ip, record.client_port)
         proxy = (record.edge_ip, record.edge_port)
@@ -170,6 +206,7 @@ class Session:
         self.port.connect(ip, port)
         self._send = self.port.socket.send
         pending, self._pending = self._pending, None
+        self._release_pending()
         for data in pending or ():
             # Already counted when they arrived.
             self.client_datagrams -= 1
@@ -184,8 +221,15 @@ class Session:
         send = self._send
         if send is None:
             pending = self._pending
-            if pending is not None and len(pending) < PENDING_DATAGRAMS:
+            size = len(data)
+            if (
+                pending is not None
+                and len(pending) < PENDING_DATAGRAMS
+                and self._pending_bytes + size <= PENDING_BYTES
+                and PENDING.take(size)
+            ):
                 pending.append(data)
+                self._pending_bytes += size
             else:
                 self.dropped += 1
             return
@@ -201,6 +245,10 @@ class Session:
         if self._first:
             # Sent: the origin knows the client now.
             self._first = b""
+
+    def _release_pending(self) -> None:
+        PENDING.give(self._pending_bytes)
+        self._pending_bytes = 0
 
     def _send_failed(self, e: OSError) -> None:
         if e.errno == errno.ECONNREFUSED:
@@ -239,6 +287,11 @@ class Session:
         if self.ended:
             return
         self.ended = True
+        if self._pending:
+            # Never sent: counted as dropped.
+            self.dropped += len(self._pending)
+            self._pending = None
+        self._release_pending()
         if self.ticket is not None:
             self.ticket.release()
         if self.port is not None:
@@ -557,37 +610,11 @@ class UDPListening:
         return self.port.stopListening()
 
 
-class _SessionPort(scratch.DatagramPort):
+class _SessionPort(QuietPort, scratch.DatagramPort):
     """
-    A session's own socket towards its origin. Twisted's UDP port logs a
-    line when it starts and one when it closes: an edge port's are worth
-    having, but one pair per client session would be most of the log.
+    A session's own socket towards its origin: quiet (one log line per
+    session is its record's), reading into the shared buffer.
     """
-
-    def _bindSocket(self) -> None:
-        try:
-            skt = self.createInternetSocket()
-            skt.bind((self.interface, self.port))
-        except OSError as e:
-            raise CannotListenError(self.interface, self.port, e) from e
-        # The ephemeral port is not needed (getHost asks the socket).
-        self._realPortNumber = 0
-        self.connected = 1
-        self.socket = skt
-        self.fileno = skt.fileno  # type: ignore[method-assign]
-
-    def connectionLost(self, reason: Any = None) -> None:
-        # udp.Port.connectionLost, without its log line.
-        self._realPortNumber = None
-        self.maxThroughput = -1
-        base.BasePort.connectionLost(self, reason)
-        self.protocol.doStop()
-        self.socket.close()
-        del self.socket
-        del self.fileno
-        if hasattr(self, "d"):
-            self.d.callback(None)
-            del self.d
 
 
 class _EdgeUDPPort(scratch.DatagramPort):
