@@ -6,7 +6,8 @@ origin the balancer picked, so the origin's replies find their way back.
 UDP has no close: a session ends when it has been quiet for the app's
 C{timeouts.idle}, when its origin refuses (ICMP port unreachable), or when
 its edge port closes (reload, stop). One timer per edge port sweeps the
-sessions; nothing is rescheduled per datagram.
+sessions; nothing is rescheduled per datagram. After a refusal the client's
+datagrams are refused for L{REFUSED_HOLD} (counted, no record each).
 
 PROXY protocol: C{v2} puts a DGRAM header on the first datagram of a
 session; C{simple} (Cloudflare's Simple Proxy Protocol) puts a 38-byte
@@ -55,6 +56,11 @@ PENDING_BYTES = 64 * 1024
 PENDING_TOTAL = 8 * 1024 * 1024
 #: The longest gap between idle sweeps, whatever the idle timeout.
 MAX_SWEEP_INTERVAL = 5.0
+#: Seconds a client's datagrams are refused (counted, no record each) after
+#: its session ended on the origin's refusal (ICMP port unreachable), so a
+#: client sending on to a dead origin costs a session per second, not one
+#: per datagram.
+REFUSED_HOLD = 1.0
 
 Address = Tuple[str, int]
 
@@ -102,14 +108,14 @@ class _OriginDatagrams(DatagramProtocol):
         self.session.from_origin(data)
 
     def connectionRefused(self) -> None:
-        self.session.end(S.ORIGIN_REFUSED, "origin refused (ICMP port unreachable)")
+        self.session.refused("origin refused (ICMP port unreachable)")
 
     def stopProtocol(self) -> None:
         # The reactor closes a connected UDP socket on a pending socket error
         # (EPOLLERR: an ICMP port unreachable from the origin) before any
         # read could report it as refused.
         if not self.session.ended:
-            self.session.end(S.ORIGIN_REFUSED, "origin refused (ICMP error on the origin socket)")
+            self.session.refused("origin refused (ICMP error on the origin socket)")
 
 
 class Session:
@@ -252,7 +258,7 @@ class Session:
 
     def _send_failed(self, e: OSError) -> None:
         if e.errno == errno.ECONNREFUSED:
-            self.end(S.ORIGIN_REFUSED, "origin refused (ICMP port unreachable)")
+            self.refused("origin refused (ICMP port unreachable)")
         else:
             # A full socket buffer (EAGAIN, ENOBUFS) or a datagram too big
             # for the path: UDP's answer is to drop it.
@@ -279,6 +285,15 @@ class Session:
         End the session now (the runtime's drain deadline).
         """
         self.end(status, reason)
+
+    def refused(self, reason: str) -> None:
+        """
+        The origin refused (ICMP): end, and hold the client's next datagrams
+        off for a moment.
+        """
+        if not self.ended:
+            self.end(S.ORIGIN_REFUSED, reason)
+            self.edge.hold(self.addr)
 
     def end(self, status: int, reason: str = "") -> None:
         """
@@ -334,6 +349,9 @@ class UDPEdge(DatagramProtocol):
         self.runtime = runtime
         self.reactor = runtime.reactor
         self.sessions: Dict[Address, Session] = {}
+        #: client addresses whose session the origin refused, and until when
+        #: their datagrams are refused (L{REFUSED_HOLD})
+        self.held: Dict[Address, float] = {}
         self.per_ip: Dict[str, int] = {}
         self.refused = 0
         self._sweep: Any = None
@@ -358,6 +376,8 @@ class UDPEdge(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         session = self.sessions.get(addr)
         if session is None:
+            if self.held and self._held_off(addr):
+                return
             opened = self._open(addr, data)
             if opened is None:
                 return
@@ -365,6 +385,27 @@ class UDPEdge(DatagramProtocol):
         session.from_client(data)
 
     # opening ------------------------------------------------------------------
+
+    def hold(self, addr: Address) -> None:
+        """
+        Refuse C{addr}'s datagrams for L{REFUSED_HOLD} seconds.
+        """
+        self.held[addr] = self.reactor.seconds() + REFUSED_HOLD
+        self._schedule_sweep()
+
+    def _held_off(self, addr: Address) -> bool:
+        until = self.held.get(addr)
+        if until is None:
+            return False
+        if self.reactor.seconds() >= until:
+            del self.held[addr]
+            return False
+        self.refused += 1
+        runtime = self.runtime
+        runtime.refusals.count(
+            runtime.app.name, ORIGIN_ERROR, S.ORIGIN_REFUSED, "", normalize_ip(addr[0]), UNKNOWN_COUNTRY
+        )
+        return True
 
     def _open(self, addr: Address, data: bytes) -> Optional[Tuple[Session, bytes]]:
         """
@@ -577,7 +618,9 @@ class UDPEdge(DatagramProtocol):
             idle = session.runtime.app.timeouts.idle
             if idle and now - session.seen_at >= idle:
                 session.end(S.IDLE_TIMEOUT, "idle timeout")
-        if self.sessions:
+        if self.held:
+            self.held = {addr: until for addr, until in self.held.items() if until > now}
+        if self.sessions or self.held:
             self._schedule_sweep()
 
     def close(self, status: int = S.NORMAL, reason: str = "edge port closed") -> None:
