@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from spectrum.admission import Admission
 from spectrum.balancer import Balancer
+from spectrum.descriptors import Descriptors
 from spectrum.health import HealthChecker
 from spectrum.limits import ClientLimits
 from spectrum.model import App, PortMapping
@@ -35,6 +36,7 @@ class AppRuntime:
         admission: Optional[Admission] = None,
         refusals: Optional[Refusals] = None,
         resolver: Optional[Resolver] = None,
+        descriptors: Optional[Descriptors] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -47,6 +49,8 @@ class AppRuntime:
         self.refusals = refusals if refusals is not None else Refusals(recorders, reactor)
         #: origin names to addresses (shared by every app of the service)
         self.resolver = resolver if resolver is not None else shared_resolver(reactor)
+        #: the clients' share of the process's descriptors (shared by every app)
+        self.descriptors = descriptors if descriptors is not None else Descriptors()
         #: what this app's admitted clients hold open
         self.limits = ClientLimits()
         self.app = app
@@ -80,9 +84,12 @@ class AppRuntime:
 
     def opened(self, connection: Any) -> None:
         self.connections.add(connection)
+        self.descriptors.opened(connection.descriptors)
 
     def closed(self, connection: Any) -> None:
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.remove(connection)
+            self.descriptors.closed(connection.descriptors)
         if not self.connections and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from spectrum.admission import Refusal, Ticket, normalize_ip
+from spectrum.descriptors import CONNECTION
 from spectrum.geo import UNKNOWN_COUNTRY
 from spectrum.record import CLIENT_FILTERED, ConnectionRecord
 
@@ -48,6 +49,9 @@ class Connection:
         see first (what followed a PROXY header).
     @ivar fields: extra record fields an earlier stage learnt (TLS).
     """
+
+    #: the client's socket and the origin's
+    descriptors = CONNECTION
 
     __slots__ = (
         "runtime",

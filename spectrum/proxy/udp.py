@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from spectrum import status as S
 from spectrum.admission import Refusal, Ticket, normalize_ip
+from spectrum.descriptors import SESSION
 from spectrum.geo import UNKNOWN_COUNTRY
 from spectrum.model import Origin
 from spectrum.proxy import proxyproto, scratch
@@ -125,6 +126,9 @@ class Session:
     @ivar bad_replies: origin datagrams dropped because their Simple Proxy
         Protocol header did not match this session.
     """
+
+    #: its socket to the origin
+    descriptors = SESSION
 
     __slots__ = (
         "addr",
@@ -440,6 +444,8 @@ class UDPEdge(DatagramProtocol):
             refusal = (S.SESSION_LIMIT, f"app has {app.max_sessions} sessions open", CLIENT_FILTERED)
         elif app.per_ip_sessions and self.per_ip.get(client_ip, 0) >= app.per_ip_sessions:
             refusal = (S.SESSION_LIMIT, f"{client_ip} has {app.per_ip_sessions} sessions open", CLIENT_FILTERED)
+        elif not runtime.descriptors.room_for_session():
+            refusal = (S.SESSION_LIMIT, runtime.descriptors.refusal(), CLIENT_FILTERED)
         candidates = runtime.balancer.candidates(client_ip, 1) if refusal is None else []
         if refusal is None and not candidates:
             refusal = (S.NO_HEALTHY_ORIGIN, "", ORIGIN_ERROR)
