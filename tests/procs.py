@@ -303,12 +303,16 @@ class Twistd:
 
 
 def start_twistd(
-    config: Optional[str], log_path: Any, ports: Iterable[int] = (), options: Sequence[str] = ()
+    config: Optional[str],
+    log_path: Any,
+    ports: Iterable[int] = (),
+    options: Sequence[str] = (),
+    preexec_fn: Optional[Callable[[], None]] = None,
 ) -> Twistd:
     """
     Start twistd spectrum and wait until every port in C{ports} accepts.
     """
-    proxy = Twistd(config, log_path, *options)
+    proxy = Twistd(config, log_path, *options, preexec_fn=preexec_fn)
     try:
         proxy.wait_for_ports(*ports)
     except BaseException:
