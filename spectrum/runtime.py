@@ -56,7 +56,7 @@ class AppRuntime:
         self.app = app
         self.balancer = Balancer(app.pool)
         #: probes the pool's origins; started and stopped by the service
-        self.health = HealthChecker(self.balancer, app.pool, _probe_port(app), reactor)
+        self.health = HealthChecker(self.balancer, app.pool, _probe_port(app), reactor, resolver=self.resolver)
         self.recorders = recorders
         self.connections: Set[Any] = set()
         self._idle_waiters: List[Deferred[None]] = []

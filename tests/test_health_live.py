@@ -28,6 +28,7 @@ from spectrum.balancer import Balancer
 from spectrum.health import HealthChecker, describe, probe_http, probe_smtp, probe_tcp, probe_tls, probe_udp
 from spectrum.model import Config, Monitor, Origin, Pool, Timeouts
 from spectrum.record import ORIGIN_ERROR
+from spectrum.resolver import Resolver
 from spectrum.runtime import AppRuntime
 
 from conftest import free_port, require_program
@@ -312,7 +313,9 @@ async def test_service_starts_reconciles_and_stops_checkers() -> None:
 
 
 async def probe(kind: Any, port: int, monitor: Monitor, address: str = "127.0.0.1") -> Tuple[bool, str]:
-    d = kind(reactor, Origin(name="o", address=address), port, monitor)
+    # A name is resolved first, as the checker does.
+    (ip, *_) = await Resolver(reactor).resolve(address, monitor.timeout)
+    d = kind(reactor, Origin(name="o", address=address), port, monitor, ip)
     d.addTimeout(monitor.timeout, reactor)
     try:
         return True, await d

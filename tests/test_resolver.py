@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any, List
 
+import attr
 import pytest_twisted
 from twisted.internet import defer
 
 from spectrum import status as S
-from spectrum.model import Config, Origin, Timeouts
+from spectrum.model import Config, Monitor, Origin, Timeouts
 from spectrum.service import SpectrumService
 
 from dnskit import name_server
@@ -152,3 +153,34 @@ async def test_a_name_with_only_an_ipv6_address_serves_tcp_and_udp(tmp_path: Any
                 await port.stopListening()
     ends = {e["Application"]: e for kind, e in service.events if kind == "disconnect"}
     assert ends["tcp6"]["OriginIP"] == ends["udp6"]["OriginIP"] == "::1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_probes_resolve_names_as_the_relay_does(tmp_path: Any) -> None:
+    """
+    Health probes of origins given by name go through the same resolver: a
+    UDP probe and a TCP probe of an IPv6-only name pass, so the origins
+    stay up and serve.
+    """
+    udp_origin = UDPOrigin(lambda data, addr: b"six:" + data)
+    udp_port = listen_udp_origin(udp_origin, host="::1")
+    tcp_origin = listen_origin(OriginFactory(greeting=b"6\n"), host="::1")
+    udp_monitor = Monitor(type="udp", interval=0.2, timeout=0.5, retries=0, send=b"ping", expect=b"six:ping")
+    tcp_monitor = Monitor(type="tcp", interval=0.2, timeout=0.5, retries=0)
+    udp = udp_app("udp6", [Origin(name="u", address="six.test", port=udp_port.getHost().port)])
+    udp = attr.evolve(udp, pool=attr.evolve(udp.pool, monitor=udp_monitor))
+    tcp = make_app("tcp6", [Origin(name="t", address="six.test", port=tcp_origin.getHost().port)])
+    tcp = attr.evolve(tcp, pool=attr.evolve(tcp.pool, monitor=tcp_monitor))
+    with name_server(tmp_path, {"six.test": {"AAAA": ["::1"]}}) as server:
+        service = Service(server, udp, tcp)
+        try:
+            await sleep(1.0)
+            for name in ("udp6", "tcp6"):
+                health = service.service.runtimes[name].health
+                assert health.status()[0]["probes"] >= 2, name
+                assert [e.healthy for e in health.history] == [], (name, health.history)
+            assert udp_origin.received and udp_origin.received[0][0] == b"ping"
+        finally:
+            await service.stop()
+            await udp_port.stopListening()
+            await tcp_origin.stopListening()
