@@ -139,7 +139,16 @@ class Resolver:
         if servers != self.servers:
             self.servers = servers
             self._cache.clear()
-            self._client = None
+            self.stop()
+
+    def stop(self) -> None:
+        """
+        Drop the DNS client (and its timer re-reading resolv.conf).
+        """
+        client, self._client = self._client, None
+        call = getattr(client, "_parseCall", None)
+        if call is not None and call.active():
+            call.cancel()
 
     def cached(self, name: str) -> Optional[Addresses]:
         """
@@ -189,11 +198,11 @@ class Resolver:
         from twisted.names.hosts import searchFileForAll
         from twisted.python.filepath import FilePath
 
-        found = searchFileForAll(FilePath(self.hosts_file), name.encode("idna"))
-        if found:
-            self._done(name, _ordered(found), HOSTS_TTL)
-            return
         try:
+            found = searchFileForAll(FilePath(self.hosts_file), name.encode("idna"))
+            if found:
+                self._done(name, _ordered(found), HOSTS_TTL)
+                return
             client = self._name_client()
             queries = [client.lookupAddress(name), client.lookupIPV6Address(name)]
         except Exception as e:  # a bad name, no name server: the name fails

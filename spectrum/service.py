@@ -367,6 +367,7 @@ class SpectrumService(MultiService):
         """
         yield super().stopService()
         self.refusals.stop()
+        self.resolver.stop()
         for runtime in self.runtimes.values():
             runtime.health.stop()
         self.tls.stop()
