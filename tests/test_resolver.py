@@ -184,3 +184,30 @@ async def test_probes_resolve_names_as_the_relay_does(tmp_path: Any) -> None:
             await service.stop()
             await udp_port.stopListening()
             await tcp_origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_that_changes_the_resolvers_asks_the_new_ones(tmp_path: Any) -> None:
+    """
+    A reload naming other name servers forgets the answers kept: the next
+    client's origin is looked up anew, at the new servers.
+    """
+    first = listen_origin(OriginFactory(greeting=b"1\n"))
+    second = listen_origin(OriginFactory(greeting=b"2\n"), host="::1")
+    port = first.getHost().port
+    second_port = second.getHost().port
+    origin = Origin(name="o", address="moved.test", port=port)
+    app = make_app("moving", [origin])
+    with name_server(tmp_path, {"moved.test": {"A": ["127.0.0.1"]}}) as old:
+        with name_server(tmp_path, {"moved.test": {"AAAA": ["::1"]}}) as new:
+            service = Service(old, app)
+            try:
+                assert await _exchange(service.port("moving")) == b"1\nx"
+                moved = attr.evolve(app, pool=attr.evolve(app.pool, origins=(attr.evolve(origin, port=second_port),)))
+                service.service.apply(Config(apps=(moved,), resolvers=(("127.0.0.1", new.port),)))
+                assert await _exchange(service.port("moving")) == b"2\nx"
+                assert new.questions("AAAA", "moved.test") == 1
+            finally:
+                await service.stop()
+                await first.stopListening()
+                await second.stopListening()
