@@ -12,7 +12,8 @@ from typing import Any, List
 
 import attr
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.web import resource, server
 
 from spectrum import status as S
 from spectrum.model import Config, Monitor, Origin, Timeouts
@@ -165,17 +166,22 @@ async def test_probes_resolve_names_as_the_relay_does(tmp_path: Any) -> None:
     udp_origin = UDPOrigin(lambda data, addr: b"six:" + data)
     udp_port = listen_udp_origin(udp_origin, host="::1")
     tcp_origin = listen_origin(OriginFactory(greeting=b"6\n"), host="::1")
+    web = reactor.listenTCP(0, server.Site(_Host()), interface="::1")
+    web_port = web.getHost().port
     udp_monitor = Monitor(type="udp", interval=0.2, timeout=0.5, retries=0, send=b"ping", expect=b"six:ping")
     tcp_monitor = Monitor(type="tcp", interval=0.2, timeout=0.5, retries=0)
+    http_monitor = Monitor(type="http", interval=0.2, timeout=0.5, retries=0, expected_body=f"six.test:{web_port}")
     udp = udp_app("udp6", [Origin(name="u", address="six.test", port=udp_port.getHost().port)])
     udp = attr.evolve(udp, pool=attr.evolve(udp.pool, monitor=udp_monitor))
     tcp = make_app("tcp6", [Origin(name="t", address="six.test", port=tcp_origin.getHost().port)])
     tcp = attr.evolve(tcp, pool=attr.evolve(tcp.pool, monitor=tcp_monitor))
-    with name_server(tmp_path, {"six.test": {"AAAA": ["::1"]}}) as server:
-        service = Service(server, udp, tcp)
+    http = make_app("http6", [Origin(name="h", address="six.test", port=web_port)])
+    http = attr.evolve(http, pool=attr.evolve(http.pool, monitor=http_monitor))
+    with name_server(tmp_path, {"six.test": {"AAAA": ["::1"]}}) as names:
+        service = Service(names, udp, tcp, http)
         try:
             await sleep(1.0)
-            for name in ("udp6", "tcp6"):
+            for name in ("udp6", "tcp6", "http6"):
                 health = service.service.runtimes[name].health
                 assert health.status()[0]["probes"] >= 2, name
                 assert [e.healthy for e in health.history] == [], (name, health.history)
@@ -184,6 +190,18 @@ async def test_probes_resolve_names_as_the_relay_does(tmp_path: Any) -> None:
             await service.stop()
             await udp_port.stopListening()
             await tcp_origin.stopListening()
+            await web.stopListening()
+
+
+class _Host(resource.Resource):
+    """
+    Answers with the Host header it was sent.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return request.getHeader(b"host") or b""
 
 
 @pytest_twisted.ensureDeferred

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from spectrum.model import Monitor, Origin
@@ -523,22 +523,19 @@ def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor, addres
     import treq
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    host = f"[{address}]" if isIPv6Address(address) else address
+    # The URL names the origin (its Host header); the connection goes to the address.
+    host = f"[{origin.address}]" if isIPv6Address(origin.address) else origin.address
     url = f"{monitor.type}://{host}:{port}{monitor.path}"
+    policy = None
     if monitor.type == "https":
         policy = _tls_creator(monitor, _host_header(monitor) or origin.address)
         if not monitor.allow_insecure:
             policy = _FixedPolicy(policy)
-        agent = Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False))
-    else:
-        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    connect = _ToAddress(reactor, address, monitor.timeout, policy)
+    agent = Agent.usingEndpointFactory(reactor, connect, pool=HTTPConnectionPool(reactor, persistent=False))
     client = treq.client.HTTPClient(agent)
     headers: Dict[Any, Any] = {name: list(values) for name, values in monitor.header}
     headers.setdefault("User-Agent", ["spectrum-health"])
-    if address != origin.address and _host_header(monitor) is None:
-        # Connected by address, named as configured.
-        default = 443 if monitor.type == "https" else 80
-        headers["Host"] = [origin.address if port == default else f"{origin.address}:{port}"]
     accept = _codes(monitor.expected_codes)
     d = client.request(monitor.method, url, headers=headers)
 
@@ -567,6 +564,28 @@ def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor, addres
         return f"HTTP {response.code}"
 
     return d.addCallback(got)
+
+
+@implementer(IAgentEndpointFactory)
+class _ToAddress:
+    """
+    An HTTP agent's connections, all to one IP address whatever the URL
+    names (TLS through C{policy} for https).
+    """
+
+    def __init__(self, reactor: Any, address: str, timeout: float, policy: Any) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.timeout = timeout
+        self.policy = policy
+
+    def endpointForURI(self, uri: Any) -> Any:
+        endpoint = _endpoint(self.reactor, self.address, uri.port, self.timeout)
+        if self.policy is not None:
+            from twisted.internet.endpoints import wrapClientTLS
+
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
 
 
 @implementer(IPolicyForHTTPS)
