@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from conftest import free_port
-from procs import STOPPED_BY_SIGTERM
+from dnskit import name_server
+from procs import STOPPED_BY_SIGTERM, Twistd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,8 +110,6 @@ def test_datagrams_waiting_on_a_slow_name_are_bounded(tmp_path: Any) -> None:
     is bounded (per session and in all), the rest is dropped and counted in
     each session's record.
     """
-    from dnskit import name_server
-    from procs import Twistd
 
     edge = free_port(kind=socket.SOCK_DGRAM)
     config = tmp_path / "spectrum.yaml"
