@@ -436,6 +436,8 @@ class Config:
     events: Optional[EventLogSettings] = None
     analytics: AnalyticsSettings = AnalyticsSettings()
     certificates: Tuple[CertificateFiles, ...] = ()
+    #: name servers for origin names, as C{(ip, port)}; none: /etc/resolv.conf's
+    resolvers: Tuple[Tuple[str, int], ...] = ()
 
     def app(self, name: str) -> App:
         """

@@ -14,11 +14,13 @@ from twisted.internet.defer import Deferred, succeed
 
 from spectrum.admission import Admission
 from spectrum.balancer import Balancer
+from spectrum.descriptors import Descriptors
 from spectrum.health import HealthChecker
 from spectrum.limits import ClientLimits
 from spectrum.model import App, PortMapping
 from spectrum.record import Recorders
 from spectrum.refusals import Refusals
+from spectrum.resolver import Resolver, shared_resolver
 
 
 class AppRuntime:
@@ -33,6 +35,8 @@ class AppRuntime:
         reactor: Any = None,
         admission: Optional[Admission] = None,
         refusals: Optional[Refusals] = None,
+        resolver: Optional[Resolver] = None,
+        descriptors: Optional[Descriptors] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -43,12 +47,16 @@ class AppRuntime:
         self.admission = admission if admission is not None else Admission(None, reactor)
         #: how refused clients are counted and sampled
         self.refusals = refusals if refusals is not None else Refusals(recorders, reactor)
+        #: origin names to addresses (shared by every app of the service)
+        self.resolver = resolver if resolver is not None else shared_resolver(reactor)
+        #: the clients' share of the process's descriptors (shared by every app)
+        self.descriptors = descriptors if descriptors is not None else Descriptors()
         #: what this app's admitted clients hold open
         self.limits = ClientLimits()
         self.app = app
         self.balancer = Balancer(app.pool)
         #: probes the pool's origins; started and stopped by the service
-        self.health = HealthChecker(self.balancer, app.pool, _probe_port(app), reactor)
+        self.health = HealthChecker(self.balancer, app.pool, _probe_port(app), reactor, resolver=self.resolver)
         self.recorders = recorders
         self.connections: Set[Any] = set()
         self._idle_waiters: List[Deferred[None]] = []
@@ -76,9 +84,12 @@ class AppRuntime:
 
     def opened(self, connection: Any) -> None:
         self.connections.add(connection)
+        self.descriptors.opened(connection.descriptors)
 
     def closed(self, connection: Any) -> None:
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.remove(connection)
+            self.descriptors.closed(connection.descriptors)
         if not self.connections and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:

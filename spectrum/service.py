@@ -20,6 +20,7 @@ from spectrum.admission import Admission
 from spectrum.analytics import Analytics
 from spectrum.config import ConfigError
 from spectrum.config_files import load_checked as load
+from spectrum.descriptors import Descriptors, raise_limit
 from spectrum.errors import ListenError
 from spectrum.eventlog import EventLog
 from spectrum.kernel.shield import KernelShield
@@ -29,6 +30,7 @@ from spectrum.model import App, Config
 from spectrum.proxy.tls import EdgeTls, TlsFileError
 from spectrum.record import Recorders
 from spectrum.refusals import Refusals
+from spectrum.resolver import Resolver
 from spectrum.runtime import AppRuntime
 
 ListenerKey = Tuple[str, str, int]
@@ -105,6 +107,10 @@ class SpectrumService(MultiService):
         self.steering: Optional[Steering] = probe_steering() if self.shield.active else None
         #: refused clients, counted and sampled
         self.refusals = Refusals(self.recorders, reactor)
+        #: origin names to addresses, for every app
+        self.resolver = Resolver(reactor, config.resolvers)
+        #: the clients' share of the process's descriptors
+        self.descriptors = Descriptors()
         # Analytics, the event log and the admin site attach themselves
         # through the hooks above.
         self.analytics = Analytics(reactor, config.analytics.window_minutes)
@@ -127,7 +133,9 @@ class SpectrumService(MultiService):
     # building and reconciling ---------------------------------------------
 
     def _new_runtime(self, app: App) -> AppRuntime:
-        return AppRuntime(app, self.recorders, self.reactor, self.admission, self.refusals)
+        return AppRuntime(
+            app, self.recorders, self.reactor, self.admission, self.refusals, self.resolver, self.descriptors
+        )
 
     def apply(self, config: Config) -> None:
         """
@@ -226,6 +234,8 @@ class SpectrumService(MultiService):
                 runtime.health.stop()
                 self._retire(runtime)
         self.config = config
+        self.resolver.configure(config.resolvers)
+        self.descriptors.rebase()
         for hook in self.config_hooks:
             hook(config)
 
@@ -318,8 +328,10 @@ class SpectrumService(MultiService):
     def _apply_or_exit(self) -> None:
         if self.shield.mode == "on" and not self.shield.active:
             raise SystemExit(f"spectrum: kernel_filter is on, but {self.shield.reason}")
-        if not self.listeners:
+        first = not self.listeners
+        if first:
             self.log.info("{line}", line=self.shield.describe())
+            before = raise_limit()
         try:
             self.apply(self.config)
         except ListenError as e:
@@ -328,6 +340,8 @@ class SpectrumService(MultiService):
             # logging has started), so logging it as well would show the
             # operator the same error twice.
             raise SystemExit(f"spectrum: {e}") from None
+        if first:
+            self.log.info("{line}", line=self.descriptors.describe(before))
 
     def install_sighup(self) -> None:
         """
@@ -353,6 +367,7 @@ class SpectrumService(MultiService):
         """
         yield super().stopService()
         self.refusals.stop()
+        self.resolver.stop()
         for runtime in self.runtimes.values():
             runtime.health.stop()
         self.tls.stop()

@@ -190,7 +190,9 @@ class Twistd:
     stderr) goes to a file the test can read while it runs.
     """
 
-    def __init__(self, config: Optional[str], log_path: Any, *options: str) -> None:
+    def __init__(
+        self, config: Optional[str], log_path: Any, *options: str, preexec_fn: Optional[Callable[[], None]] = None
+    ) -> None:
         self.log_path = os.fspath(log_path)
         self._log: IO[bytes] = open(self.log_path, "wb")
         self.process = subprocess.Popen(
@@ -200,6 +202,7 @@ class Twistd:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
     @property
@@ -300,12 +303,16 @@ class Twistd:
 
 
 def start_twistd(
-    config: Optional[str], log_path: Any, ports: Iterable[int] = (), options: Sequence[str] = ()
+    config: Optional[str],
+    log_path: Any,
+    ports: Iterable[int] = (),
+    options: Sequence[str] = (),
+    preexec_fn: Optional[Callable[[], None]] = None,
 ) -> Twistd:
     """
     Start twistd spectrum and wait until every port in C{ports} accepts.
     """
-    proxy = Twistd(config, log_path, *options)
+    proxy = Twistd(config, log_path, *options, preexec_fn=preexec_fn)
     try:
         proxy.wait_for_ports(*ports)
     except BaseException:

@@ -635,3 +635,23 @@ def test_chains_and_other_addresses_are_not_loops() -> None:
             ]
         }
     )
+
+
+def test_resolvers() -> None:
+    """
+    C{resolvers} lists name servers as ip, ip:port or [ipv6]:port (port 53
+    unless given); anything else names the entry.
+    """
+    assert parse(seed()).resolvers == ()
+    data = seed()
+    data["resolvers"] = ["127.0.0.1:5353", "10.0.0.53", "[::1]:53", "[2001:db8::1]", "::1"]
+    assert parse(data).resolvers == (
+        ("127.0.0.1", 5353),
+        ("10.0.0.53", 53),
+        ("::1", 53),
+        ("2001:db8::1", 53),
+        ("::1", 53),
+    )
+    for bad in ("dns.example", "127.0.0.1:99999", "[::1]x", "10.0.0.1:"):
+        data["resolvers"] = ["127.0.0.1", bad]
+        assert error_of(data).startswith("resolvers[1]: "), bad

@@ -44,7 +44,7 @@ class Probes:
         self.calls: List[tuple] = []
         self.hanging: List[Deferred] = []
 
-    def __call__(self, reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
+    def __call__(self, reactor: Any, origin: Origin, port: int, monitor: Monitor, address: str) -> Deferred:
         self.calls.append((self.clock.seconds(), origin.name, port))
         answer = self.answers.get(origin.name, True)
         if isinstance(answer, BaseException):
@@ -191,9 +191,9 @@ def test_retries_before_a_failure_counts() -> None:
     probes2.answers["a"] = None
     original = probes2.__call__
 
-    def flaky(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
+    def flaky(reactor: Any, origin: Origin, port: int, monitor: Monitor, address: str) -> Deferred:
         probes2.answers["a"] = next(answers)
-        return original(reactor, origin, port, monitor)
+        return original(reactor, origin, port, monitor, address)
 
     checker2._probe = flaky
     checker2._probe_override = flaky

@@ -26,12 +26,13 @@ from twisted.web import resource, server
 from spectrum import status as S
 from spectrum.balancer import Balancer
 from spectrum.health import HealthChecker, describe, probe_http, probe_smtp, probe_tcp, probe_tls, probe_udp
-from spectrum.model import Config, Monitor, Origin, Pool
+from spectrum.model import Config, Monitor, Origin, Pool, Timeouts
 from spectrum.record import ORIGIN_ERROR
+from spectrum.resolver import Resolver
 from spectrum.runtime import AppRuntime
 
 from conftest import free_port, require_program
-from relaykit import OriginFactory, Proxy, connect_client, listen_origin, make_app, sleep
+from relaykit import OriginFactory, Proxy, black_hole, connect_client, listen_origin, make_app, sleep
 
 ORIGIN_SCRIPT = r"""
 import socket, sys, threading
@@ -235,6 +236,46 @@ async def test_passive_health_through_the_relay() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_passive_health_counts_connect_timeouts() -> None:
+    """
+    An origin that drops the handshake (its accept queue full) times real
+    connections out: those count as failures like refusals, so it is marked
+    down and later clients stop waiting the connect timeout for it.
+    """
+    monitor = Monitor(type="tcp", interval=30, timeout=0.3, retries=0, consecutive_down=100, passive_down=2)
+    live = OriginFactory(greeting=b"L\n")
+    live_port = listen_origin(live)
+    with black_hole() as (host, port):
+        origins = [
+            Origin(name="live", address="127.0.0.1", port=live_port.getHost().port),
+            Origin(name="silent", address=host, port=port),
+        ]
+        app = make_app("timeouts", origins, timeouts=Timeouts(connect=0.3))
+        proxy = Proxy(with_monitor(app, monitor))
+        health = runtime_of(proxy, "timeouts").health
+        try:
+            for _ in range(6):
+                client = await connect_client(proxy.port())
+                client.transport.write(b"x")
+                client.transport.loseWriteConnection()
+                assert await client.done == b"L\nx"
+            assert not health.is_up("silent")
+            event = health.history[-1]
+            assert event.reason == "2 connections failed in a row"
+            assert "timed out" in event.error.lower() or "timeout" in event.error.lower()
+            # Once down, no client waits for it.
+            started = time.monotonic()
+            for _ in range(4):
+                client = await connect_client(proxy.port())
+                client.transport.loseWriteConnection()
+                assert await client.done == b"L\n"
+            assert time.monotonic() - started < 0.3
+        finally:
+            await proxy.stop()
+            await live_port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_service_starts_reconciles_and_stops_checkers() -> None:
     """
     The service starts a checker with each pool, keeps an unchanged pool's
@@ -272,7 +313,9 @@ async def test_service_starts_reconciles_and_stops_checkers() -> None:
 
 
 async def probe(kind: Any, port: int, monitor: Monitor, address: str = "127.0.0.1") -> Tuple[bool, str]:
-    d = kind(reactor, Origin(name="o", address=address), port, monitor)
+    # A name is resolved first, as the checker does.
+    (ip, *_) = await Resolver(reactor).resolve(address, monitor.timeout)
+    d = kind(reactor, Origin(name="o", address=address), port, monitor, ip)
     d.addTimeout(monitor.timeout, reactor)
     try:
         return True, await d

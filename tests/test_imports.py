@@ -18,6 +18,7 @@ PACKAGE = ROOT / "spectrum"
 #: the data plane: admission, the relay and what they use
 DATA_PLANE = (
     "spectrum.admission",
+    "spectrum.descriptors",
     "spectrum.analytics",
     "spectrum.balancer",
     "spectrum.eventlog",
@@ -29,6 +30,7 @@ DATA_PLANE = (
     "spectrum.proxy",
     "spectrum.record",
     "spectrum.refusals",
+    "spectrum.resolver",
     "spectrum.runtime",
     "spectrum.sockets",
 )

@@ -359,6 +359,34 @@ async def test_refusing_origin_ends_the_session() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_refusing_origin_costs_one_session_not_one_per_datagram() -> None:
+    """
+    3,000 datagrams from one client to an origin that answers ICMP port
+    unreachable: one session and its two events; the datagrams after its
+    end are refused for a moment, counted without a record each.
+    """
+    dead = free_port(kind=socket.SOCK_DGRAM)
+    proxy = Proxy(udp_app("dead", [origin_at(dead)]))
+    client, cport = bind_client()
+    try:
+        for _burst in range(30):
+            for _ in range(100):
+                client.send(b"anyone?", proxy.port())
+            await sleep(0.01)
+        await sleep(0.2)
+        kinds = [kind for kind, e in proxy.events if e["Application"] == "dead"]
+        assert kinds == ["connect", "disconnect"]
+        (end,) = events(proxy, "disconnect")
+        assert end["Status"] == S.ORIGIN_REFUSED
+        refusals = proxy.service.refusals.totals
+        held = refusals.get(("dead", "originError", S.ORIGIN_REFUSED, ""), 0)
+        assert end["ClientDatagrams"] + held == 3000 and held > 0
+    finally:
+        await proxy.stop()
+        await cport.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_sessions_end_cleanly_on_reload_and_stop() -> None:
     origin = UDPOrigin()
     oport = listen_udp_origin(origin)

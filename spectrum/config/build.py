@@ -70,6 +70,7 @@ class _Builder(_AppsPart):
             events=self.events(),
             analytics=AnalyticsSettings(**self.data.get("analytics", {})),
             certificates=certificates,
+            resolvers=self.resolvers(),
         )
 
     def geoip(self) -> GeoIPFiles:
@@ -150,6 +151,21 @@ class _Builder(_AppsPart):
         if math.isnan(settings.get("flush_interval", 1.0)):
             raise self.fail(("events", "flush_interval"), "expected seconds, got nan")
         return EventLogSettings(**settings)
+
+    def resolvers(self) -> tuple[tuple[str, int], ...]:
+        servers = []
+        for index, spec in enumerate(self.data.get("resolvers", [])):
+            path: _Path = ("resolvers", index)
+            host, port = spec, "53"
+            if spec.startswith("["):
+                host, _, rest = spec[1:].partition("]")
+                port = rest[1:] if rest.startswith(":") else rest or "53"
+            elif spec.count(":") == 1:
+                host, _, port = spec.partition(":")
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise self.fail(path, f"expected ip, ip:port or [ipv6]:port, got {_show(spec)}")
+            servers.append((self.address(path, host, names=False), int(port)))
+        return tuple(servers)
 
     def store(self, path: _Path, url: str) -> str:
         if url != "memory":

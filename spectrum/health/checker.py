@@ -41,8 +41,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from spectrum.balancer import Balancer
-from spectrum.health.probes import PROBES, Probe, describe
+from spectrum.health.probes import PROBES, Probe, describe, is_literal
 from spectrum.model import Monitor, Origin, Pool
+from spectrum.resolver import Resolver, shared_resolver
 
 #: How much earlier than its interval a probe may start (a fraction).
 JITTER = 0.1
@@ -148,12 +149,15 @@ class HealthChecker:
         reactor: Any = None,
         rng: Optional[random.Random] = None,
         probe: Optional[Probe] = None,
+        resolver: Optional[Resolver] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.reactor = reactor
+        #: origin names to addresses, as the relay resolves them
+        self.resolver = resolver if resolver is not None else shared_resolver(reactor)
         self.balancer = balancer
         self.rng = rng if rng is not None else random.Random()
         self._probe_override = probe
@@ -318,11 +322,18 @@ class HealthChecker:
         assert monitor is not None and probe is not None
         reactor = self.reactor
         started = reactor.seconds()
-        try:
-            d = probe(reactor, health.origin, health.port, monitor)
-        except Exception:
-            # A probe that raises is a failed probe, not a dead loop.
-            d = fail()
+        origin = health.origin
+        d: Deferred[Any]
+        if is_literal(origin.address):
+            try:
+                d = probe(reactor, origin, health.port, monitor, origin.address)
+            except Exception:
+                # A probe that raises is a failed probe, not a dead loop.
+                d = fail()
+        else:
+            # The first address, as the relay dials first (a raise fails the probe).
+            d = self.resolver.resolve(origin.address, monitor.timeout)
+            d.addCallback(lambda addresses: probe(reactor, origin, health.port, monitor, addresses[0]))
         health.probing = d
         health.timed_out = False
         if not d.called:
@@ -446,8 +457,10 @@ class HealthChecker:
         monitor = self.monitor
         if health is None or monitor is None or not health.active:
             return
-        if reason.check(ierror.UserError, ierror.ConnectingCancelledError, CancelledError):
-            # The client left while we were connecting: not the origin's fault.
+        timed_out = reason.check(ierror.TimeoutError)
+        if not timed_out and reason.check(ierror.UserError, ierror.ConnectingCancelledError, CancelledError):
+            # The client left while we were connecting: not the origin's fault
+            # (a connect timeout is a UserError too, and is the origin's).
             return
         health.passive_total += 1
         if not health.up or not monitor.passive_down:

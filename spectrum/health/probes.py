@@ -31,7 +31,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from spectrum.model import Monitor, Origin
@@ -39,9 +39,12 @@ from spectrum.model import Monitor, Origin
 #: The most of an answer kept to match C{expect} against.
 MAX_ANSWER = 64 * 1024
 
-#: A probe: (reactor, origin, port, monitor) -> Deferred that fires (with a
-#: short description) when the origin is healthy and fails otherwise.
-Probe = Callable[[Any, Origin, int, Monitor], "Deferred[Optional[str]]"]
+#: A probe: (reactor, origin, port, monitor, address) -> Deferred that fires
+#: (with a short description) when the origin is healthy and fails
+#: otherwise. C{address} is the IP address to probe (the checker resolves an
+#: origin given by name); the origin's name stays what TLS verifies and what
+#: HTTP sends as its Host.
+Probe = Callable[[Any, Origin, int, Monitor, str], "Deferred[Optional[str]]"]
 
 
 class ProbeError(Exception):
@@ -143,18 +146,19 @@ class _Connect:
 
 
 @functools.lru_cache(maxsize=4096)
-def _literal(address: str) -> bool:
+def is_literal(address: str) -> bool:
+    """
+    Whether C{address} is an IP address (not a name to resolve).
+    """
     return isIPAddress(address) or isIPv6Address(address)
 
 
 def _endpoint(reactor: Any, address: str, port: int, timeout: float) -> Any:
-    from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
-    if isIPAddress(address):
-        return TCP4ClientEndpoint(reactor, address, port, timeout=timeout)
     if isIPv6Address(address):
         return TCP6ClientEndpoint(reactor, address, port, timeout=timeout)
-    return HostnameEndpoint(reactor, address, port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, address, port, timeout=timeout)
 
 
 class _Answer:
@@ -323,18 +327,18 @@ def _host_header(monitor: Monitor) -> Optional[str]:
     return None
 
 
-def probe_tcp(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
+def probe_tcp(reactor: Any, origin: Origin, port: int, monitor: Monitor, address: str) -> Deferred:
     """
     Connect; with C{send}/C{expect}, hold a dialogue.
     """
-    if monitor.send is None and monitor.expect is None and monitor.expect_regex is None and _literal(origin.address):
-        return _Connect(reactor, origin.address, port).result
+    if monitor.send is None and monitor.expect is None and monitor.expect_regex is None:
+        return _Connect(reactor, address, port).result
     answer = _Answer(monitor.expect, monitor.expect_regex)
-    endpoint = _endpoint(reactor, origin.address, port, monitor.timeout)
+    endpoint = _endpoint(reactor, address, port, monitor.timeout)
     return _run_stream(reactor, endpoint, StreamProbe(monitor.send, answer))
 
 
-def probe_tls(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
+def probe_tls(reactor: Any, origin: Origin, port: int, monitor: Monitor, address: str) -> Deferred:
     """
     A TLS handshake (verified against C{ca} or the system's CAs unless
     C{allow_insecure}); then C{send}/C{expect} when given.
@@ -343,7 +347,7 @@ def probe_tls(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Defe
 
     endpoint = wrapClientTLS(
         _tls_creator(monitor, origin.address),
-        _endpoint(reactor, origin.address, port, monitor.timeout),
+        _endpoint(reactor, address, port, monitor.timeout),
     )
     return _run_stream(
         reactor, endpoint, StreamProbe(monitor.send, _Answer(monitor.expect, monitor.expect_regex), tls=True)
@@ -412,11 +416,11 @@ class SMTPProbe(Protocol):
             self.result.errback(reason)
 
 
-def probe_smtp(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
+def probe_smtp(reactor: Any, origin: Origin, port: int, monitor: Monitor, address: str) -> Deferred:
     """
     An SMTP greeting, HELO and QUIT.
     """
-    return _run_stream(reactor, _endpoint(reactor, origin.address, port, monitor.timeout), SMTPProbe())
+    return _run_stream(reactor, _endpoint(reactor, address, port, monitor.timeout), SMTPProbe())
 
 
 @implementer(IReadDescriptor)
@@ -491,18 +495,12 @@ class _Datagram:
             self.sock = None
 
 
-def probe_udp(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
+def probe_udp(reactor: Any, origin: Origin, port: int, monitor: Monitor, address: str) -> Deferred:
     """
     Send C{send}; the reply must match C{expect} or C{expect_regex}.
     """
-
-    def go(address: str) -> Deferred:
-        answer = _Answer(monitor.expect, monitor.expect_regex)
-        return _Datagram(reactor, address, port, monitor.send or b"", answer).result
-
-    if isIPAddress(origin.address) or isIPv6Address(origin.address):
-        return go(origin.address)
-    return reactor.resolve(origin.address).addCallback(go)
+    answer = _Answer(monitor.expect, monitor.expect_regex)
+    return _Datagram(reactor, address, port, monitor.send or b"", answer).result
 
 
 def _codes(expected: str) -> Callable[[int], bool]:
@@ -517,7 +515,7 @@ def _codes(expected: str) -> Callable[[int], bool]:
     return lambda code: code in singles or code // 100 in hundreds
 
 
-def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
+def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor, address: str) -> Deferred:
     """
     An HTTP(S) request through treq: the status must be one of
     C{expected_codes}, the body must contain C{expected_body} (any case).
@@ -525,17 +523,16 @@ def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Def
     import treq
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    host = origin.address
-    if isIPv6Address(host):
-        host = f"[{host}]"
+    # The URL names the origin (its Host header); the connection goes to the address.
+    host = f"[{origin.address}]" if isIPv6Address(origin.address) else origin.address
     url = f"{monitor.type}://{host}:{port}{monitor.path}"
+    policy = None
     if monitor.type == "https":
         policy = _tls_creator(monitor, _host_header(monitor) or origin.address)
         if not monitor.allow_insecure:
             policy = _FixedPolicy(policy)
-        agent = Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False))
-    else:
-        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    connect = _ToAddress(reactor, address, monitor.timeout, policy)
+    agent = Agent.usingEndpointFactory(reactor, connect, pool=HTTPConnectionPool(reactor, persistent=False))
     client = treq.client.HTTPClient(agent)
     headers: Dict[Any, Any] = {name: list(values) for name, values in monitor.header}
     headers.setdefault("User-Agent", ["spectrum-health"])
@@ -567,6 +564,28 @@ def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Def
         return f"HTTP {response.code}"
 
     return d.addCallback(got)
+
+
+@implementer(IAgentEndpointFactory)
+class _ToAddress:
+    """
+    An HTTP agent's connections, all to one IP address whatever the URL
+    names (TLS through C{policy} for https).
+    """
+
+    def __init__(self, reactor: Any, address: str, timeout: float, policy: Any) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.timeout = timeout
+        self.policy = policy
+
+    def endpointForURI(self, uri: Any) -> Any:
+        endpoint = _endpoint(self.reactor, self.address, uri.port, self.timeout)
+        if self.policy is not None:
+            from twisted.internet.endpoints import wrapClientTLS
+
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
 
 
 @implementer(IPolicyForHTTPS)

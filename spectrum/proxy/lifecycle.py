@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from spectrum.admission import Refusal, Ticket, normalize_ip
+from spectrum.descriptors import CONNECTION
 from spectrum.geo import UNKNOWN_COUNTRY
 from spectrum.record import CLIENT_FILTERED, ConnectionRecord
 
@@ -50,6 +51,9 @@ class Connection:
     @ivar sniffed: on a port shared by protocol, the protocol the first
         bytes spoke and the hostname they named (C{""}: none).
     """
+
+    #: the client's socket and the origin's
+    descriptors = CONNECTION
 
     __slots__ = (
         "runtime",

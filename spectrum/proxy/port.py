@@ -111,6 +111,10 @@ class PortFactory(ServerFactory):
         ip = normalize_ip(host)
         shared = self.shared
         trusted = self.trusted
+        if not runtime.descriptors.room_for_connection():
+            refusal = Refusal(S.MAX_CONNECTIONS, runtime.descriptors.refusal())
+            refuse_at_accept(runtime, not shared, (ip, port), edge, refusal)
+            return None
         if trusted:
             if not is_trusted(ip, trusted):
                 refusal = Refusal(S.FIREWALL, f"{ip} is not trusted to send a PROXY header")

@@ -10,12 +10,11 @@ transports' buffers. EOF is propagated as a half-close both ways.
 from __future__ import annotations
 
 import errno
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import error as ierror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
@@ -158,6 +157,9 @@ class EdgeProtocol(Protocol):
         self._write: Any = None
         self._candidates: List[Origin] = []
         self._pending: Any = None
+        #: the origin being dialled: its port, and its name's addresses not yet tried
+        self._port = 0
+        self._addresses: List[str] = []
         self._mapping: Optional[PortMapping] = None
         self._connect_status = S.NO_HEALTHY_ORIGIN
         self._client_gone = False
@@ -253,30 +255,54 @@ class EdgeProtocol(Protocol):
         origin = self._candidates.pop(0)
         edge_port = self.record.edge_port
         mapped = self._mapping.origin_port(edge_port) if self._mapping else None
-        port = mapped or origin.port or edge_port
+        port = self._port = mapped or origin.port or edge_port
         self.record.origin_name = origin.name
         self.record.origin_ip = origin.address
         self.record.origin_port = port
-        timeout = self.runtime.app.timeouts.connect or None
-        factory = self.origin_factory(origin)
+        self._addresses = []
         address = origin.address
-        literal = _is_literal(address)
-        self._dialled = literal and can_dial(self.reactor)
+        if _is_literal(address):
+            self._dial(origin, address)
+            return
+        resolver = self.runtime.resolver
+        addresses = resolver.cached(address)
+        if addresses:
+            self._resolved(addresses, origin)
+            return
+        # The lookup waits at most the connect timeout; the connect then has its own.
+        d = self._pending = resolver.resolve(address, self.runtime.app.timeouts.connect or 120)
+        d.addCallbacks(self._resolved, self._unresolved, callbackArgs=(origin,), errbackArgs=(origin,))
+
+    def _resolved(self, addresses: Tuple[str, ...], origin: Origin) -> None:
+        """
+        C{origin}'s name resolved: dial its first address; the others are
+        tried in turn if it fails.
+        """
+        self._pending = None
+        if self._client_gone:
+            self._origin_gone = True
+            self._maybe_finish()
+            return
+        self._addresses = list(addresses[1:])
+        self._dial(origin, addresses[0])
+
+    def _unresolved(self, reason: Failure, origin: Origin) -> None:
+        if not reason.check(CancelledError):
+            self.origin_failed(origin, reason)
+
+    def _dial(self, origin: Origin, address: str) -> None:
+        """
+        Connect to C{origin} at the IP address C{address}.
+        """
+        self.record.origin_ip = address
+        timeout = self.runtime.app.timeouts.connect or 120
+        factory = self.origin_factory(origin)
+        self._dialled = can_dial(self.reactor)
         if self._dialled:
             dial = self._pending = Dial(factory)
-            dial.start(address, port, timeout or 120, self.reactor)
-        elif literal:
-            self._pending = self.reactor.connectTCP(address, port, factory, timeout=timeout or 120)
+            dial.start(address, self._port, timeout, self.reactor)
         else:
-            endpoint = HostnameEndpoint(self.reactor, address, port, timeout=timeout or 120)
-            d = endpoint.connect(factory)
-            self._pending = d
-
-            def failed(reason: Failure) -> None:
-                if not reason.check(CancelledError, ierror.ConnectingCancelledError):
-                    self.origin_failed(origin, reason)
-
-            d.addErrback(failed)
+            self._pending = self.reactor.connectTCP(address, self._port, factory, timeout=timeout)
 
     def origin_factory(self, origin: Origin) -> ClientFactory:
         """
@@ -290,6 +316,10 @@ class EdgeProtocol(Protocol):
         A connect attempt failed: try the next origin, or give up.
         """
         self._pending = None
+        if self._addresses and not self._client_gone:
+            # The next address of the same name.
+            self._dial(origin, self._addresses.pop(0))
+            return
         self.runtime.origin_failed(origin, reason)
         if self._client_gone:
             self._origin_gone = True

@@ -6,7 +6,8 @@ origin the balancer picked, so the origin's replies find their way back.
 UDP has no close: a session ends when it has been quiet for the app's
 C{timeouts.idle}, when its origin refuses (ICMP port unreachable), or when
 its edge port closes (reload, stop). One timer per edge port sweeps the
-sessions; nothing is rescheduled per datagram.
+sessions; nothing is rescheduled per datagram. After a refusal the client's
+datagrams are refused for L{REFUSED_HOLD} (counted, no record each).
 
 PROXY protocol: C{v2} puts a DGRAM header on the first datagram of a
 session; C{simple} (Cloudflare's Simple Proxy Protocol) puts a 38-byte
@@ -22,7 +23,6 @@ import errno
 import socket
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from twisted.internet import base
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
@@ -32,11 +32,13 @@ from twisted.python.failure import Failure
 
 from spectrum import status as S
 from spectrum.admission import Refusal, Ticket, normalize_ip
+from spectrum.descriptors import SESSION
 from spectrum.geo import UNKNOWN_COUNTRY
 from spectrum.model import Origin
 from spectrum.proxy import proxyproto, scratch
 from spectrum.proxy.inbound import is_trusted
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ORIGIN_ERROR, ConnectionRecord
+from spectrum.resolver import QuietPort
 from spectrum.runtime import AppRuntime
 from spectrum.sockets import edge_socket_options
 
@@ -46,12 +48,51 @@ MAX_DATAGRAM = 65535
 #: Socket buffers asked for on the edge port, which every client shares
 #: (the kernel caps them at net.core.rmem_max / wmem_max).
 EDGE_SOCKET_BUFFER = 4 * 1024 * 1024
-#: Datagrams kept for a session while its origin's name is being resolved.
+#: Datagrams kept for a session while its origin's name is being resolved
+#: (the rest are dropped and counted): at most this many, of at most
+#: PENDING_BYTES in all, and no more than PENDING_TOTAL for every session of
+#: the process together.
 PENDING_DATAGRAMS = 64
+PENDING_BYTES = 64 * 1024
+PENDING_TOTAL = 8 * 1024 * 1024
 #: The longest gap between idle sweeps, whatever the idle timeout.
 MAX_SWEEP_INTERVAL = 5.0
+#: Seconds a client's datagrams are refused (counted, no record each) after
+#: its session ended on the origin's refusal (ICMP port unreachable), so a
+#: client sending on to a dead origin costs a session per second, not one
+#: per datagram.
+REFUSED_HOLD = 1.0
 
 Address = Tuple[str, int]
+
+
+class PendingBytes:
+    """
+    The bytes every session of the process keeps while it waits for its
+    origin, against one limit.
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """
+        Count C{size} more bytes kept, unless that would pass the limit.
+        """
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+#: the process's sessions waiting for their origins
+PENDING = PendingBytes(PENDING_TOTAL)
 
 
 class _OriginDatagrams(DatagramProtocol):
@@ -68,14 +109,14 @@ class _OriginDatagrams(DatagramProtocol):
         self.session.from_origin(data)
 
     def connectionRefused(self) -> None:
-        self.session.end(S.ORIGIN_REFUSED, "origin refused (ICMP port unreachable)")
+        self.session.refused("origin refused (ICMP port unreachable)")
 
     def stopProtocol(self) -> None:
         # The reactor closes a connected UDP socket on a pending socket error
         # (EPOLLERR: an ICMP port unreachable from the origin) before any
         # read could report it as refused.
         if not self.session.ended:
-            self.session.end(S.ORIGIN_REFUSED, "origin refused (ICMP error on the origin socket)")
+            self.session.refused("origin refused (ICMP error on the origin socket)")
 
 
 class Session:
@@ -85,6 +126,9 @@ class Session:
     @ivar bad_replies: origin datagrams dropped because their Simple Proxy
         Protocol header did not match this session.
     """
+
+    #: its socket to the origin
+    descriptors = SESSION
 
     __slots__ = (
         "addr",
@@ -105,6 +149,7 @@ class Session:
         "ticket",
         "_first",
         "_pending",
+        "_pending_bytes",
         "_reply_headers",
         "_send",
         "_spp",
@@ -141,6 +186,7 @@ class Session:
         self.seen_at = now
         self._send: Any = None
         self._pending: Optional[List[bytes]] = []
+        self._pending_bytes = 0
         mode = runtime.app.proxy_protocol
         client = (record.client_ip, record.client_port)
         proxy = (record.edge_ip, record.edge_port)
@@ -170,6 +216,7 @@ class Session:
         self.port.connect(ip, port)
         self._send = self.port.socket.send
         pending, self._pending = self._pending, None
+        self._release_pending()
         for data in pending or ():
             # Already counted when they arrived.
             self.client_datagrams -= 1
@@ -184,8 +231,15 @@ class Session:
         send = self._send
         if send is None:
             pending = self._pending
-            if pending is not None and len(pending) < PENDING_DATAGRAMS:
+            size = len(data)
+            if (
+                pending is not None
+                and len(pending) < PENDING_DATAGRAMS
+                and self._pending_bytes + size <= PENDING_BYTES
+                and PENDING.take(size)
+            ):
                 pending.append(data)
+                self._pending_bytes += size
             else:
                 self.dropped += 1
             return
@@ -202,9 +256,13 @@ class Session:
             # Sent: the origin knows the client now.
             self._first = b""
 
+    def _release_pending(self) -> None:
+        PENDING.give(self._pending_bytes)
+        self._pending_bytes = 0
+
     def _send_failed(self, e: OSError) -> None:
         if e.errno == errno.ECONNREFUSED:
-            self.end(S.ORIGIN_REFUSED, "origin refused (ICMP port unreachable)")
+            self.refused("origin refused (ICMP port unreachable)")
         else:
             # A full socket buffer (EAGAIN, ENOBUFS) or a datagram too big
             # for the path: UDP's answer is to drop it.
@@ -232,6 +290,15 @@ class Session:
         """
         self.end(status, reason)
 
+    def refused(self, reason: str) -> None:
+        """
+        The origin refused (ICMP): end, and hold the client's next datagrams
+        off for a moment.
+        """
+        if not self.ended:
+            self.end(S.ORIGIN_REFUSED, reason)
+            self.edge.hold(self.addr)
+
     def end(self, status: int, reason: str = "") -> None:
         """
         Close the origin socket, forget the session and record its end.
@@ -239,6 +306,11 @@ class Session:
         if self.ended:
             return
         self.ended = True
+        if self._pending:
+            # Never sent: counted as dropped.
+            self.dropped += len(self._pending)
+            self._pending = None
+        self._release_pending()
         if self.ticket is not None:
             self.ticket.release()
         if self.port is not None:
@@ -281,6 +353,9 @@ class UDPEdge(DatagramProtocol):
         self.runtime = runtime
         self.reactor = runtime.reactor
         self.sessions: Dict[Address, Session] = {}
+        #: client addresses whose session the origin refused, and until when
+        #: their datagrams are refused (L{REFUSED_HOLD})
+        self.held: Dict[Address, float] = {}
         self.per_ip: Dict[str, int] = {}
         self.refused = 0
         self._sweep: Any = None
@@ -305,6 +380,8 @@ class UDPEdge(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         session = self.sessions.get(addr)
         if session is None:
+            if self.held and self._held_off(addr):
+                return
             opened = self._open(addr, data)
             if opened is None:
                 return
@@ -312,6 +389,27 @@ class UDPEdge(DatagramProtocol):
         session.from_client(data)
 
     # opening ------------------------------------------------------------------
+
+    def hold(self, addr: Address) -> None:
+        """
+        Refuse C{addr}'s datagrams for L{REFUSED_HOLD} seconds.
+        """
+        self.held[addr] = self.reactor.seconds() + REFUSED_HOLD
+        self._schedule_sweep()
+
+    def _held_off(self, addr: Address) -> bool:
+        until = self.held.get(addr)
+        if until is None:
+            return False
+        if self.reactor.seconds() >= until:
+            del self.held[addr]
+            return False
+        self.refused += 1
+        runtime = self.runtime
+        runtime.refusals.count(
+            runtime.app.name, ORIGIN_ERROR, S.ORIGIN_REFUSED, "", normalize_ip(addr[0]), UNKNOWN_COUNTRY
+        )
+        return True
 
     def _open(self, addr: Address, data: bytes) -> Optional[Tuple[Session, bytes]]:
         """
@@ -346,6 +444,8 @@ class UDPEdge(DatagramProtocol):
             refusal = (S.SESSION_LIMIT, f"app has {app.max_sessions} sessions open", CLIENT_FILTERED)
         elif app.per_ip_sessions and self.per_ip.get(client_ip, 0) >= app.per_ip_sessions:
             refusal = (S.SESSION_LIMIT, f"{client_ip} has {app.per_ip_sessions} sessions open", CLIENT_FILTERED)
+        elif not runtime.descriptors.room_for_session():
+            refusal = (S.SESSION_LIMIT, runtime.descriptors.refusal(), CLIENT_FILTERED)
         candidates = runtime.balancer.candidates(client_ip, 1) if refusal is None else []
         if refusal is None and not candidates:
             refusal = (S.NO_HEALTHY_ORIGIN, "", ORIGIN_ERROR)
@@ -365,7 +465,12 @@ class UDPEdge(DatagramProtocol):
         record.origin_port = port
         session = Session(self, runtime, addr, record, origin, now, verdict)
         address = origin.address
-        if isIPAddress(address) or isIPv6Address(address):
+        if not (isIPAddress(address) or isIPv6Address(address)):
+            addresses = runtime.resolver.cached(address)
+            address = addresses[0] if addresses else ""
+            if address:
+                record.origin_ip = address
+        if address:
             try:
                 session.connect(reactor, address, port)
             except (OSError, CannotListenError) as e:
@@ -374,18 +479,20 @@ class UDPEdge(DatagramProtocol):
                     client, upstream, S.ORIGIN_UNREACHABLE, f"no socket for the origin: {e}", ORIGIN_ERROR, verdict
                 )
                 return None
-        else:
-            # Resolved off the data plane; the first datagrams wait in the
-            # session (a few, bounded).
-            reactor.resolve(address).addCallbacks(
-                self._resolved, self._unresolved, callbackArgs=(session, port), errbackArgs=(session,)
-            )
         self.sessions[addr] = session
         self.per_ip[client_ip] = self.per_ip.get(client_ip, 0) + 1
         runtime.opened(session)
         runtime.balancer.connection_opened(origin)
         runtime.recorders(CONNECT, record)
         self._schedule_sweep()
+        if not address:
+            # Resolved off the data plane (the session's first datagrams
+            # wait, bounded); an answer known to be empty ends it at once.
+            runtime.resolver.resolve(origin.address, app.timeouts.connect).addCallbacks(
+                self._resolved, self._unresolved, callbackArgs=(session, port), errbackArgs=(session,)
+            )
+            if session.ended:
+                return None
         return session, data
 
     def _record(
@@ -438,10 +545,11 @@ class UDPEdge(DatagramProtocol):
         self._refuse((ip, addr[1]), None, status, reason or "", CLIENT_FILTERED, None)
         return None
 
-    def _resolved(self, ip: str, session: Session, port: int) -> None:
+    def _resolved(self, addresses: Tuple[str, ...], session: Session, port: int) -> None:
         if session.ended:
             return
-        session.record.origin_ip = ip
+        # UDP cannot tell a working address from another: the first.
+        ip = session.record.origin_ip = addresses[0]
         try:
             session.connect(self.reactor, ip, port)
         except (OSError, CannotListenError) as e:
@@ -516,7 +624,9 @@ class UDPEdge(DatagramProtocol):
             idle = session.runtime.app.timeouts.idle
             if idle and now - session.seen_at >= idle:
                 session.end(S.IDLE_TIMEOUT, "idle timeout")
-        if self.sessions:
+        if self.held:
+            self.held = {addr: until for addr, until in self.held.items() if until > now}
+        if self.sessions or self.held:
             self._schedule_sweep()
 
     def close(self, status: int = S.NORMAL, reason: str = "edge port closed") -> None:
@@ -549,37 +659,11 @@ class UDPListening:
         return self.port.stopListening()
 
 
-class _SessionPort(scratch.DatagramPort):
+class _SessionPort(QuietPort, scratch.DatagramPort):
     """
-    A session's own socket towards its origin. Twisted's UDP port logs a
-    line when it starts and one when it closes: an edge port's are worth
-    having, but one pair per client session would be most of the log.
+    A session's own socket towards its origin: quiet (one log line per
+    session is its record's), reading into the shared buffer.
     """
-
-    def _bindSocket(self) -> None:
-        try:
-            skt = self.createInternetSocket()
-            skt.bind((self.interface, self.port))
-        except OSError as e:
-            raise CannotListenError(self.interface, self.port, e) from e
-        # The ephemeral port is not needed (getHost asks the socket).
-        self._realPortNumber = 0
-        self.connected = 1
-        self.socket = skt
-        self.fileno = skt.fileno  # type: ignore[method-assign]
-
-    def connectionLost(self, reason: Any = None) -> None:
-        # udp.Port.connectionLost, without its log line.
-        self._realPortNumber = None
-        self.maxThroughput = -1
-        base.BasePort.connectionLost(self, reason)
-        self.protocol.doStop()
-        self.socket.close()
-        del self.socket
-        del self.fileno
-        if hasattr(self, "d"):
-            self.d.callback(None)
-            del self.d
 
 
 class _EdgeUDPPort(scratch.DatagramPort):

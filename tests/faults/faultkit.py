@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -76,14 +76,23 @@ class Proxy:
     A C{twistd spectrum} for a fault test, its event log and its figures.
     """
 
-    def __init__(self, tmp: Any, apps: List[Dict[str, Any]], *options: str, extra: Any = None, wait: Any = ()) -> None:
+    def __init__(
+        self,
+        tmp: Any,
+        apps: List[Dict[str, Any]],
+        *options: str,
+        extra: Any = None,
+        wait: Any = (),
+        preexec_fn: Optional[Callable[[], None]] = None,
+    ) -> None:
         raise_nofile()
         self.events_path = os.path.join(os.fspath(tmp), "events.jsonl")
         document = {"apps": apps, "events": {"path": self.events_path, "flush_interval": 0.1}}
         document.update(extra or {})
         self.config = write_config(os.path.join(os.fspath(tmp), "spectrum.json"), document)
-        ports = [int(a["protocol"].split("/")[1]) for a in apps] + list(wait)
-        self.twistd: Twistd = start_twistd(self.config, os.path.join(os.fspath(tmp), "twistd.log"), ports, options)
+        ports = [int(a["protocol"].split("/")[1]) for a in apps if a["protocol"].startswith("tcp")] + list(wait)
+        log = os.path.join(os.fspath(tmp), "twistd.log")
+        self.twistd: Twistd = start_twistd(self.config, log, ports, options, preexec_fn)
         self.pid = self.twistd.pid
 
     def rss(self) -> int:
