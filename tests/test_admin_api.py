@@ -583,6 +583,34 @@ async def test_per_app_rules_apply_to_that_app_only(world: Any) -> None:
     assert listed["result"] == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_deleting_an_app_deletes_its_rules(world: Any) -> None:
+    w = world()
+    port = free_port()
+    origin = w.origin_port.getHost().port
+    status, made = await w.admin.call("POST", APPS, echo_app("gone", port, origin))
+    first = made["result"]["id"]
+    status, answer = await w.admin.call(
+        "POST",
+        f"{APPS}/{first}/firewall/access_rules/rules",
+        {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.1"}},
+    )
+    assert status == 200, answer
+    assert await echo_through(port) == b""
+    status, _ = await w.admin.call("DELETE", f"{APPS}/{first}")
+    assert status == 200
+    saved = json.loads((w.tmp_path / "spectrum.state.json").read_text())
+    assert saved["access_rules"] == [] and saved["apps"] == []
+    assert all(rule.app != "gone" for rule in w.admin.service.admission.firewall.rules)
+
+    # A new app of that name starts with no rules, and lets everyone in.
+    status, made = await w.admin.call("POST", APPS, echo_app("gone", port, origin))
+    second = made["result"]["id"]
+    status, listed = await w.admin.call("GET", f"{APPS}/{second}/firewall/access_rules/rules")
+    assert status == 200 and listed["result"] == []
+    assert await echo_through(port) == b"ping"
+
+
 # Analytics, health, live ----------------------------------------------------------
 
 

@@ -533,7 +533,23 @@ class AdminAPI(Resource):
         check_fields(call.object_body(required=False), {})
         app_id = entry["app"]["id"]
         apps = {key: value for key, value in self.state.apps.items() if key != app_id}
-        self._commit_apps(apps, None)
+        # Its rules go with it, from the state file (written once, with the
+        # apps), here and in the store: a later app of that name starts with
+        # none. They leave the firewall only once the app is gone, so the
+        # reload's hooks do not put them back from the store.
+        name = self._app(app_id).name
+        rules = [rule.id for rule in self.firewall.rules if rule.app == name and rule.id in self.rule_meta]
+        previous = self.state.rules
+        self.state.rules = [rule for rule in previous if rule.get("id") not in rules]
+        try:
+            self._commit_apps(apps, None)
+        except ApiError:
+            self.state.rules = previous
+            raise
+        if rules:
+            for rule_id in rules:
+                self._forget(rule_id)
+            self._tell_cluster("rules")
         return {"id": app_id}
 
     # access rules --------------------------------------------------------------
