@@ -270,6 +270,19 @@ async def test_every_mutation_refuses_bad_bodies_with_400(world: Any) -> None:
         (
             "POST",
             USER_RULES,
+            {"mode": "block", "configuration": {"target": "ip6", "value": "::ffff:127.0.0.9"}},
+            "configuration.value: '::ffff:127.0.0.9' is an IPv4-mapped address; clients are matched as 127.0.0.9:"
+            " use target ip with 127.0.0.9",
+        ),
+        (
+            "POST",
+            f"{APPS}/{app_id}/firewall/access_rules/rules",
+            {"mode": "block", "configuration": {"target": "ip6", "value": "fe80::1%eth0"}},
+            "configuration.value: 'fe80::1%eth0' has a zone (%eth0); clients are matched without one: write fe80::1",
+        ),
+        (
+            "POST",
+            USER_RULES,
             {"mode": 1, "configuration": {"target": "ip", "value": "127.0.0.2"}},
             "mode: expected a string",
         ),
