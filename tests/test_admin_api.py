@@ -413,6 +413,26 @@ async def test_created_app_accepts_within_a_second_and_delete_keeps_open_connect
 
 
 @pytest_twisted.ensureDeferred
+async def test_every_app_on_an_sni_shared_port_shows_it_listening(world: Any) -> None:
+    w = world()
+    port = free_port()
+    origin = w.origin_port.getHost().port
+    listening = [{"protocol": "tcp", "ip": "127.0.0.1", "port": port}]
+    for name in ("a.example.com", "b.example.com"):
+        body = dict(echo_app(name, port, origin), dns={"type": "CNAME", "name": name})
+        status, made = await w.admin.call("POST", APPS, body)
+        assert status == 200, made
+        assert made["result"]["listening"] == listening
+    status, listed = await w.admin.call("GET", APPS, token=READ)
+    shown = {a["name"]: a["listening"] for a in listed["result"]}
+    assert shown == {
+        "echo": [{"protocol": "tcp", "ip": "127.0.0.1", "port": w.edge_port}],
+        "a.example.com": listening,
+        "b.example.com": listening,
+    }
+
+
+@pytest_twisted.ensureDeferred
 async def test_hash_pool_weights_are_bounded_and_checked(world: Any) -> None:
     """
     Issue 16, fault 6: weight 50000 on a C{hash} pool made through the API

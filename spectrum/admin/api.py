@@ -398,9 +398,10 @@ class AdminAPI(Resource):
     def _listening(self) -> Dict[str, List[Dict[str, Any]]]:
         result: Dict[str, List[Dict[str, Any]]] = {}
         for (protocol, ip, _), listener in self.service.listeners.items():
-            result.setdefault(listener.runtime.app.name, []).append(
-                {"protocol": protocol, "ip": ip, "port": listener.bound_port()}
-            )
+            for runtime in listener.runtimes:
+                result.setdefault(runtime.app.name, []).append(
+                    {"protocol": protocol, "ip": ip, "port": listener.bound_port()}
+                )
         return result
 
     def _documents(self) -> Dict[str, Dict[str, Any]]:
