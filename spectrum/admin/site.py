@@ -44,9 +44,8 @@ def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Op
         from spectrum.admin.page import Root
 
         root = Root(service)
-    metrics = metrics_resource(
-        analytics, firewall, getattr(service, "refusals", None), getattr(service, "shield", None)
-    )
+    parts = ("refusals", "shield", "event_log")
+    metrics = metrics_resource(analytics, firewall, *(getattr(service, name, None) for name in parts))
     gate = MetricsGate(metrics, getattr(root, "api", None))
     root.putChild(b"metrics", gate)
     root.metrics = gate  # type: ignore[attr-defined]
