@@ -269,6 +269,11 @@ BAD_CONFIGS: Dict[str, tuple] = {
         "DIRECTORY",
         "FILE: cannot read the file: Is a directory",
     ),
+    "a FIFO, never waited on": (
+        "a-fifo.yaml",
+        "FIFO",
+        "FILE: cannot read the file: not a regular file (a FIFO)",
+    ),
 }
 
 
@@ -311,6 +316,8 @@ def test_bad_config_one_line_nonzero_nothing_bound(kind: str, tmp_path: Any) -> 
     path = tmp_path / name
     if content == "DIRECTORY":
         path.mkdir()
+    elif content == "FIFO":
+        os.mkfifo(path)
     elif content is not None:
         write_config(path, _fill(content, edge))
     done = run(spectrum_command(str(path)))

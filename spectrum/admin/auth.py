@@ -19,7 +19,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import attr
 
-from spectrum.atomic import write_atomically
+from spectrum.fileio import read_regular, write_atomically
 from spectrum.model import AdminToken
 
 READ = "read"
@@ -84,8 +84,7 @@ def resolve(specs: Sequence[AdminToken], environ: Mapping[str, str] = os.environ
         else:
             assert spec.token_file is not None
             try:
-                with open(spec.token_file, encoding="utf-8") as f:
-                    secret = f.read()
+                secret = read_regular(spec.token_file).decode("utf-8")
             except OSError as e:
                 raise TokenError(f"{where}: cannot read {spec.token_file}: {e.strerror or e}") from None
         secret = secret.strip()

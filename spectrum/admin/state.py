@@ -24,8 +24,8 @@ import json
 import os
 from typing import Any, Callable, Dict, List, Optional
 
-from spectrum.atomic import write_atomically
 from spectrum.config import ConfigError, parse, read
+from spectrum.fileio import write_atomically
 from spectrum.model import Config
 
 VERSION = 1
