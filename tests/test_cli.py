@@ -294,6 +294,19 @@ def _fill(value: Any, edge: int) -> Any:
     return value
 
 
+def make_bad_config(path: Any, content: Any, edge: int) -> None:
+    """
+    Put one of L{BAD_CONFIGS}' contents at C{path}: a directory, a FIFO,
+    nothing, or a document with C{edge} filled in.
+    """
+    if content == "DIRECTORY":
+        path.mkdir()
+    elif content == "FIFO":
+        os.mkfifo(path)
+    elif content is not None:
+        write_config(path, _fill(content, edge))
+
+
 def _one_clear_line(output: str, expected: str) -> str:
     """
     The only line of C{output} that mentions C{spectrum:}; it ends with
@@ -314,12 +327,7 @@ def test_bad_config_one_line_nonzero_nothing_bound(kind: str, tmp_path: Any) -> 
     name, content, expected = BAD_CONFIGS[kind]
     edge = free_port()
     path = tmp_path / name
-    if content == "DIRECTORY":
-        path.mkdir()
-    elif content == "FIFO":
-        os.mkfifo(path)
-    elif content is not None:
-        write_config(path, _fill(content, edge))
+    make_bad_config(path, content, edge)
     done = run(spectrum_command(str(path)))
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
