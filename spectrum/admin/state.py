@@ -25,7 +25,7 @@ import os
 from typing import Any, Callable, Dict, List, Optional
 
 from spectrum.config import ConfigError, parse, read
-from spectrum.fileio import write_atomically
+from spectrum.fileio import read_regular, write_atomically
 from spectrum.model import Config
 
 VERSION = 1
@@ -101,8 +101,7 @@ class AdminState:
         if self.path is None or not os.path.exists(self.path):
             return
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(read_regular(self.path).decode("utf-8"))
         except OSError as e:
             raise StateError(f"{self.path}: cannot read the state file: {e.strerror or e}") from None
         except ValueError as e:
