@@ -20,7 +20,7 @@ costs nothing more here. Everything is local and synchronous.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from twisted.logger import Logger
 
@@ -113,6 +113,14 @@ class Admission:
 
     @ivar firewall: the rules in force (the index the rule owner keeps).
     @ivar gates: further checks after the local limits.
+    @ivar origin_sockets: (local address, port, remote address, port) of
+        every open origin connection of this process: a client whose
+        (address, port, edge address, port) is one of them is this process
+        talking to itself (a proxy loop), refused at accept.
+    @ivar client_sockets: (address, port, edge address, port) of every open
+        client connection -> its L{spectrum.proxy.lifecycle.Connection}: an
+        origin connection that turns out to be one of them closes that loop
+        when it connects after the accept.
     """
 
     log = Logger()
@@ -125,6 +133,8 @@ class Admission:
         self.reactor = reactor
         if config is None:
             config = Config(apps=())
+        self.origin_sockets: Set[Tuple[str, int, str, int]] = set()
+        self.client_sockets: Dict[Tuple[str, int, str, int], Any] = {}
         self.firewall = Firewall(config.access_rules)
         self._rules_from = config.access_rules
         self._geo_files = config.geoip

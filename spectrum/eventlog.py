@@ -11,10 +11,16 @@ pays a C{json.dumps} per event and a write system call per flush, not per
 event. Rotation happens between lines: a file never holds more than
 C{max_bytes} (unless one line alone is longer), C{path.1} is the newest
 rotated file and at most C{max_files} rotated files are kept.
+
+A write holds whole lines or none: one that stops short (a full disk) is
+cut back to its last whole line. What could not be written is counted
+(L{EventLog.dropped}, C{spectrum_eventlog_dropped_total}) and logged when
+it starts, at most once a minute while it lasts, and when writing resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any, Dict, List, Optional
@@ -29,6 +35,50 @@ from spectrum.record import ConnectionRecord
 
 #: Lines held before a write is forced, whatever the timer says.
 MAX_BUFFERED = 2000
+
+
+class _Cut(Exception):
+    """
+    A write stopped short: C{written} whole lines made it.
+    """
+
+    def __init__(self, written: int, error: OSError) -> None:
+        super().__init__(written, error)
+        self.written = written
+        self.error = error
+
+
+def _write_lines(logfile: LogFile, lines: List[bytes]) -> int:
+    """
+    Append C{lines} to C{logfile}'s file, whole lines or none: when a
+    write stops short (a full disk writes what fits, then fails), the file
+    is cut back to the end of its last whole line, so a torn record never
+    runs into the next one. Returns how many lines were written.
+
+    @raise _Cut: not all of them were.
+    """
+    data = b"".join(lines)
+    fd = logfile._file.fileno()
+    start = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    done = 0
+    try:
+        while done < len(data):
+            count = os.write(fd, view[done:])
+            if count == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += count
+    except OSError as e:
+        keep = data.rfind(b"\n", 0, done) + 1
+        try:
+            os.ftruncate(fd, start + keep)
+        except OSError:  # pragma: no cover - a file that cannot shrink
+            pass
+        os.lseek(fd, start + keep, os.SEEK_SET)
+        logfile.size = start + keep
+        raise _Cut(data.count(b"\n", 0, keep), e) from None
+    logfile.size = start + done
+    return len(lines)
 
 
 class EventLogError(Exception):
@@ -57,7 +107,12 @@ class EventLog(Service):
         self._file: Optional[LogFile] = None
         self._timer: Optional[LoopingCall] = None
         self.written = 0
+        #: events that could not be written (C{spectrum_eventlog_dropped_total})
         self.dropped = 0
+        # since when writes fail, and how many were dropped since
+        self._failing_since: Optional[float] = None
+        self._dropped_since = 0
+        self._said_at = 0.0
 
     # the recorder -------------------------------------------------------------
 
@@ -130,36 +185,63 @@ class EventLog(Service):
             try:
                 self.open()
             except EventLogError as e:
-                self.dropped += len(lines)
-                self.log.error("{count} events dropped: {error}", count=len(lines), error=str(e))
+                self._dropping(len(lines), str(e))
                 return
         logfile = self._file
         if logfile is None or self.settings is None:
             return
         limit = self.settings.max_bytes
+        written = 0
         try:
             chunk: List[bytes] = []
             size = logfile.size
             for line in lines:
                 if size + len(line) > limit and size > 0:
                     if chunk:
-                        logfile.write(b"".join(chunk))
+                        written += _write_lines(logfile, chunk)
                         chunk = []
                     logfile.rotate()
                     size = logfile.size
                 chunk.append(line)
                 size += len(line)
             if chunk:
-                logfile.write(b"".join(chunk))
-            self.written += len(lines)
-        except OSError as e:
-            self.dropped += len(lines)
+                written += _write_lines(logfile, chunk)
+        except _Cut as cut:
+            written += cut.written
+            self._dropping(len(lines) - written, f"write failed: {cut.error.strerror or cut.error}")
+        else:
+            self._writing()
+        self.written += written
+
+    def _dropping(self, count: int, reason: str) -> None:
+        """
+        C{count} events could not be written: count them, and say so once
+        when it starts and then at most once a minute while it lasts.
+        """
+        self.dropped += count
+        self._dropped_since += count
+        now = self.reactor.seconds()
+        if self._failing_since is None or now - self._said_at >= 60:
             self.log.error(
-                "event log {path}: write failed, {count} events dropped: {error}",
-                path=self.settings.path,
-                count=len(lines),
-                error=e.strerror or str(e),
+                "event log {path}: {reason}; {count} events dropped so far",
+                path=self.settings.path if self.settings else None,
+                reason=reason,
+                count=self._dropped_since,
             )
+            self._said_at = now
+        if self._failing_since is None:
+            self._failing_since = now
+
+    def _writing(self) -> None:
+        if self._failing_since is None:
+            return
+        self.log.info(
+            "event log {path}: writing again; {count} events were dropped",
+            path=self.settings.path if self.settings else None,
+            count=self._dropped_since,
+        )
+        self._failing_since = None
+        self._dropped_since = 0
 
     def reconfigure(self, settings: Optional[EventLogSettings]) -> None:
         """

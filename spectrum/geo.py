@@ -11,6 +11,8 @@ from typing import Any, Optional, Tuple
 
 import maxminddb
 
+from spectrum.fileio import check_regular
+
 #: The country of a client the database does not place (Cloudflare's XX).
 UNKNOWN_COUNTRY = "XX"
 
@@ -28,6 +30,7 @@ def open_database(path: str) -> Any:
     @raise GeoIPError: it cannot be read or is not a MaxMind DB file.
     """
     try:
+        check_regular(path)
         return maxminddb.open_database(path, maxminddb.MODE_AUTO)
     except FileNotFoundError:
         raise GeoIPError(f"cannot open {path!r}: no such file") from None

@@ -103,7 +103,14 @@ class Listener:
     """
 
     def __init__(
-        self, protocol: str, ip: str, port: int, factory: Any, listening: IListeningPort, shield: Any = None
+        self,
+        protocol: str,
+        ip: str,
+        port: int,
+        factory: Any,
+        listening: IListeningPort,
+        shield: Any = None,
+        runtimes: Sequence[AppRuntime] = (),
     ) -> None:
         self.protocol = protocol
         self.ip = ip
@@ -116,6 +123,8 @@ class Listener:
         self.steering_slot: Optional[int] = None
         #: the ports steered to it
         self.steered_ports: Sequence[int] = ()
+        #: the apps it serves (several on a port shared by SNI)
+        self.runtimes: Sequence[AppRuntime] = tuple(runtimes)
 
     def guard(self, runtimes: Sequence[AppRuntime]) -> None:
         """
@@ -127,15 +136,12 @@ class Listener:
             return
         self.shield.attach(sock, self.protocol == "tcp", [runtime.app for runtime in runtimes])
 
-    @property
-    def runtime(self) -> AppRuntime:
-        return self.factory.runtime
-
     def retarget(self, runtimes: Sequence[AppRuntime]) -> None:
         """
         Send the next connections to C{runtimes} (one app, or several
         sharing the port).
         """
+        self.runtimes = tuple(runtimes)
         if hasattr(self.factory, "set_routes"):
             self.factory.set_routes(runtimes)
         else:
@@ -178,7 +184,7 @@ def listen(
         from spectrum.proxy.udp import listen_udp
 
         edge, udp_port = listen_udp(reactor, ip, port, runtimes[0], reuse_port=reuse_port)
-        listener = Listener(protocol, ip, port, edge, udp_port, shield)  # type: ignore[arg-type]
+        listener = Listener(protocol, ip, port, edge, udp_port, shield, runtimes)  # type: ignore[arg-type]
         listener.guard(runtimes)
         return listener
     if protocol != "tcp":
@@ -194,7 +200,7 @@ def listen(
     else:
         # Test reactors (MemoryReactor) record listenTCP calls.
         listening = reactor.listenTCP(port, factory, backlog=BACKLOG, interface=ip)
-    listener = Listener(protocol, ip, port, factory, listening, shield)
+    listener = Listener(protocol, ip, port, factory, listening, shield, runtimes)
     listener.guard(runtimes)
     return listener
 

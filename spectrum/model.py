@@ -382,11 +382,15 @@ class AdminSettings:
     @ivar tokens: the API's tokens; with none, one is generated at start.
     @ivar state_file: where apps and rules made through the API are kept
         (absolute); L{None} for the default next to the config file.
+    @ivar metrics: who may read C{/metrics}: C{"public"} anyone,
+        C{"token"} a token's holder; L{None}: anyone when the admin listens
+        on loopback only, else a token's holder.
     """
 
     listen: str = "tcp:8080:interface=127.0.0.1"
     tokens: Tuple[AdminToken, ...] = ()
     state_file: Optional[str] = None
+    metrics: Optional[str] = None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)

@@ -21,6 +21,9 @@ TARGETS = ("ip", "ip6", "ip_range", "asn", "country")
 
 _ASN = re.compile(r"^(?:AS)?([0-9]{1,10})$", re.IGNORECASE)
 _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
+#: IPv4-mapped IPv6 addresses: clients in it are matched as the IPv4
+#: address (L{spectrum.admission.normalize_ip}), so a rule there never matches.
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 class RuleError(ValueError):
@@ -91,6 +94,13 @@ def canonical_value(target: str, value: object) -> str:
         if not _COUNTRY.match(value):
             raise RuleError(f"{value!r} is not a two-letter country code (XX for unknown)")
         return value.upper()
+    if target in ("ip", "ip6", "ip_range") and "%" in value:
+        # A zone names an interface of this host; clients are matched by
+        # their address alone, so such a rule could never match.
+        bare, _, rest = value.partition("%")
+        zone, _, prefix = rest.partition("/")
+        write = bare + ("/" + prefix if prefix else "")
+        raise RuleError(f"{value!r} has a zone (%{zone}); clients are matched without one: write {write}")
     if target in ("ip", "ip6"):
         try:
             address = ipaddress.ip_address(value)
@@ -100,6 +110,11 @@ def canonical_value(target: str, value: object) -> str:
         if address.version != family:
             other = "ip6" if target == "ip" else "ip"
             raise RuleError(f"{value!r} is an IPv{address.version} address; use target {other}")
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            raise RuleError(
+                f"{value!r} is an IPv4-mapped address; clients are matched as {mapped}: use target ip with {mapped}"
+            )
         return str(address)
     try:
         network = ipaddress.ip_network(value, strict=True)
@@ -111,4 +126,10 @@ def canonical_value(target: str, value: object) -> str:
         raise RuleError(f"{value!r} has host bits set; did you mean {loose}?") from None
     if "/" not in value:
         raise RuleError(f"{value!r} has no prefix length; write {network}")
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        first = network.network_address.ipv4_mapped
+        ipv4 = ipaddress.IPv4Network(f"{first}/{network.prefixlen - 96}")
+        raise RuleError(
+            f"{value!r} is an IPv4-mapped range; clients are matched as IPv4: use target ip_range with {ipv4}"
+        )
     return str(network)

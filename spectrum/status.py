@@ -13,6 +13,7 @@ PER_IP_CONNECTIONS = 430  # spectrum: refused, the client's address has limits.p
 MAX_CONNECTIONS = 431  # spectrum: refused, the app has limits.max_connections open
 SESSION_LIMIT = 432  # spectrum: the app's or the client's UDP session cap is reached
 BAD_PROXY_HEADER = 491  # spectrum: inbound PROXY header malformed, too long, or late
+PROXY_LOOP = 508  # spectrum: refused, the client is this process's own origin connection (a proxy loop)
 CLIENT_TLS_FAILED = 443  # the client's TLS handshake failed
 ORIGIN_RESET = 444  # the origin reset an established connection
 ORIGIN_TIMEOUT = 445  # an established origin connection timed out
@@ -39,6 +40,7 @@ DESCRIPTIONS = {
     MAX_CONNECTIONS: "too many connections to this app",
     SESSION_LIMIT: "session limit reached",
     BAD_PROXY_HEADER: "bad PROXY header",
+    PROXY_LOOP: "proxy loop",
     CLIENT_TLS_FAILED: "client TLS handshake failed",
     ORIGIN_RESET: "origin reset the connection",
     ORIGIN_TIMEOUT: "origin connection timed out",

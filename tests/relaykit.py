@@ -64,7 +64,7 @@ class Proxy:
         listeners = [
             listener
             for listener in self.service.listeners.values()
-            if not app_name or listener.runtime.app.name == app_name
+            if not app_name or any(runtime.app.name == app_name for runtime in listener.runtimes)
         ]
         return listeners[index].bound_port()
 

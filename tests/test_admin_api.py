@@ -270,6 +270,19 @@ async def test_every_mutation_refuses_bad_bodies_with_400(world: Any) -> None:
         (
             "POST",
             USER_RULES,
+            {"mode": "block", "configuration": {"target": "ip6", "value": "::ffff:127.0.0.9"}},
+            "configuration.value: '::ffff:127.0.0.9' is an IPv4-mapped address; clients are matched as 127.0.0.9:"
+            " use target ip with 127.0.0.9",
+        ),
+        (
+            "POST",
+            f"{APPS}/{app_id}/firewall/access_rules/rules",
+            {"mode": "block", "configuration": {"target": "ip6", "value": "fe80::1%eth0"}},
+            "configuration.value: 'fe80::1%eth0' has a zone (%eth0); clients are matched without one: write fe80::1",
+        ),
+        (
+            "POST",
+            USER_RULES,
             {"mode": 1, "configuration": {"target": "ip", "value": "127.0.0.2"}},
             "mode: expected a string",
         ),
@@ -397,6 +410,26 @@ async def test_created_app_accepts_within_a_second_and_delete_keeps_open_connect
     await client.done
     status, answer = await w.admin.call("GET", f"{APPS}/{app['id']}")
     assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_app_on_an_sni_shared_port_shows_it_listening(world: Any) -> None:
+    w = world()
+    port = free_port()
+    origin = w.origin_port.getHost().port
+    listening = [{"protocol": "tcp", "ip": "127.0.0.1", "port": port}]
+    for name in ("a.example.com", "b.example.com"):
+        body = dict(echo_app(name, port, origin), dns={"type": "CNAME", "name": name})
+        status, made = await w.admin.call("POST", APPS, body)
+        assert status == 200, made
+        assert made["result"]["listening"] == listening
+    status, listed = await w.admin.call("GET", APPS, token=READ)
+    shown = {a["name"]: a["listening"] for a in listed["result"]}
+    assert shown == {
+        "echo": [{"protocol": "tcp", "ip": "127.0.0.1", "port": w.edge_port}],
+        "a.example.com": listening,
+        "b.example.com": listening,
+    }
 
 
 @pytest_twisted.ensureDeferred
@@ -581,6 +614,34 @@ async def test_per_app_rules_apply_to_that_app_only(world: Any) -> None:
     assert await echo_through(w.edge_port, bind="127.0.0.11") == b"ping"
     status, listed = await w.admin.call("GET", USER_RULES)
     assert listed["result"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_an_app_deletes_its_rules(world: Any) -> None:
+    w = world()
+    port = free_port()
+    origin = w.origin_port.getHost().port
+    status, made = await w.admin.call("POST", APPS, echo_app("gone", port, origin))
+    first = made["result"]["id"]
+    status, answer = await w.admin.call(
+        "POST",
+        f"{APPS}/{first}/firewall/access_rules/rules",
+        {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.1"}},
+    )
+    assert status == 200, answer
+    assert await echo_through(port) == b""
+    status, _ = await w.admin.call("DELETE", f"{APPS}/{first}")
+    assert status == 200
+    saved = json.loads((w.tmp_path / "spectrum.state.json").read_text())
+    assert saved["access_rules"] == [] and saved["apps"] == []
+    assert all(rule.app != "gone" for rule in w.admin.service.admission.firewall.rules)
+
+    # A new app of that name starts with no rules, and lets everyone in.
+    status, made = await w.admin.call("POST", APPS, echo_app("gone", port, origin))
+    second = made["result"]["id"]
+    status, listed = await w.admin.call("GET", f"{APPS}/{second}/firewall/access_rules/rules")
+    assert status == 200 and listed["result"] == []
+    assert await echo_through(port) == b"ping"
 
 
 # Analytics, health, live ----------------------------------------------------------

@@ -220,6 +220,30 @@ BAD_CONFIGS: Dict[str, tuple] = {
         "apps[0]: its origins lead back to this spectrum's own edge, so a connection would loop:"
         " 'a' port EDGE -> 127.0.0.1:EDGE ('a')",
     ),
+    "access rule on an IPv4-mapped IPv6 address": (
+        "c.yaml",
+        "apps: []\naccess_rules:\n  - {mode: block, configuration: {target: ip6, value: '::ffff:127.0.0.9'}}\n",
+        "access_rules[0].configuration.value: '::ffff:127.0.0.9' is an IPv4-mapped address;"
+        " clients are matched as 127.0.0.9: use target ip with 127.0.0.9",
+    ),
+    "access rule on an IPv4-mapped IPv6 range": (
+        "c.yaml",
+        "apps: []\naccess_rules:\n  - {mode: block, configuration: {target: ip_range, value: '::ffff:10.0.0.0/104'}}\n",
+        "access_rules[0].configuration.value: '::ffff:10.0.0.0/104' is an IPv4-mapped range;"
+        " clients are matched as IPv4: use target ip_range with 10.0.0.0/8",
+    ),
+    "access rule on a scoped address": (
+        "c.yaml",
+        "apps: []\naccess_rules:\n  - {mode: block, configuration: {target: ip6, value: 'fe80::1%eth0'}}\n",
+        "access_rules[0].configuration.value: 'fe80::1%eth0' has a zone (%eth0);"
+        " clients are matched without one: write fe80::1",
+    ),
+    "access rule on a scoped range": (
+        "c.yaml",
+        "apps: []\naccess_rules:\n  - {mode: block, configuration: {target: ip_range, value: 'fe80::%eth0/64'}}\n",
+        "access_rules[0].configuration.value: 'fe80::%eth0/64' has a zone (%eth0);"
+        " clients are matched without one: write fe80::/64",
+    ),
     "YAML syntax error": (
         "c.yaml",
         "apps:\n  - name: a\n    ports: [{destination_port: EDGE\n",
@@ -245,6 +269,11 @@ BAD_CONFIGS: Dict[str, tuple] = {
         "DIRECTORY",
         "FILE: cannot read the file: Is a directory",
     ),
+    "a FIFO, never waited on": (
+        "a-fifo.yaml",
+        "FIFO",
+        "FILE: cannot read the file: not a regular file (a FIFO)",
+    ),
 }
 
 
@@ -263,6 +292,19 @@ def _fill(value: Any, edge: int) -> Any:
     if isinstance(value, list):
         return [_fill(v, edge) for v in value]
     return value
+
+
+def make_bad_config(path: Any, content: Any, edge: int) -> None:
+    """
+    Put one of L{BAD_CONFIGS}' contents at C{path}: a directory, a FIFO,
+    nothing, or a document with C{edge} filled in.
+    """
+    if content == "DIRECTORY":
+        path.mkdir()
+    elif content == "FIFO":
+        os.mkfifo(path)
+    elif content is not None:
+        write_config(path, _fill(content, edge))
 
 
 def _one_clear_line(output: str, expected: str) -> str:
@@ -285,10 +327,7 @@ def test_bad_config_one_line_nonzero_nothing_bound(kind: str, tmp_path: Any) -> 
     name, content, expected = BAD_CONFIGS[kind]
     edge = free_port()
     path = tmp_path / name
-    if content == "DIRECTORY":
-        path.mkdir()
-    elif content is not None:
-        write_config(path, _fill(content, edge))
+    make_bad_config(path, content, edge)
     done = run(spectrum_command(str(path)))
     output = done.stdout + done.stderr
     assert done.returncode != 0, output

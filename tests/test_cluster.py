@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -38,6 +38,23 @@ def redis():
     server = RedisServer().start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, redis: RedisServer, origin: EchoOrigin) -> Iterator[Tuple[ClusterNode, ClusterNode]]:
+    """
+    Nodes A and B on one Redis, both in step; each stops cleanly at the end.
+    """
+    store = redis.url("cluster")
+    a = ClusterNode(tmp_path, "a", store, origin).start()
+    b = ClusterNode(tmp_path, "b", store, origin).start()
+    try:
+        a.ready()
+        b.ready()
+        yield a, b
+    finally:
+        statuses = [a.stop(), b.stop()]
+    assert all(s in (0, -signal.SIGTERM) for s in statuses), a.process.log() + b.process.log()
 
 
 class ClusterNode:
@@ -117,61 +134,51 @@ def wait_until(condition: Any, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def test_rule_on_a_refuses_on_b_and_analytics_are_summed(
-    tmp_path: Path, redis: RedisServer, origin: EchoOrigin
-) -> None:
-    store = redis.url("cluster")
-    a = ClusterNode(tmp_path, "a", store, origin).start()
-    b = ClusterNode(tmp_path, "b", store, origin).start()
-    try:
-        a.ready()
-        b.ready()
-        assert admitted(b.edge)
+def test_rule_on_a_refuses_on_b_and_analytics_are_summed(pair: Tuple[ClusterNode, ClusterNode]) -> None:
+    a, b = pair
+    assert admitted(b.edge)
 
-        rule = a.api(
-            "POST",
-            "/user/firewall/access_rules/rules",
-            {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.1"}, "notes": "from a"},
-        )
-        took = wait_until(lambda: not admitted(b.edge), 1.0, "a block rule POSTed to A refusing clients on B")
-        assert not admitted(a.edge)
-        # B's API knows the rule as one made through the API: it lists it
-        # and can delete it, and A lets clients in again.
-        listed = b.api("GET", "/user/firewall/access_rules/rules")
-        assert [r["id"] for r in listed] == [rule["id"]]
-        assert listed[0]["notes"] == "from a"
-        b.api("DELETE", f"/user/firewall/access_rules/rules/{rule['id']}")
-        wait_until(lambda: admitted(a.edge), 1.0, "a rule deleted on B no longer refusing on A")
-        print(f"rule propagation A -> B: {took * 1000:.0f} ms")
+    rule = a.api(
+        "POST",
+        "/user/firewall/access_rules/rules",
+        {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.1"}, "notes": "from a"},
+    )
+    took = wait_until(lambda: not admitted(b.edge), 1.0, "a block rule POSTed to A refusing clients on B")
+    assert not admitted(a.edge)
+    # B's API knows the rule as one made through the API: it lists it
+    # and can delete it, and A lets clients in again.
+    listed = b.api("GET", "/user/firewall/access_rules/rules")
+    assert [r["id"] for r in listed] == [rule["id"]]
+    assert listed[0]["notes"] == "from a"
+    b.api("DELETE", f"/user/firewall/access_rules/rules/{rule['id']}")
+    wait_until(lambda: admitted(a.edge), 1.0, "a rule deleted on B no longer refusing on A")
+    print(f"rule propagation A -> B: {took * 1000:.0f} ms")
 
-        # Traffic on both nodes; either API reports the sum.
-        before = settled(a)["count"]
-        for _ in range(7):
-            assert echo_once(a.edge, b"x" * 10) == b"x" * 10
-        for _ in range(5):
-            assert echo_once(b.edge, b"y" * 100) == b"y" * 100
-        # Each connection is two events (connect and disconnect).
-        expected = before + 2 * 12
-        wait_until(lambda: a.summary()["count"] >= expected, 5.0, "A's analytics counting B's traffic")
-        wait_until(lambda: b.summary()["count"] >= expected, 5.0, "B's analytics counting A's traffic")
-        assert a.summary() == b.summary()
-        assert a.summary()["count"] == expected
+    # Traffic on both nodes; either API reports the sum.
+    before = settled(a)["count"]
+    for _ in range(7):
+        assert echo_once(a.edge, b"x" * 10) == b"x" * 10
+    for _ in range(5):
+        assert echo_once(b.edge, b"y" * 100) == b"y" * 100
+    # Each connection is two events (connect and disconnect).
+    expected = before + 2 * 12
+    wait_until(lambda: a.summary()["count"] >= expected, 5.0, "A's analytics counting B's traffic")
+    wait_until(lambda: b.summary()["count"] >= expected, 5.0, "B's analytics counting A's traffic")
+    assert a.summary() == b.summary()
+    assert a.summary()["count"] == expected
 
-        # Each node's own figures are there too (each node publishes its
-        # own on its own schedule: wait for B's to reach A).
-        seen: Dict[str, Any] = {}
+    # Each node's own figures are there too (each node publishes its
+    # own on its own schedule: wait for B's to reach A).
+    seen: Dict[str, Any] = {}
 
-        def own_figures() -> bool:
-            seen.update(a.api("GET", "/zones/local/spectrum/cluster"))
-            nodes = seen["nodes"]
-            return nodes["a"]["echo"]["bytesIngress"] >= 70 and nodes["b"]["echo"]["bytesIngress"] >= 500
+    def own_figures() -> bool:
+        seen.update(a.api("GET", "/zones/local/spectrum/cluster"))
+        nodes = seen["nodes"]
+        return nodes["a"]["echo"]["bytesIngress"] >= 70 and nodes["b"]["echo"]["bytesIngress"] >= 500
 
-        wait_until(own_figures, 5.0, "each node's own figures on A")
-        assert seen["node"] == "a" and seen["store"]["available"]
-        assert set(seen["health"]) == {"a", "b"}
-    finally:
-        statuses = [a.stop(), b.stop()]
-    assert all(s in (0, -signal.SIGTERM) for s in statuses), a.process.log() + b.process.log()
+    wait_until(own_figures, 5.0, "each node's own figures on A")
+    assert seen["node"] == "a" and seen["store"]["available"]
+    assert set(seen["health"]) == {"a", "b"}
 
 
 def test_redis_killed_while_traffic_flows(tmp_path: Path, redis: RedisServer, origin: EchoOrigin) -> None:
@@ -392,3 +399,32 @@ def test_connections_closing_during_the_drain_are_counted(
     finally:
         statuses = [a.stop(), b.stop()]
     assert all(s in (0, -signal.SIGTERM) for s in statuses)
+
+
+def test_an_app_deleted_on_a_takes_its_rules_from_b(
+    tmp_path: Path, pair: Tuple[ClusterNode, ClusterNode], origin: EchoOrigin
+) -> None:
+    a, b = pair
+    port = free_port()
+    made = a.api("POST", "/zones/local/spectrum/apps", app_config("gone", port, origin.port))
+    a.api(
+        "POST",
+        f"/zones/local/spectrum/apps/{made['id']}/firewall/access_rules/rules",
+        {"mode": "block", "configuration": {"target": "ip", "value": "127.0.0.1"}},
+    )
+
+    def b_state() -> Dict[str, Any]:
+        path = tmp_path / "b.state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    # B holds the rule (its edge cannot take the app: A has the port).
+    wait_until(lambda: len(b_state().get("access_rules", [])) == 1, 5.0, "the app's rule reaching B")
+    a.api("DELETE", f"/zones/local/spectrum/apps/{made['id']}")
+    wait_until(lambda: b_state().get("access_rules") == [], 5.0, "the app's rule leaving B")
+
+    # An app of that name made again starts with no rules, and none
+    # comes back from the store.
+    again = a.api("POST", "/zones/local/spectrum/apps", app_config("gone", port, origin.port))
+    wait_until(lambda: admitted(port), 5.0, "the new app relaying")
+    assert a.api("GET", f"/zones/local/spectrum/apps/{again['id']}/firewall/access_rules/rules") == []
+    assert b.api("GET", "/user/firewall/access_rules/rules") == []

@@ -41,7 +41,7 @@ from procs import (
     twistd,
     write_config,
 )
-from test_cli import BAD_CONFIGS, _fill
+from test_cli import BAD_CONFIGS, _fill, make_bad_config
 from tlskit import MKCERTS
 
 EXAMPLES = sorted(Path(ROOT, "examples").glob("*.yaml")) + sorted(Path(ROOT, "examples").glob("*.json"))
@@ -227,10 +227,7 @@ def test_check_refuses_each_bad_config_with_the_line_twistd_prints(kind: str, tm
     name, content, expected = BAD_CONFIGS[kind]
     edge = free_port()
     path = tmp_path / name
-    if content == "DIRECTORY":
-        path.mkdir()
-    elif content is not None:
-        write_config(path, _fill(content, edge))
+    make_bad_config(path, content, edge)
     line = failed(cli("check", path))
     assert line == "spectrum: " + _fill(expected, edge).replace("FILE", str(path))
     assert port_is_free(edge)

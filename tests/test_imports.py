@@ -126,7 +126,7 @@ def test_the_config_loader_is_pure() -> None:
     C{spectrum.config_files}.
     """
     reached = {name for name in _reached("spectrum.config") if not name.startswith("spectrum.config.")}
-    assert reached <= {"spectrum.model", "spectrum.rules", "spectrum.store", "spectrum.store.url"}
+    assert reached <= {"spectrum.model", "spectrum.rules", "spectrum.store", "spectrum.store.url", "spectrum.fileio"}
 
 
 @pytest.mark.parametrize("module", sorted(name for name in GRAPH if _within(name, DATA_PLANE)))

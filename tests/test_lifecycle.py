@@ -134,7 +134,7 @@ async def test_udp_no_origin_refusals_give_their_place_back() -> None:
     app = attr.evolve(app, limits=Limits(max_connections=3))
     proxy = EdgeProxy(Config(apps=(app,)))
     port = proxy.port()
-    runtime = _listener(proxy).runtime
+    runtime = _listener(proxy).runtimes[0]
     clients = []
     try:
         (only,) = app.pool.origins
@@ -430,7 +430,7 @@ async def test_reset_before_a_whole_proxy_header_is_one_clean_refusal() -> None:
             ending(s)
         await wait_until(lambda: len(finished(proxy)) == 2, what="both recorded")
         assert [e["Status"] for e in finished(proxy)] == [S.BAD_PROXY_HEADER] * 2
-        assert _listener(proxy).runtime.connections == set()
+        assert _listener(proxy).runtimes[0].connections == set()
     finally:
         started = reactor.seconds()
         await proxy.stop()

@@ -249,6 +249,44 @@ async def test_untrusted_malformed_and_late_headers_close_only_their_connection(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_scoped_or_injected_declared_address_is_refused_and_never_forwarded() -> None:
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(inbound_app(port.getHost().port, proxy_protocol="v1"))
+    bad = [
+        b"PROXY TCP6 fe80::1%\nX-Injected:1 ::1 1234 80\r\n",
+        b"PROXY TCP6 fe80::1%eth0 ::1 1234 80\r\n",
+        b"PROXY TCP6 ::1 fe80::2%lo 1234 80\r\n",
+        b"PROXY TCP4 ::1 127.0.0.1 1234 80\r\n",
+        b"PROXY TCP6 127.0.0.1 ::1 1234 80\r\n",
+        b"PROXY TCP6 ::1  ::1 1234 80\r\n",
+    ]
+    try:
+        for header in bad:
+            client = await connect_client(proxy.port(), bind="127.0.0.2")
+            client.transport.write(header + b"hello")
+            assert await client.done == b"", header
+        good = await connect_client(proxy.port(), bind="127.0.0.2")
+        good.transport.write(b"PROXY TCP6 2001:db8::7 ::1 1234 80\r\nhello")
+        await sleep(0.2)
+        good.transport.loseConnection()
+        await good.done
+        await sleep(0.1)
+    finally:
+        await proxy.stop()
+        await port.stopListening()
+    # Only the good one reached the origin, with a clean header.
+    assert origin.accepted == 1
+    (received,) = origin.closed
+    assert received.count(b"\n") == 1
+    info, rest = pp.HeaderDecoder().feed(received)
+    assert info.source == ("2001:db8::7", 1234) and rest == b"hello"
+    refused = [e for k, e in proxy.events if k == "clientFiltered"]
+    assert [e["Status"] for e in refused] == [S.BAD_PROXY_HEADER] * len(bad)
+    assert all("\n" not in e["Reason"] for e in refused)
+
+
+@pytest_twisted.ensureDeferred
 async def test_edge_checks_and_hashing_see_the_declared_client() -> None:
     origins, ports = [], []
     for name in ("a", "b"):

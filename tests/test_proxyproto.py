@@ -24,6 +24,16 @@ def test_v1_tcp6_and_mixed_families_map_v4() -> None:
     assert pp.encode_v1(("192.0.2.1", 5), ("2001:db8::2", 6)) == b"PROXY TCP6 ::ffff:c000:201 2001:db8::2 5 6\r\n"
 
 
+def test_encoders_drop_a_zone() -> None:
+    # A peer on a link-local address comes with its interface
+    # (fe80::1%eth0); the origin gets the address alone.
+    assert pp.encode_v1(("fe80::1%eth0", 1), ("fe80::2%eth0", 2)) == b"PROXY TCP6 fe80::1 fe80::2 1 2\r\n"
+    info, _ = pp.HeaderDecoder().feed(pp.encode_v2(("fe80::1%eth0", 1), ("::1", 2)))
+    assert info.source == ("fe80::1", 1)
+    client, _, _ = pp.decode_simple(pp.encode_simple(("fe80::1%eth0", 1), ("::1", 2)))
+    assert client == ("fe80::1", 1)
+
+
 def test_v2_tcp4_layout() -> None:
     header = pp.encode_v2(("127.0.0.7", 0x1234), ("10.0.0.1", 443), "tcp")
     assert header[:12] == SIG
@@ -99,6 +109,12 @@ def test_decoder_v2_with_tlvs_and_unknown() -> None:
     header = base[:14] + (12 + len(tlv)).to_bytes(2, "big") + base[16:] + tlv
     info, rest = pp.HeaderDecoder().feed(header + b"x")
     assert info.source == ("127.0.0.7", 1) and rest == b"x"
+    # A TLV is read past, never carried onward: the origin's header is
+    # made afresh from the addresses alone.
+    injected = b"\x04\x00\x0d\nX-Injected:1"
+    header = base[:14] + (12 + len(injected)).to_bytes(2, "big") + base[16:] + injected
+    info, rest = pp.HeaderDecoder().feed(header)
+    assert pp.encode_v1(info.source, info.dest) == b"PROXY TCP4 127.0.0.7 127.0.0.1 1 2\r\n"
     info, rest = pp.HeaderDecoder().feed(b"PROXY UNKNOWN\r\nabc")
     assert info == pp.ProxyInfo(version=1) and rest == b"abc"
 
@@ -110,6 +126,10 @@ def test_decoder_v2_with_tlvs_and_unknown() -> None:
         (b"PROXY TCP4 127.0.0.1\r\n", "expected 'PROXY TCP4"),
         (b"PROXY TCP4 127.0.0.300 127.0.0.1 1 2\r\n", "not an IP address"),
         (b"PROXY TCP4 ::1 127.0.0.1 1 2\r\n", "not an IPv4 address"),
+        (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "no zone"),
+        (b"PROXY TCP6 fe80::1%\nX-Injected:1 ::1 1 2\r\n", "no zone"),
+        (b"PROXY TCP4 127.0.0.1%lo 127.0.0.1 1 2\r\n", "no zone"),
+        (b"PROXY TCP4 127.0.0.1 +127.0.0.1 1 2\r\n", "not an IP address"),
         (b"PROXY TCP4 127.0.0.1 127.0.0.1 70000 2\r\n", "not a port"),
         (b"PROXY TCP4 127.0.0.1 127.0.0.1 01 2\r\n", "not a port"),
         (b"PROXY " + b"9" * 120, "longer than 107"),

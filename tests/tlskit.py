@@ -151,8 +151,7 @@ class Edge:
 
     def port(self, app: str = "") -> int:
         for listener in self.service.listeners.values():
-            runtimes = getattr(listener.factory, "runtimes", [listener.runtime])
-            if not app or any(r.app.name == app for r in runtimes):
+            if not app or any(r.app.name == app for r in listener.runtimes):
                 return listener.bound_port()
         raise KeyError(app)
 

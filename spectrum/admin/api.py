@@ -112,6 +112,21 @@ def error_body(status: int, code: int, message: str) -> Tuple[int, bytes]:
 # Requests ------------------------------------------------------------------
 
 
+def respond(request: Request, status: int, body: bytes) -> bytes:
+    """
+    Send an API answer: the status, JSON, never cached.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    if status == 401:
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="spectrum"')
+    if request.method == b"HEAD":
+        return b""
+    return body
+
+
 class Call:
     """
     One API request, decoded: path parameters, query, body, token.
@@ -319,40 +334,37 @@ class AdminAPI(Resource):
         except Exception:
             self.log.failure("admin API: {method} {path} failed", method=request.method, path=request.path)
             status, body = error_body(500, INTERNAL, "internal error; the server log has the details")
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        if status == 401:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="spectrum"')
-        if request.method == b"HEAD":
-            return b""
-        return body
+        return respond(request, status, body)
+
+    def authenticate(self, request: Request) -> None:
+        """
+        Check the request's credentials (a read token will do for a read),
+        slowing down a source that keeps guessing.
+
+        @raise ApiError: 429 while the source must wait, 401 or 403.
+        """
+        headers = {name: (request.getHeader(name) or None) for name in ("authorization", "x-auth-key", "x-auth-email")}
+        source = _source(request)
+        wait = self.backoff.retry_after(source)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            request.setHeader(b"Retry-After", str(seconds).encode("ascii"))
+            raise ApiError(429, SLOW_DOWN, f"too many failed authentications; retry in {seconds}s")
+        try:
+            self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
+        except AuthError as e:
+            if e.status == 401 and (headers["authorization"] or headers["x-auth-key"]):
+                self.backoff.failed(source)
+                self.log.warn("admin: failed authentication from {source}: {reason}", source=source, reason=e.message)
+            raise ApiError(e.status, AUTH, f"Authentication error: {e.message}") from None
+        self.backoff.succeeded(source)
 
     def answer(self, request: Request) -> Tuple[int, bytes]:
         path = request.path.decode("utf-8", "replace")
         prefix = "/client/v4"
         method = request.method.decode("ascii", "replace").upper()
         try:
-            headers = {
-                name: (request.getHeader(name) or None) for name in ("authorization", "x-auth-key", "x-auth-email")
-            }
-            source = _source(request)
-            wait = self.backoff.retry_after(source)
-            if wait > 0:
-                seconds = math.ceil(wait)
-                request.setHeader(b"Retry-After", str(seconds).encode("ascii"))
-                raise ApiError(429, SLOW_DOWN, f"too many failed authentications; retry in {seconds}s")
-            try:
-                self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
-            except AuthError as e:
-                if e.status == 401 and (headers["authorization"] or headers["x-auth-key"]):
-                    self.backoff.failed(source)
-                    self.log.warn(
-                        "admin: failed authentication from {source}: {reason}", source=source, reason=e.message
-                    )
-                raise ApiError(e.status, AUTH, f"Authentication error: {e.message}") from None
-            self.backoff.succeeded(source)
+            self.authenticate(request)
             if not path.startswith(prefix):
                 raise ApiError(404, NO_ROUTE, f"no route for {path}")
             rest = path[len(prefix) :]
@@ -398,9 +410,10 @@ class AdminAPI(Resource):
     def _listening(self) -> Dict[str, List[Dict[str, Any]]]:
         result: Dict[str, List[Dict[str, Any]]] = {}
         for (protocol, ip, _), listener in self.service.listeners.items():
-            result.setdefault(listener.runtime.app.name, []).append(
-                {"protocol": protocol, "ip": ip, "port": listener.bound_port()}
-            )
+            for runtime in listener.runtimes:
+                result.setdefault(runtime.app.name, []).append(
+                    {"protocol": protocol, "ip": ip, "port": listener.bound_port()}
+                )
         return result
 
     def _documents(self) -> Dict[str, Dict[str, Any]]:
@@ -533,7 +546,23 @@ class AdminAPI(Resource):
         check_fields(call.object_body(required=False), {})
         app_id = entry["app"]["id"]
         apps = {key: value for key, value in self.state.apps.items() if key != app_id}
-        self._commit_apps(apps, None)
+        # Its rules go with it, from the state file (written once, with the
+        # apps), here and in the store: a later app of that name starts with
+        # none. They leave the firewall only once the app is gone, so the
+        # reload's hooks do not put them back from the store.
+        name = self._app(app_id).name
+        rules = [rule.id for rule in self.firewall.rules if rule.app == name and rule.id in self.rule_meta]
+        previous = self.state.rules
+        self.state.rules = [rule for rule in previous if rule.get("id") not in rules]
+        try:
+            self._commit_apps(apps, None)
+        except ApiError:
+            self.state.rules = previous
+            raise
+        if rules:
+            for rule_id in rules:
+                self._forget(rule_id)
+            self._tell_cluster("rules")
         return {"id": app_id}
 
     # access rules --------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import attr
 
+from spectrum.fileio import read_regular, write_atomically
 from spectrum.model import AdminToken
 
 READ = "read"
@@ -83,8 +84,7 @@ def resolve(specs: Sequence[AdminToken], environ: Mapping[str, str] = os.environ
         else:
             assert spec.token_file is not None
             try:
-                with open(spec.token_file, encoding="utf-8") as f:
-                    secret = f.read()
+                secret = read_regular(spec.token_file).decode("utf-8")
             except OSError as e:
                 raise TokenError(f"{where}: cannot read {spec.token_file}: {e.strerror or e}") from None
         secret = secret.strip()
@@ -97,16 +97,10 @@ def resolve(specs: Sequence[AdminToken], environ: Mapping[str, str] = os.environ
 def generate(path: str) -> Token:
     """
     A new random edit token, written to C{path} (mode 0600, replacing what
-    was there).
+    was there, through L{write_atomically}).
     """
     secret = secrets.token_urlsafe(32)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = path + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(secret + "\n")
-    os.replace(temporary, path)
+    write_atomically(path, secret + "\n")
     return Token("generated", secret, EDIT)
 
 

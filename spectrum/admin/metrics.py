@@ -23,6 +23,8 @@ reached no origin, such as refused ones):
   - C{spectrum_refused_total} (counter) by C{app}, C{status} and C{rule}:
     connections refused before the relay, every one (the event log and the
     log keep a sampled share of them, L{spectrum.refusals});
+  - C{spectrum_eventlog_dropped_total} (counter): events the event log
+    could not write (L{spectrum.eventlog});
   - C{spectrum_kernel_dropped_total} and C{spectrum_kernel_dropped_bytes_total}
     by C{app} and C{reason}: what the kernel filter dropped before the
     process saw it (L{spectrum.kernel.shield}).
@@ -53,11 +55,13 @@ class AnalyticsCollector:
         firewall: Optional[Any] = None,
         refusals: Optional[Any] = None,
         shield: Optional[Any] = None,
+        event_log: Optional[Any] = None,
     ) -> None:
         self.analytics = analytics
         self.firewall = firewall
         self.refusals = refusals
         self.shield = shield
+        self.event_log = event_log
 
     def describe(self) -> list:
         # Described lazily: registering must not scrape.
@@ -135,6 +139,13 @@ class AnalyticsCollector:
             rules.add_metric([], len(self.firewall))
             yield rules
 
+        if self.event_log is not None:
+            dropped = CounterMetricFamily(
+                "spectrum_eventlog_dropped", "Events the event log could not write (a full disk, say)."
+            )
+            dropped.add_metric([], self.event_log.dropped)
+            yield dropped
+
         if self.refusals is not None:
             refused = CounterMetricFamily(
                 "spectrum_refused",
@@ -186,12 +197,16 @@ class MetricsResource(Resource):
 
 
 def metrics_resource(
-    analytics: Analytics, firewall: Optional[Any] = None, refusals: Optional[Any] = None, shield: Optional[Any] = None
+    analytics: Analytics,
+    firewall: Optional[Any] = None,
+    refusals: Optional[Any] = None,
+    shield: Optional[Any] = None,
+    event_log: Optional[Any] = None,
 ) -> MetricsResource:
     """
     A C{/metrics} resource with its own registry (not the process-global
     one, so two services in one process never collide).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AnalyticsCollector(analytics, firewall, refusals, shield))
+    registry.register(AnalyticsCollector(analytics, firewall, refusals, shield, event_log))
     return MetricsResource(registry)

@@ -10,7 +10,8 @@ Any other path gets a 404 in the API's envelope.
 from __future__ import annotations
 
 import io
-from typing import Any, List, Optional
+import ipaddress
+from typing import Any, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
@@ -43,11 +44,61 @@ def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Op
         from spectrum.admin.page import Root
 
         root = Root(service)
-    root.putChild(
-        b"metrics",
-        metrics_resource(analytics, firewall, getattr(service, "refusals", None), getattr(service, "shield", None)),
-    )
+    parts = ("refusals", "shield", "event_log")
+    metrics = metrics_resource(analytics, firewall, *(getattr(service, name, None) for name in parts))
+    gate = MetricsGate(metrics, getattr(root, "api", None))
+    root.putChild(b"metrics", gate)
+    root.metrics = gate  # type: ignore[attr-defined]
     return root
+
+
+class MetricsGate(Resource):
+    """
+    C{/metrics} (it names every origin's address): open to anyone while
+    L{public}, else only with a token, checked as the API checks one.
+    L{AdminService} decides once it has bound.
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: Resource, api: Any) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self.api = api
+        self.public = api is None
+
+    def render(self, request: Request) -> Any:
+        if not self.public:
+            from spectrum.admin.api import ApiError, error_body, respond
+
+            try:
+                self.api.authenticate(request)
+            except ApiError as e:
+                return respond(request, *error_body(e.status, e.code, e.message))
+        return self.metrics.render(request)
+
+
+def metrics_access(setting: Optional[str], host: Any) -> Tuple[bool, str]:
+    """
+    Whether C{/metrics} is open without a token for C{admin.metrics}
+    C{setting} and the admin's bound address, and the start's line saying so.
+    """
+    if setting == "public":
+        return True, "admin: /metrics is open without a token (admin.metrics: public)"
+    if setting == "token":
+        return False, "admin: /metrics needs a token (admin.metrics: token)"
+    address = getattr(host, "host", None)
+    try:
+        loopback = address is not None and ipaddress.ip_address(address.partition("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return True, "admin: /metrics is open without a token (loopback only)"
+    where = address if address is not None else host
+    return False, (
+        f"admin: /metrics needs a token: the admin listens on {where}, not loopback only"
+        " (admin.metrics: public opens it)"
+    )
 
 
 class AdminRequest(Request):
@@ -130,6 +181,10 @@ class AdminService(Service):
             raise AdminListenError(f"admin.listen: cannot listen on {self.settings.listen!r}: {text}")
         self.port = result
         self.log.info("admin: listening on {address}", address=self.port.getHost())
+        gate = getattr(self.site.resource, "metrics", None)
+        if isinstance(gate, MetricsGate) and gate.api is not None:
+            gate.public, line = metrics_access(self.settings.metrics, self.port.getHost())
+            self.log.info(line)
 
     def privilegedStartService(self) -> None:
         try:

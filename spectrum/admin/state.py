@@ -3,8 +3,8 @@ What the admin API changed, kept across restarts: the apps created through
 the API (as config documents, so they go through the same checks as the
 file's) and the access rules added through it.
 
-The state file is JSON, written whole to a temporary file and renamed over
-the old one, so a crash leaves either the old or the new state::
+The state file is JSON (mode 0600), written whole to an unpredictable
+temporary file and renamed over the old one (L{write_atomically}), so a crash leaves either the old or the new state::
 
     {"version": 1,
      "apps": [{"app": {...config app...}, "created_on": "...", "modified_on": "..."}],
@@ -25,6 +25,7 @@ import os
 from typing import Any, Callable, Dict, List, Optional
 
 from spectrum.config import ConfigError, parse, read
+from spectrum.fileio import read_regular, write_atomically
 from spectrum.model import Config
 
 VERSION = 1
@@ -100,8 +101,7 @@ class AdminState:
         if self.path is None or not os.path.exists(self.path):
             return
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(read_regular(self.path).decode("utf-8"))
         except OSError as e:
             raise StateError(f"{self.path}: cannot read the state file: {e.strerror or e}") from None
         except ValueError as e:
@@ -121,20 +121,15 @@ class AdminState:
 
     def save(self) -> None:
         """
-        Write the state file whole (temporary file, then rename).
+        Write the state file whole (L{write_atomically}).
 
         @raise StateError: it cannot be written.
         """
         if self.path is None:
             return
         data = {"version": VERSION, "apps": list(self.apps.values()), "access_rules": self.rules}
-        temporary = self.path + ".tmp"
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            with open(temporary, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.write("\n")
-            os.replace(temporary, self.path)
+            write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
         except OSError as e:
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror or e}") from None
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from spectrum.config.messages import ConfigError, _show
+from spectrum.fileio import read_regular
 
 
 def read(path: str) -> object:
@@ -25,8 +26,7 @@ def read(path: str) -> object:
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
-            raw = f.read()
+        raw = read_regular(name)
     except OSError as e:
         raise ConfigError(name, f"cannot read the file: {e.strerror or e}") from None
     try:

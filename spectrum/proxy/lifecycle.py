@@ -72,6 +72,7 @@ class Connection:
         "record",
         "_tickets",
         "_counted",
+        "_peer",
         "_country",
         "_asn",
         "_matched",
@@ -103,6 +104,7 @@ class Connection:
         self.record: Optional[ConnectionRecord] = None
         self._tickets: List[Ticket] = []
         self._counted = False
+        self._peer: Optional[Tuple[str, int, str, int]] = None
         self._country = UNKNOWN_COUNTRY
         self._asn: Optional[int] = None
         self._matched = "UNKNOWN"
@@ -166,6 +168,10 @@ class Connection:
         if not self._counted:
             self._counted = True
             self.runtime.opened(self)
+            # Known by its socket's two ends (not a declared client), so an
+            # origin connection of this process can find it: a loop.
+            self._peer = (self.client_ip, self.client_port, self.edge_ip, self.edge_port)
+            self.runtime.admission.client_sockets[self._peer] = self
 
     def move_to(self, runtime: Any) -> None:
         """
@@ -238,8 +244,7 @@ class Connection:
             self._record_refusal(kind, status, reason, rule)
         else:
             refusals.count(name, kind, status, rule, self.client_ip, self._country)
-        if self._counted:
-            runtime.closed(self)
+        self._uncount()
 
     def _record_refusal(self, kind: str, status: int, reason: str, rule: str) -> None:
         runtime = self.runtime
@@ -272,8 +277,14 @@ class Connection:
         record.reason = reason
         record.disconnect_time = runtime.reactor.seconds()
         runtime.recorders(kind, record)
+        self._uncount()
+
+    def _uncount(self) -> None:
         if self._counted:
-            runtime.closed(self)
+            self.runtime.closed(self)
+            sockets = self.runtime.admission.client_sockets
+            if sockets.get(self._peer) is self:
+                del sockets[self._peer]
 
     def _release(self) -> None:
         tickets, self._tickets = self._tickets, []

@@ -110,6 +110,10 @@ class PortFactory(ServerFactory):
         runtime = self.runtimes[0]
         ip = normalize_ip(host)
         shared = self.shared
+        if (ip, port, edge[0], edge[1]) in runtime.admission.origin_sockets:
+            refusal = Refusal(S.PROXY_LOOP, f"{ip}:{port} is this process's own origin connection: a proxy loop")
+            refuse_at_accept(runtime, not shared, (ip, port), edge, refusal)
+            return None
         trusted = self.trusted
         if not runtime.descriptors.room_for_connection():
             refusal = Refusal(S.MAX_CONNECTIONS, runtime.descriptors.refusal())

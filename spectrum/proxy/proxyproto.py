@@ -41,6 +41,8 @@ _V2_FAMILY = {
     (6, "udp"): 0x22,
 }
 _SPP = struct.Struct("!H16s16sHH")
+#: What a declared v1 address may be made of.
+_ADDRESS_CHARACTERS = frozenset("0123456789abcdefABCDEF:.")
 
 Address = Tuple[str, int]
 _IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -58,11 +60,19 @@ def _pair(source_ip: str, dest_ip: str) -> Tuple[int, _IP, _IP]:
     Both addresses in one family: IPv4 when both are, otherwise IPv6 with
     IPv4 addresses mapped (a v4 client on a dual-stack edge).
     """
-    source = ipaddress.ip_address(source_ip)
-    dest = ipaddress.ip_address(dest_ip)
+    source = _unscoped(source_ip)
+    dest = _unscoped(dest_ip)
     if source.version == dest.version:
         return source.version, source, dest
     return 6, _as_v6(source), _as_v6(dest)
+
+
+def _unscoped(text: str) -> _IP:
+    """
+    The address C{text} without its zone (C{fe80::1%eth0} is C{fe80::1}):
+    a zone names an interface of this host and means nothing to an origin.
+    """
+    return ipaddress.ip_address(text.partition("%")[0])
 
 
 def _as_v6(address: _IP) -> ipaddress.IPv6Address:
@@ -107,8 +117,8 @@ def encode_simple(client: Address, proxy: Address) -> bytes:
     """
     return _SPP.pack(
         SPP_MAGIC,
-        _as_v6(ipaddress.ip_address(client[0])).packed,
-        _as_v6(ipaddress.ip_address(proxy[0])).packed,
+        _as_v6(_unscoped(client[0])).packed,
+        _as_v6(_unscoped(proxy[0])).packed,
         client[1],
         proxy[1],
     )
@@ -213,6 +223,11 @@ class HeaderDecoder:
 
 
 def _ip(text: str, version: int) -> str:
+    # Only digits, hex, dots and colons: ipaddress takes anything after a
+    # '%' as an IPv6 zone (a newline included), and a zone names one of the
+    # sender's interfaces, nothing a client address can carry onward.
+    if not text or not _ADDRESS_CHARACTERS.issuperset(text):
+        raise ProxyHeaderError(f"PROXY v1: {text[:45]!r} is not an IP address (no zone, no other characters)")
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

@@ -176,6 +176,8 @@ class EdgeProtocol(Protocol):
         self._dialled = False
         #: the zero-copy state (spectrum.proxy.splice) when on that path
         self.splice: Any = None
+        #: the origin connection's two ends (local, then remote), once connected
+        self._origin_socket: Optional[Tuple[str, int, str, int]] = None
 
     # client side -----------------------------------------------------------
 
@@ -346,6 +348,16 @@ class EdgeProtocol(Protocol):
         self.origin_leg = leg
         client = self.transport
         origin_transport = leg.transport
+        # A proxy loop: this origin connection may reach one of our own
+        # edges. Accepted after this, it is refused there (spectrum.proxy.
+        # port); accepted before, it is closed here.
+        host, peer = origin_transport.getHost(), origin_transport.getPeer()
+        ends = self._origin_socket = (normalize_ip(host.host), host.port, normalize_ip(peer.host), peer.port)
+        admission = self.runtime.admission
+        admission.origin_sockets.add(ends)
+        inner = admission.client_sockets.get(ends)
+        if inner is not None:
+            inner.abort(S.PROXY_LOOP, f"{ends[0]}:{ends[1]} is this process's own origin connection: a proxy loop")
         # Both legs get TCP_NODELAY and keepalive: an edge socket inherits
         # them from its listening socket, a dialled origin socket has them
         # from before its connect; only a hostname origin's needs them here.
@@ -398,6 +410,7 @@ class EdgeProtocol(Protocol):
 
     def origin_lost(self, reason: Failure) -> None:
         self._origin_gone = True
+        self.runtime.admission.origin_sockets.discard(self._origin_socket)
         if self._status is None:
             self._status = _lost_status(reason, origin_side=True)
             if self._status is not None:

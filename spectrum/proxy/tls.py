@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from spectrum.fileio import read_regular
 from spectrum.model import App, CertificateFiles, Config
 from spectrum.proxy import direct
 
@@ -78,8 +79,7 @@ class LoadedCertificate:
 
 def _read(path: str, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)
     except OSError as e:
         raise TlsFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
