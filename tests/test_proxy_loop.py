@@ -14,9 +14,16 @@ import socket
 import time
 from typing import Any, List
 
+import pytest_twisted
+
+from spectrum.model import Config, Origin, Timeouts
+
 from adminkit import document
 from conftest import free_port
+from edgekit import EdgeProxy, exchange, origin_at
+from edgekit import wait_until as wait_for
 from procs import NamedOrigin, greeting, start_twistd, wait_until, write_config
+from relaykit import OriginFactory, black_hole, listen_origin, make_app
 
 
 def local_hostname() -> str:
@@ -87,3 +94,35 @@ def test_two_apps_pointing_at_each_other_stop_after_one_hop(tmp_path: Any) -> No
     finally:
         proxy.stop()
         origin.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_origin_sockets_are_forgotten_on_every_way_out() -> None:
+    """
+    The process's own origin sockets (what a loop is recognised by) are
+    known from connect() on and forgotten however the connection ends:
+    relayed and closed, the connect timed out, the connect refused; else
+    the set grows with every connection.
+    """
+    origin = OriginFactory()
+    listening = listen_origin(origin)
+    with black_hole() as (host, port):
+        apps = (
+            make_app("relayed", [origin_at(listening)]),
+            make_app("stuck", [Origin("hole", host, port)], timeouts=Timeouts(connect=1.0)),
+            make_app("refused", [Origin("closed", "127.0.0.1", free_port())]),
+        )
+        proxy = EdgeProxy(Config(apps=apps))
+        admission = proxy.service.admission
+        try:
+            assert await exchange(proxy.port("relayed"), None) == b"ping"
+            stuck = socket.create_connection(("127.0.0.1", proxy.port("stuck")))
+            await wait_for(lambda: len(admission.origin_sockets) == 1, what="the stuck connect known")
+            ((local_ip, local_port, origin_ip, origin_port),) = admission.origin_sockets
+            assert (origin_ip, origin_port) == (host, port) and local_port > 0
+            stuck.close()
+            assert await exchange(proxy.port("refused"), None) == b""
+            await wait_for(lambda: not admission.origin_sockets, what="every origin socket forgotten")
+        finally:
+            await proxy.stop()
+            await listening.stopListening()

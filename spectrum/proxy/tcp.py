@@ -230,6 +230,7 @@ class EdgeProtocol(Protocol):
                     pass
             else:
                 pending.cancel()
+            self._forget_origin_socket()
             self._origin_gone = True
         leg = self.origin_leg
         if leg is not None and not self._origin_gone:
@@ -303,6 +304,17 @@ class EdgeProtocol(Protocol):
         if self._dialled:
             dial = self._pending = Dial(factory)
             dial.start(address, self._port, timeout, self.reactor)
+            client = dial.transport
+            if self._pending is dial and client is not None:
+                # Known from connect() on (the kernel has chosen the local
+                # port), so a loop back to one of our edges is refused at
+                # that accept, before the next hop dials anything.
+                try:
+                    local = client.socket.getsockname()
+                except OSError:
+                    pass
+                else:
+                    self._note_origin_socket((normalize_ip(local[0]), local[1], normalize_ip(address), self._port))
         else:
             self._pending = self.reactor.connectTCP(address, self._port, factory, timeout=timeout)
 
@@ -318,6 +330,7 @@ class EdgeProtocol(Protocol):
         A connect attempt failed: try the next origin, or give up.
         """
         self._pending = None
+        self._forget_origin_socket()
         if self._addresses and not self._client_gone:
             # The next address of the same name.
             self._dial(origin, self._addresses.pop(0))
@@ -351,11 +364,12 @@ class EdgeProtocol(Protocol):
         # A proxy loop: this origin connection may reach one of our own
         # edges. Accepted after this, it is refused there (spectrum.proxy.
         # port); accepted before, it is closed here.
-        host, peer = origin_transport.getHost(), origin_transport.getPeer()
-        ends = self._origin_socket = (normalize_ip(host.host), host.port, normalize_ip(peer.host), peer.port)
-        admission = self.runtime.admission
-        admission.origin_sockets.add(ends)
-        inner = admission.client_sockets.get(ends)
+        ends = self._origin_socket
+        if ends is None:
+            host, peer = origin_transport.getHost(), origin_transport.getPeer()
+            ends = (normalize_ip(host.host), host.port, normalize_ip(peer.host), peer.port)
+            self._note_origin_socket(ends)
+        inner = self.runtime.admission.client_sockets.get(ends)
         if inner is not None:
             inner.abort(S.PROXY_LOOP, f"{ends[0]}:{ends[1]} is this process's own origin connection: a proxy loop")
         # Both legs get TCP_NODELAY and keepalive: an edge socket inherits
@@ -408,9 +422,22 @@ class EdgeProtocol(Protocol):
             return header + preface
         return header
 
+    def _note_origin_socket(self, ends: Tuple[str, int, str, int]) -> None:
+        """
+        Remember this connection's origin socket by its two ends (a proxy
+        loop is a client with those ends at one of our edges).
+        """
+        self._origin_socket = ends
+        self.runtime.admission.origin_sockets.add(ends)
+
+    def _forget_origin_socket(self) -> None:
+        if self._origin_socket is not None:
+            self.runtime.admission.origin_sockets.discard(self._origin_socket)
+            self._origin_socket = None
+
     def origin_lost(self, reason: Failure) -> None:
         self._origin_gone = True
-        self.runtime.admission.origin_sockets.discard(self._origin_socket)
+        self._forget_origin_socket()
         if self._status is None:
             self._status = _lost_status(reason, origin_side=True)
             if self._status is not None:
