@@ -174,7 +174,7 @@ BAD_CONFIGS: Dict[str, tuple] = {
     "missing origin": (
         "c.json",
         edit(lambda d: d["apps"][0].pop("origin_pool")),
-        "apps[0]: needs origin_pool or origin_direct",
+        "apps[0]: needs origin_pool or origin_direct or origin_dns",
     ),
     "no origins in the pool": (
         "c.json",

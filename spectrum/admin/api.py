@@ -130,6 +130,20 @@ class Call:
         self.body: Any = None
         self.has_body = False
 
+    def list_arg(self, name: str) -> Optional[str]:
+        """
+        A list parameter, given once with commas or repeated (Cloudflare's
+        clients repeat it: C{metrics=count&metrics=bytesIngress}).
+        """
+        values = self.query.get(name)
+        return ",".join(values) if values else None
+
+    def query_arg(self, name: str) -> Optional[str]:
+        """
+        An analytics query parameter; the list ones may be repeated.
+        """
+        return self.list_arg(name) if name in AQ.LIST_PARAMETERS else self.arg(name)
+
     def arg(self, name: str, default: Optional[str] = None) -> Optional[str]:
         values = self.query.get(name)
         if not values:
@@ -294,11 +308,20 @@ class AdminAPI(Resource):
             (zone + r"/spectrum/apps", {"GET": self.list_apps, "POST": self.create_app}),
             (app, {"GET": self.get_app, "PUT": self.update_app, "DELETE": self.delete_app}),
             (r"/user" + rules, {"GET": self.list_rules, "POST": self.create_rule}),
-            (r"/user" + rules + r"/(?P<rule>[^/]+)", {"PATCH": self.edit_rule, "DELETE": self.delete_rule}),
+            (
+                r"/user" + rules + r"/(?P<rule>[^/]+)",
+                {"GET": self.get_rule, "PATCH": self.edit_rule, "DELETE": self.delete_rule},
+            ),
             (zone + rules, {"GET": self.list_rules, "POST": self.create_rule}),
-            (zone + rules + r"/(?P<rule>[^/]+)", {"PATCH": self.edit_rule, "DELETE": self.delete_rule}),
+            (
+                zone + rules + r"/(?P<rule>[^/]+)",
+                {"GET": self.get_rule, "PATCH": self.edit_rule, "DELETE": self.delete_rule},
+            ),
             (app + rules, {"GET": self.list_rules, "POST": self.create_rule}),
-            (app + rules + r"/(?P<rule>[^/]+)", {"PATCH": self.edit_rule, "DELETE": self.delete_rule}),
+            (
+                app + rules + r"/(?P<rule>[^/]+)",
+                {"GET": self.get_rule, "PATCH": self.edit_rule, "DELETE": self.delete_rule},
+            ),
             (zone + r"/spectrum/analytics/aggregate/current", {"GET": self.aggregate_current}),
             (zone + r"/spectrum/analytics/events/summary", {"GET": self.events_summary}),
             (zone + r"/spectrum/analytics/events/bytime", {"GET": self.events_bytime}),
@@ -663,7 +686,7 @@ class AdminAPI(Resource):
         self.firewall.remove(rule_id)
         self.rule_meta.pop(rule_id, None)
 
-    def _api_rule(self, call: Call) -> Any:
+    def _scoped_rule(self, call: Call) -> Any:
         _, app = self._scope(call)
         try:
             rule = self.firewall.get(call.params["rule"])
@@ -671,17 +694,28 @@ class AdminAPI(Resource):
             raise ApiError(404, NOT_FOUND, f"no access rule with id {call.params['rule']!r}") from None
         if rule.app != app:
             raise ApiError(404, NOT_FOUND, f"no access rule with id {rule.id!r} in this scope")
+        return rule
+
+    def get_rule(self, call: Call) -> Any:
+        return self._rule_shape(self._scoped_rule(call))
+
+    def _api_rule(self, call: Call) -> Any:
+        rule = self._scoped_rule(call)
         if self.rule_meta.get(rule.id, {}).get("source") != "api":
             raise ApiError(409, READ_ONLY, f"access rule {rule.id} is defined in the config file; change it there")
         return rule
 
     def edit_rule(self, call: Call) -> Any:
         rule = self._api_rule(call)
-        body = call.object_body()
+        body = dict(call.object_body())
         if "configuration" in body:
-            raise ApiError(
-                400, BAD_REQUEST, "configuration: a rule's target and value cannot change; delete it and add another"
-            )
+            # Cloudflare's clients send the configuration back with every PATCH.
+            if not _same_configuration(body.pop("configuration"), rule):
+                raise ApiError(
+                    400,
+                    BAD_REQUEST,
+                    "configuration: a rule's target and value cannot change; delete it and add another",
+                )
         check_fields(body, {"mode": str, "notes": str})
         if not body:
             raise ApiError(400, BAD_REQUEST, "give mode or notes to change")
@@ -813,14 +847,14 @@ class AdminAPI(Resource):
 
     def events_summary(self, call: Call) -> Any:
         try:
-            query = AQ.Query.from_args(call.arg, self.reactor.seconds(), self.analytics.window, bytime=False)
+            query = AQ.Query.from_args(call.query_arg, self.reactor.seconds(), self.analytics.window, bytime=False)
             return AQ.summary(self.analytics, self._app_ids(), query)
         except AQ.QueryError as e:
             raise ApiError(400, BAD_REQUEST, str(e)) from None
 
     def events_bytime(self, call: Call) -> Any:
         try:
-            query = AQ.Query.from_args(call.arg, self.reactor.seconds(), self.analytics.window, bytime=True)
+            query = AQ.Query.from_args(call.query_arg, self.reactor.seconds(), self.analytics.window, bytime=True)
             return AQ.bytime(self.analytics, self._app_ids(), query)
         except AQ.QueryError as e:
             raise ApiError(400, BAD_REQUEST, str(e)) from None
@@ -858,6 +892,20 @@ class AdminAPI(Resource):
         if cluster is None:
             raise ApiError(404, NO_ROUTE, "this spectrum has no store")
         return cluster.status()
+
+
+def _same_configuration(configuration: Any, rule: Any) -> bool:
+    """
+    Whether a PATCH's C{configuration} names C{rule}'s target and value
+    (in any spelling the rule's canonical value has).
+    """
+    if not isinstance(configuration, dict) or set(configuration) != {"target", "value"}:
+        return False
+    try:
+        given = make_rule(rule.mode, configuration["target"], configuration["value"], "", rule.app, rule.id)
+    except (RuleError, TypeError):
+        return False
+    return (given.target, given.value) == (rule.target, rule.value)
 
 
 def _source(request: Request) -> str:
