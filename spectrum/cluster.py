@@ -61,6 +61,10 @@ EVENTS_PER_PUSH = 100
 SEP = "\x1f"
 
 
+#: The key under which a node publishes its egress with its origins' health.
+EGRESS = "egress"
+
+
 def node_name(config: Config, worker: Optional[int] = None) -> str:
     """
     This process's name in per-node figures: C{node} from the config (or
@@ -341,6 +345,8 @@ class Cluster(Service):
         self.view: Any = None
         self.nodes: Dict[str, Dict[str, Any]] = {}
         self.health_view: Dict[str, Any] = {}
+        #: each node's egress networks, as it published them
+        self.egress_view: Dict[str, List[str]] = {}
         self.recent_events: List[Dict[str, Any]] = []
         # counters: the last flattened snapshot, what waits, what went out
         self._last: Dict[str, int] = {}
@@ -787,8 +793,15 @@ class Cluster(Service):
         from twisted.internet.defer import gatherResults
 
         from spectrum.admin.apps import origin_health
+        from spectrum.egress import node_networks
 
+        # This node's egress, beside its origins' health (an origin's key
+        # always holds a "/").
         writes = []
+        egress = {"networks": sorted(node_networks(self.service.config))}
+        text = json.dumps(egress, sort_keys=True)
+        if self._health_sent.get(EGRESS) != text:
+            writes.append(self.store.put_health(self.node, EGRESS, egress).addCallback(self._health_done, EGRESS, text))
         for app in self.service.config.apps:
             runtime = self.service.runtimes.get(app.name)
             for entry in origin_health(app, runtime):
@@ -836,7 +849,11 @@ class Cluster(Service):
         if self.shared:
             self.view = build_view(summed, cache, window, self.reactor)
         self.nodes = {node: per_app(counts) for node, counts in totals.items()}
-        self.health_view = yield self.store.health()
+        health = yield self.store.health()
+        self.egress_view = {
+            node: list((origins.pop(EGRESS, None) or {}).get("networks") or []) for node, origins in health.items()
+        }
+        self.health_view = health
         self.recent_events = yield self.store.recent_events(100)
 
     def status(self) -> Dict[str, Any]:

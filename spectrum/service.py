@@ -92,6 +92,7 @@ class SpectrumService(MultiService):
         #: who gets in: access rules, geo, limits and further gates
         self.admission = Admission(config, reactor)
         self.config_hooks.append(self.admission.configure)
+        self.config_hooks.append(self._set_egress)
         #: the access rules in the kernel (C{kernel_filter}); its mode is
         #: the one the service started with
         self.shield = KernelShield(config.kernel_filter)
@@ -127,7 +128,13 @@ class SpectrumService(MultiService):
     # building and reconciling ---------------------------------------------
 
     def _new_runtime(self, app: App) -> AppRuntime:
-        return AppRuntime(app, self.recorders, self.reactor, self.admission, self.refusals)
+        runtime = AppRuntime(app, self.recorders, self.reactor, self.admission, self.refusals)
+        runtime.egress = self.config.egress
+        return runtime
+
+    def _set_egress(self, config: Config) -> None:
+        for runtime in self.runtimes.values():
+            runtime.egress = config.egress
 
     def apply(self, config: Config) -> None:
         """

@@ -304,6 +304,7 @@ class AdminAPI(Resource):
         app = zone + r"/spectrum/apps/(?P<app>[^/]+)"
         rules = r"/firewall/access_rules/rules"
         routes: List[Tuple[str, Dict[str, Handler]]] = [
+            (r"/ips", {"GET": self.egress_ips}),
             (r"/zones", {"GET": self.list_zones}),
             (zone + r"/spectrum/apps", {"GET": self.list_apps, "POST": self.create_app}),
             (app, {"GET": self.get_app, "PUT": self.update_app, "DELETE": self.delete_app}),
@@ -408,6 +409,21 @@ class AdminAPI(Resource):
             raise ApiError(404, NO_ROUTE, f"no route for {path}")
         except ApiError as e:
             return error_body(e.status, e.code, e.message)
+
+    # egress --------------------------------------------------------------------
+
+    def egress_ips(self, call: Call) -> Any:
+        """
+        Cloudflare's C{/ips}: the addresses origins see connections from,
+        of every node sharing the store.
+        """
+        from spectrum.egress import listing, node_networks
+
+        networks = set(node_networks(self.service.config))
+        cluster = getattr(self.service, "cluster", None)
+        for published in (getattr(cluster, "egress_view", None) or {}).values():
+            networks.update(published)
+        return listing(networks)
 
     # zones -----------------------------------------------------------------------
 

@@ -262,13 +262,16 @@ class EdgeProtocol(Protocol):
         address = origin.address
         literal = _is_literal(address)
         self._dialled = literal and can_dial(self.reactor)
+        egress = self.runtime.egress
+        source = egress.source_for(":" in address) if literal else egress.source_for(False)
+        bind = (source, 0) if source is not None else None
         if self._dialled:
             dial = self._pending = Dial(factory)
-            dial.start(address, port, timeout or 120, self.reactor)
+            dial.start(address, port, timeout or 120, self.reactor, source)
         elif literal:
-            self._pending = self.reactor.connectTCP(address, port, factory, timeout=timeout or 120)
+            self._pending = self.reactor.connectTCP(address, port, factory, timeout=timeout or 120, bindAddress=bind)
         else:
-            endpoint = HostnameEndpoint(self.reactor, address, port, timeout=timeout or 120)
+            endpoint = HostnameEndpoint(self.reactor, address, port, timeout=timeout or 120, bindAddress=bind)
             d = endpoint.connect(factory)
             self._pending = d
 

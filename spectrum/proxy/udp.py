@@ -161,7 +161,8 @@ class Session:
         @raise CannotListenError: no socket could be had (file descriptors
             exhausted).
         """
-        interface = "::" if isIPv6Address(ip) else ""
+        ipv6 = isIPv6Address(ip)
+        interface = self.runtime.egress.source_for(ipv6) or ("::" if ipv6 else "")
         if isinstance(reactor, PosixReactorBase):
             self.port = _SessionPort(0, _OriginDatagrams(self), interface, MAX_DATAGRAM, reactor)
             self.port.startListening()
