@@ -516,7 +516,8 @@ class UDPEdge(DatagramProtocol):
                 continue
             idle = session.runtime.app.timeouts.idle
             if idle and now - session.seen_at >= idle:
-                session.end(S.IDLE_TIMEOUT, "idle timeout")
+                # A UDP session has no close: this is its normal end.
+                session.end(S.NORMAL, "idle timeout")
         if self.sessions:
             self._schedule_sweep()
 
