@@ -82,6 +82,8 @@ class SpectrumService(MultiService):
         #: runtimes of removed apps whose connections are still open
         self.retired: Set[AppRuntime] = set()
         self.handle_sighup = handle_sighup
+        #: config reloads by result, for /metrics
+        self.reloads = {"ok": 0, "refused": 0}
         #: the config document and what the admin API made (AdminState)
         self.admin_state = admin_state
         self._previous_sighup: Any = None
@@ -298,8 +300,10 @@ class SpectrumService(MultiService):
             config = self.loader(source)
             self.apply(config)
         except (ConfigError, ListenError) as e:
+            self.reloads["refused"] += 1
             self.log.error("reload of {source} refused, old config kept: {error}", source=source, error=str(e))
             return False
+        self.reloads["ok"] += 1
         self.log.info("reloaded {source}: {count} apps", source=source, count=len(config.apps))
         return True
 

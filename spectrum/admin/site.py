@@ -45,7 +45,9 @@ def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Op
         root = Root(service)
     root.putChild(
         b"metrics",
-        metrics_resource(analytics, firewall, getattr(service, "refusals", None), getattr(service, "shield", None)),
+        metrics_resource(
+            analytics, firewall, getattr(service, "refusals", None), getattr(service, "shield", None), service
+        ),
     )
     return root
 
