@@ -129,6 +129,8 @@ class Call:
                 raise ApiError(400, BAD_REQUEST, "query parameters must be UTF-8") from None
         self.body: Any = None
         self.has_body = False
+        #: the credential the request came with
+        self.token: Any = None
 
     def list_arg(self, name: str) -> Optional[str]:
         """
@@ -305,6 +307,7 @@ class AdminAPI(Resource):
         rules = r"/firewall/access_rules/rules"
         routes: List[Tuple[str, Dict[str, Handler]]] = [
             (r"/ips", {"GET": self.egress_ips}),
+            (r"/user/tokens/verify", {"GET": self.verify_token}),
             (r"/zones", {"GET": self.list_zones}),
             (zone + r"/spectrum/apps", {"GET": self.list_apps, "POST": self.create_app}),
             (app, {"GET": self.get_app, "PUT": self.update_app, "DELETE": self.delete_app}),
@@ -368,7 +371,7 @@ class AdminAPI(Resource):
                 request.setHeader(b"Retry-After", str(seconds).encode("ascii"))
                 raise ApiError(429, SLOW_DOWN, f"too many failed authentications; retry in {seconds}s")
             try:
-                self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
+                token = self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
             except AuthError as e:
                 if e.status == 401 and (headers["authorization"] or headers["x-auth-key"]):
                     self.backoff.failed(source)
@@ -398,6 +401,7 @@ class AdminAPI(Resource):
                         404, BAD_ZONE, f"no zone {zone!r}; this spectrum's zone is {self.service.config.zone_id!r}"
                     )
                 call = Call(request, params)
+                call.token = token
                 if request.method in MUTATIONS:
                     call.has_body, call.body = decode_body(request)
                 result = handler(call)
@@ -409,6 +413,13 @@ class AdminAPI(Resource):
             raise ApiError(404, NO_ROUTE, f"no route for {path}")
         except ApiError as e:
             return error_body(e.status, e.code, e.message)
+
+    def verify_token(self, call: Call) -> Any:
+        """
+        Cloudflare's token check, with what the token may do (the page
+        shows no write controls to a read-only token).
+        """
+        return {"id": call.token.name, "status": "active", "permissions": call.token.permissions}
 
     # egress --------------------------------------------------------------------
 
