@@ -326,7 +326,7 @@ def test_redis_store_without_the_redis_client_is_one_line(tmp_path: Any) -> None
     assert done.stdout == ""
     assert done.stderr == (
         "spectrum: store: redis:// needs the Redis client library, which is not installed"
-        " (No module named 'txredisapi'): pip install 'spectrum[redis]'\n"
+        " (No module named 'txredisapi'): pip install 'spectrum-edge[redis]'\n"
     ), done
     assert port_is_free(edge)
 

@@ -10,6 +10,7 @@ Any other path gets a 404 in the API's envelope.
 from __future__ import annotations
 
 import io
+import ipaddress
 from typing import Any, List, Optional
 
 from twisted.application.service import Service
@@ -97,6 +98,13 @@ class AdminSite(Site):
         super().log(request)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 class AdminService(Service):
     """
     Listens on C{admin.listen} (bound before privileges are dropped) and
@@ -131,7 +139,17 @@ class AdminService(Service):
             text = getattr(why, "strerror", None) or str(why)
             raise AdminListenError(f"admin.listen: cannot listen on {self.settings.listen!r}: {text}")
         self.port = result
-        self.log.info("admin: listening on {address}", address=self.port.getHost())
+        host = self.port.getHost()
+        secure = self.settings.listen.split(":", 1)[0].lower() in ("ssl", "tls")
+        where = f"{host.host}:{host.port}" if hasattr(host, "port") else str(getattr(host, "name", host))
+        # The edge's listening lines have the same form.
+        self.log.info("admin: listening on {where} ({protocol})", where=where, protocol="https" if secure else "http")
+        if not secure and hasattr(host, "port") and not _loopback(host.host):
+            self.log.warn(
+                "admin: {where} is reachable beyond this host without TLS: tokens and answers cross the network"
+                ' in the clear; listen on an ssl: endpoint (README: "The admin over TLS")',
+                where=where,
+            )
 
     def privilegedStartService(self) -> None:
         try:

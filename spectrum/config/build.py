@@ -194,7 +194,7 @@ class _Builder(_AppsPart):
                 raise self.fail(
                     path,
                     f"{parsed.scheme}:// needs the Redis client library, which is not installed ({e}):"
-                    " pip install 'spectrum[redis]'",
+                    " pip install 'spectrum-edge[redis]'",
                 ) from None
         return url
 

@@ -517,13 +517,28 @@ def _codes(expected: str) -> Callable[[int], bool]:
     return lambda code: code in singles or code // 100 in hundreds
 
 
+def _quiet_pool(reactor: Any) -> Any:
+    """
+    A pool without keep-alive whose connection factories do not log their
+    start and stop (one pair per probe otherwise).
+    """
+    from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+    class _QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietFactory
+    return pool
+
+
 def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Deferred:
     """
     An HTTP(S) request through treq: the status must be one of
     C{expected_codes}, the body must contain C{expected_body} (any case).
     """
     import treq
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent
 
     host = origin.address
     if isIPv6Address(host):
@@ -533,9 +548,9 @@ def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor) -> Def
         policy = _tls_creator(monitor, _host_header(monitor) or origin.address)
         if not monitor.allow_insecure:
             policy = _FixedPolicy(policy)
-        agent = Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False))
+        agent = Agent(reactor, contextFactory=policy, pool=_quiet_pool(reactor))
     else:
-        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        agent = Agent(reactor, pool=_quiet_pool(reactor))
     client = treq.client.HTTPClient(agent)
     headers: Dict[Any, Any] = {name: list(values) for name, values in monitor.header}
     headers.setdefault("User-Agent", ["spectrum-health"])
