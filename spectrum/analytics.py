@@ -175,16 +175,18 @@ class Minute(Counters):
 class AppStats:
     """
     The per-app slices: per-minute buckets (a ring of C{window} minutes) and
-    the breakdowns by client country and IP version.
+    the breakdowns by client country, IP version and, on ports shared by
+    protocol, the protocol the client's first bytes spoke.
     """
 
-    __slots__ = ("window", "minutes", "countries", "ip_versions")
+    __slots__ = ("window", "minutes", "countries", "ip_versions", "protocols")
 
     def __init__(self, window: int) -> None:
         self.window = window
         self.minutes: List[Optional[Minute]] = [None] * window
         self.countries: Dict[str, Counters] = {}
         self.ip_versions: Dict[int, Counters] = {}
+        self.protocols: Dict[str, Counters] = {}
 
     def minute(self, now: float) -> Minute:
         number = int(now // 60)
@@ -290,6 +292,12 @@ class Analytics:
         stats.minute(now).add(kind, record, True)
         for slice_ in stats.breakdowns(record.extra.get("ClientCountry") or "XX", record.client_ip):
             slice_.add(kind, record, True)
+        sniffed = record.extra.get("ClientSniffedProtocol")
+        if sniffed:
+            by_protocol = stats.protocols.get(sniffed)
+            if by_protocol is None:
+                by_protocol = stats.protocols[sniffed] = Counters()
+            by_protocol.add(kind, record, True)
 
     def count_refused(self, app: str, kind: str, status: int, client_ip: str, country: str) -> None:
         """
@@ -340,6 +348,7 @@ class Analytics:
                 "origins": {origin: series.as_dict() for (name, origin), series in self.series.items() if name == app},
                 "countries": {country: c.as_dict() for country, c in stats.countries.items()},
                 "ip_versions": {version: c.as_dict() for version, c in stats.ip_versions.items()},
+                "protocols": {sniffed: c.as_dict() for sniffed, c in stats.protocols.items()},
                 "minutes": [dict(m.as_dict(), minute=m.minute * 60) for m in stats.recent(now)],
             }
         return result

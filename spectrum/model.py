@@ -291,6 +291,21 @@ class App:
     accept_proxy_protocol: Tuple[str, ...] = ()
     max_sessions: int = UDP_MAX_SESSIONS_DEFAULT
     per_ip_sessions: int = 0
+    #: on an edge port shared by protocol, what this app takes: C{ssh},
+    #: C{tls}, C{http}, C{minecraft} or C{any} (the rest); L{None} when the
+    #: port is not shared by protocol
+    sniff: Optional[str] = None
+    #: C{sniff: any}: seconds of client silence before the app takes a
+    #: connection whose server speaks first
+    sniff_wait: float = 1.0
+    #: C{sniff: minecraft}: what a player's server list shows for a name no
+    #: app on the port has
+    minecraft_unknown_message: str = "Unknown server"
+    #: C{tls: flexible}: the protocol whose own request for TLS the edge
+    #: answers (C{postgres}), or L{None} for TLS from the first byte
+    starttls: Optional[str] = None
+    #: with C{starttls}: relay clients that do not ask for TLS (else refused)
+    allow_plaintext: bool = False
 
     def mapping_for(self, edge_port: int) -> PortMapping:
         """

@@ -5,7 +5,7 @@ them, plus the few that spectrum adds (marked below).
 
 OPENED = 0  # connection opened
 NORMAL = 200  # normal closure
-INVALID_SNI = 400  # the ClientHello named no app on this port
+INVALID_SNI = 400  # the first bytes (ClientHello, Minecraft handshake) named no app on this port
 FIREWALL = 403  # refused by an access rule
 IDLE_TIMEOUT = 408  # spectrum: closed after timeouts.idle without a byte
 PER_IP_RATE = 429  # spectrum: refused, the client's address is over limits.per_ip_rate

@@ -205,13 +205,21 @@ class AnalyticsCollector:
             "Client connections, by IP version.",
             labels=["app", "ip_version"],
         )
+        protocols = CounterMetricFamily(
+            "spectrum_client_protocol_connections",
+            "Client connections on edge ports shared by protocol, by what their first bytes spoke.",
+            labels=["app", "protocol"],
+        )
         for app, stats in sorted(analytics.apps.items()):
             for country, counters in sorted(stats.countries.items()):
                 countries.add_metric([app, country], sum(counters.events.values()))
             for version, counters in sorted(stats.ip_versions.items()):
                 versions.add_metric([app, str(version)], sum(counters.events.values()))
+            for sniffed, counters in sorted(stats.protocols.items()):
+                protocols.add_metric([app, sniffed], sum(counters.events.values()))
         yield countries
         yield versions
+        yield protocols
 
         if self.firewall is not None:
             rules = GaugeMetricFamily("spectrum_access_rules", "IP access rules in force.")

@@ -15,6 +15,7 @@ from spectrum.config.base import _Bound
 from spectrum.config.messages import _format_path, _show
 from spectrum.config.names import _addresses_overlap, _hostnames_overlap
 from spectrum.config.origins import _OriginsPart
+from spectrum.config.sniff import _SniffPart
 from spectrum.config.tls import _TlsPart
 from spectrum.model import (
     UDP_IDLE_DEFAULT,
@@ -35,7 +36,7 @@ DEFAULT_IPS = ("0.0.0.0",)
 DYNAMIC_IPS = {"ipv4": ("0.0.0.0",), "ipv6": ("::",), "all": ("0.0.0.0", "::")}
 
 
-class _AppsPart(_OriginsPart, _TlsPart):
+class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
     """
     The builder's part for apps: each app in file order (L{app}, which
     uses the origins and TLS parts), then the checks across apps (edge
@@ -63,7 +64,8 @@ class _AppsPart(_OriginsPart, _TlsPart):
                 hostnames.append(host)
 
         pool, ports = self.pool(path, raw, name, protocol, ports)
-        self.edge(path, raw, name, protocol, ips, ports, tuple(hostnames))
+        sniff = self.sniff(path, raw, protocol)
+        self.edge(path, raw, name, protocol, ips, ports, tuple(hostnames), sniff["sniff"] or "", "starttls" in raw)
 
         app_id = raw.get("id") or hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
         id_path = path + (("id",) if "id" in raw else ("name",))
@@ -91,6 +93,7 @@ class _AppsPart(_OriginsPart, _TlsPart):
             hostnames=tuple(hostnames),
             **self.tls(path, raw, protocol),
             **self.relay_options(path, raw, protocol),
+            **sniff,
             ip_firewall=raw.get("ip_firewall", True),
             timeouts=Timeouts(
                 connect=float(timeouts.get("connect", defaults.connect)),
@@ -238,10 +241,12 @@ class _AppsPart(_OriginsPart, _TlsPart):
         ips: tuple[str, ...],
         ports: tuple[PortMapping, ...],
         hostnames: tuple[str, ...],
+        sniff: str = "",
+        starttls: bool = False,
     ) -> None:
         """
         Refuse an edge address and port that an earlier app already has,
-        unless both apps can be told apart by hostname.
+        unless both apps can be told apart by protocol or hostname.
         """
         for index, mapping in enumerate(ports):
             if "ports" in raw:
@@ -250,12 +255,12 @@ class _AppsPart(_OriginsPart, _TlsPart):
                 where = path + ("protocol",)
             for ip in ips:
                 for other in self.bound:
-                    problem = self.clash(protocol, ip, mapping.edge, hostnames, other)
+                    problem = self.clash(protocol, ip, mapping.edge, hostnames, other, sniff, starttls)
                     if problem:
                         raise self.fail(where, problem)
         for mapping in ports:
             for ip in ips:
-                self.bound.append(_Bound(protocol, ip, mapping.edge, name, hostnames))
+                self.bound.append(_Bound(protocol, ip, mapping.edge, name, hostnames, sniff, starttls))
 
     @staticmethod
     def clash(
@@ -264,6 +269,8 @@ class _AppsPart(_OriginsPart, _TlsPart):
         edge: PortRange,
         hostnames: tuple[str, ...],
         other: _Bound,
+        sniff: str = "",
+        starttls: bool = False,
     ) -> str | None:
         """
         Why binding C{edge} on C{ip} collides with an earlier app, if it does.
@@ -276,6 +283,12 @@ class _AppsPart(_OriginsPart, _TlsPart):
         used = f"{port} on {ip} is already used by app {_show(other.app)}"
         if protocol == "udp":
             return f"{used}; UDP apps cannot share an edge port"
+        if starttls or other.starttls:
+            return f"{used}; an app with starttls cannot share its edge port"
+        if sniff or other.sniff:
+            problem = _SniffPart.sniff_clash(used, sniff, hostnames, other)
+            if problem is not None:
+                return problem or None
         if not hostnames or not other.hostnames:
             return f"{used}; apps may share an edge port only when each has distinct hostnames (dns.name, sni)"
         for host in hostnames:
@@ -296,7 +309,7 @@ class _AppsPart(_OriginsPart, _TlsPart):
             where = ("apps", index, "sni_default")
             shared = False
             for other_index, other in enumerate(apps):
-                if other is app or other.protocol != app.protocol:
+                if other is app or other.protocol != app.protocol or other.sniff != app.sniff:
                     continue
                 common = [
                     (ip, port)
@@ -313,7 +326,7 @@ class _AppsPart(_OriginsPart, _TlsPart):
                         where,
                         f"app {_show(other.name)} is already the default on {ip}:{port}; a port has one default app",
                     )
-            if not shared:
+            if not shared and not app.sniff:
                 raise self.fail(where, "applies only on an edge port shared with other apps by hostname")
 
     def shared_upstreams(self, apps: tuple[App, ...]) -> None:

@@ -32,6 +32,10 @@ class _Bound(NamedTuple):
     edge: PortRange
     app: str
     hostnames: tuple[str, ...]
+    #: what the app takes on a port shared by protocol (C{""}: not shared so)
+    sniff: str = ""
+    #: the app answers a protocol's own request for TLS (C{starttls})
+    starttls: bool = False
 
 
 class _Part:

@@ -49,6 +49,7 @@ class _Builder(_AppsPart):
         geoip = self.geoip()
         self.sni_defaults(apps)
         self.shared_upstreams(apps)
+        self.sniff_ports(apps)
         loop = find_loop(apps)
         if loop is not None:
             index, chain = loop

@@ -67,7 +67,17 @@ class _TlsPart(_Part):
         origin_tls = None
         if "origin_tls" in raw:
             origin_tls = self.origin_tls(path + ("origin_tls",), raw["origin_tls"], mode)
+        starttls = raw.get("starttls")
+        if starttls is not None and mode != "flexible":
+            raise self.fail(
+                path + ("starttls",),
+                f"needs tls flexible (the origin speaks {starttls} in plaintext), not {_show(mode)}",
+            )
+        if "allow_plaintext" in raw and starttls != "postgres":
+            raise self.fail(path + ("allow_plaintext",), "applies only with starttls postgres")
         return {
+            "starttls": starttls,
+            "allow_plaintext": raw.get("allow_plaintext", False),
             "tls": mode,
             "tls_options": options,
             "client_auth": client_auth,

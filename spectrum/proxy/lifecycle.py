@@ -47,6 +47,8 @@ class Connection:
     @ivar preface: bytes read by an earlier stage that the next one must
         see first (what followed a PROXY header).
     @ivar fields: extra record fields an earlier stage learnt (TLS).
+    @ivar sniffed: on a port shared by protocol, the protocol the first
+        bytes spoke and the hostname they named (C{""}: none).
     """
 
     __slots__ = (
@@ -61,6 +63,7 @@ class Connection:
         "leg",
         "preface",
         "fields",
+        "sniffed",
         "upstream",
         "record",
         "_tickets",
@@ -91,6 +94,7 @@ class Connection:
         self.leg: Any = None
         self.preface = b""
         self.fields: Optional[Dict[str, Any]] = None
+        self.sniffed: Optional[Tuple[str, str]] = None
         self.upstream: Optional[Tuple[str, int]] = None
         self.record: Optional[ConnectionRecord] = None
         self._tickets: List[Ticket] = []
@@ -208,6 +212,8 @@ class Connection:
             extra["UpstreamIP"], extra["UpstreamPort"] = self.upstream
         if self.fields:
             extra.update(self.fields)
+        if self.sniffed is not None:
+            extra["ClientSniffedProtocol"], extra["ClientSniffedHostname"] = self.sniffed
         return record
 
     # the end --------------------------------------------------------------------

@@ -9,6 +9,10 @@ then start the first stage of its connection.
   - shared (SNI):       the global rules and the port's per-address limit at
                         accept, the app's own admission once the ClientHello
                         names it, before the handshake or the origin;
+  - shared by protocol (C{sniff}): the same, once the first bytes (and a
+                        ClientHello or a Minecraft handshake) name the app;
+  - STARTTLS (PostgreSQL, SMTP): admission at accept, then the client's
+                        request for TLS, the handshake and the relay;
   - behind an upstream (C{accept_proxy_protocol}, any of the above): the
                         upstream's trust at accept, admission of the
                         declared client right after its PROXY header.
@@ -19,7 +23,7 @@ transport, no protocol, no connection state.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from twisted.internet.protocol import Protocol, ServerFactory
 
@@ -29,7 +33,9 @@ from spectrum.limits import ClientLimits
 from spectrum.model import Limits
 from spectrum.proxy.inbound import HeaderGate, is_trusted
 from spectrum.proxy.lifecycle import HEADER, Connection, refuse_at_accept
-from spectrum.proxy.router import HandshakeGate, RoutedEdge, SniGate, needs_router
+from spectrum.proxy.router import HandshakeGate, HostRoutes, RoutedEdge, SniGate, needs_router
+from spectrum.proxy.sniffgate import SniffGate, SniffRoutes
+from spectrum.proxy.starttls import PostgresGate, SmtpGate
 from spectrum.proxy.tcp import EdgeProtocol
 
 
@@ -48,8 +54,8 @@ def port_limits(runtimes: Sequence[Any]) -> Limits:
 class PortFactory(ServerFactory):
     """
     The factory of one TCP edge address and port: its apps (one, or several
-    told apart by SNI), its admission and the first stage of each
-    connection.
+    told apart by SNI or by protocol), its admission and the first stage of
+    each connection.
 
     @ivar edge: the bound address and port when the socket is bound to one
         address (not a wildcard), so connections need not ask the kernel.
@@ -76,40 +82,22 @@ class PortFactory(ServerFactory):
         """
         Serve C{runtimes} from the next connection on.
         """
-        exact: Dict[str, Any] = {}
-        wildcard: Dict[str, Any] = {}
-        default: Optional[Any] = None
-        for runtime in runtimes:
-            app = runtime.app
-            for name in app.hostnames:
-                if name.startswith("*."):
-                    wildcard[name[2:]] = runtime
-                else:
-                    exact[name] = runtime
-            if app.sni_default:
-                default = runtime
         self.runtimes = list(runtimes)
         self.shared = len(self.runtimes) > 1
-        self._exact = exact
-        self._wildcard = wildcard
-        self._default = default
         self.hello_timeout = max((r.app.timeouts.handshake for r in self.runtimes), default=0.0)
+        self.names = HostRoutes(self.runtimes, self.tls, self.hello_timeout)
         self.port_limits = port_limits(self.runtimes)
         # The apps of a shared port agree on it (the config checks so).
         self.trusted = self.runtimes[0].app.accept_proxy_protocol
+        self.sniffing: Optional[SniffRoutes] = None
+        if any(r.app.sniff for r in self.runtimes):
+            self.sniffing = SniffRoutes(self.runtimes, self.tls, self.hello_timeout)
 
     def route(self, name: Optional[str]) -> Optional[Any]:
         """
-        The app for SNI C{name}: an exact name, else a wildcard, else the
-        default app, else L{None}.
+        The app for SNI C{name} (see L{HostRoutes.route}).
         """
-        if name:
-            runtime = self._exact.get(name)
-            if runtime is None:
-                runtime = self._wildcard.get(name.partition(".")[2])
-            if runtime is not None:
-                return runtime
-        return self._default
+        return self.names.route(name)
 
     # admission ------------------------------------------------------------
 
@@ -165,13 +153,19 @@ class PortFactory(ServerFactory):
 
     def next_protocol(self, connection: Connection) -> Protocol:
         """
-        The protocol after admission: the ClientHello of a shared port, the
-        edge TLS handshake, or the relay.
+        The protocol after admission: the first bytes of a port shared by
+        protocol, the ClientHello of a port shared by SNI, the request for
+        TLS of a STARTTLS app, the edge TLS handshake, or the relay.
         """
+        if self.sniffing is not None:
+            return SniffGate(connection, self.sniffing)
         if self.shared:
-            return SniGate(connection, self)
+            return SniGate(connection, self.names)
         app = connection.runtime.app
         app_tls = self.tls.apps.get(app.name) if self.tls is not None else None
+        if app.starttls and app_tls is not None:
+            gate = SmtpGate if app.starttls == "smtp" else PostgresGate
+            return gate(connection, app_tls)
         if app.terminates_tls and app_tls is not None:
             factory = app_tls.server_factory
             return factory.protocol(factory, HandshakeGate(connection, app_tls))

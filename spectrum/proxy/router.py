@@ -15,7 +15,7 @@ app's own TLS settings (minimum version, client CA, ALPN) for its handshake.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from OpenSSL import SSL
 from twisted.internet import error as ierror
@@ -64,6 +64,53 @@ def routed_groups(config: Config) -> Dict[ListenerKey, Tuple[App, ...]]:
             for port in app.edge_ports():
                 groups.setdefault((app.protocol, ip, port), []).append(app)
     return {key: tuple(apps) for key, apps in groups.items() if len(apps) > 1 or any(needs_router(app) for app in apps)}
+
+
+class HostRoutes:
+    """
+    Apps told apart by a hostname (the SNI of a ClientHello, the server
+    address of a Minecraft handshake): an exact name, else a one-label
+    wildcard, else the default app.
+
+    @ivar tls: the edge's TLS state, for the apps that terminate TLS.
+    @ivar hello_timeout: seconds a client has to send what names its app.
+    """
+
+    def __init__(self, runtimes: Sequence[Any], tls: Any = None, hello_timeout: float = 0.0) -> None:
+        exact: Dict[str, Any] = {}
+        wildcard: Dict[str, Any] = {}
+        default: Optional[Any] = None
+        for runtime in runtimes:
+            app = runtime.app
+            for name in app.hostnames:
+                if name.startswith("*."):
+                    wildcard[name[2:]] = runtime
+                else:
+                    exact[name] = runtime
+            if app.sni_default:
+                default = runtime
+        if default is None and len(runtimes) == 1 and not runtimes[0].app.hostnames:
+            # One app that names no host takes every name.
+            default = runtimes[0]
+        self.runtimes = list(runtimes)
+        self.tls = tls
+        self.hello_timeout = hello_timeout
+        self._exact = exact
+        self._wildcard = wildcard
+        self._default = default
+
+    def route(self, name: Optional[str]) -> Optional[Any]:
+        """
+        The app for hostname C{name}: an exact name, else a wildcard, else
+        the default app, else L{None}.
+        """
+        if name:
+            runtime = self._exact.get(name)
+            if runtime is None:
+                runtime = self._wildcard.get(name.partition(".")[2])
+            if runtime is not None:
+                return runtime
+        return self._default
 
 
 def base_fields(app: App) -> Dict[str, Any]:
@@ -255,11 +302,15 @@ class HandshakeGate(_Gate):
     completes; then the L{RoutedEdge} takes its place.
     """
 
-    def __init__(self, connection: Connection, app_tls: AppTls, deadline: Optional[float] = None) -> None:
+    def __init__(
+        self, connection: Connection, app_tls: AppTls, deadline: Optional[float] = None, relay: Any = None
+    ) -> None:
         self.connection = connection
         connection.leg = self
         connection.phase = HANDSHAKE
         self.app_tls = app_tls
+        #: the relay that takes over after the handshake
+        self.relay = relay or RoutedEdge
         self.reactor = connection.runtime.reactor
         self.deadline = deadline
         self._early: List[bytes] = []
@@ -306,7 +357,7 @@ class HandshakeGate(_Gate):
             ClientTlsClientCertSubject=peer_subject(handle) or "",
         )
         connection.fields = fields
-        edge = RoutedEdge(connection, self.app_tls, alpn=tls.negotiatedProtocol)
+        edge = self.relay(connection, self.app_tls, alpn=tls.negotiatedProtocol)
         self._handed_over = True
         tls.wrappedProtocol = edge
         edge.makeConnection(tls)
@@ -412,8 +463,11 @@ class SniGate(_Gate):
             return
         self._cancel_timer()
         connection = self.connection
-        connection.move_to(runtime)
-        refusal = connection.admit()
+        refusal = None
+        if not connection.named:
+            # A shared port: the app's own admission, now that it is known.
+            connection.move_to(runtime)
+            refusal = connection.admit()
         if refusal is not None:
             connection.fields = base_fields(runtime.app)
             connection.fields["ClientTlsStatus"] = TLS_UNKNOWN

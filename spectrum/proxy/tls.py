@@ -223,8 +223,13 @@ class _TlsTransport(BufferingTLSTransport):
     def connectionLost(self, reason: Any = None) -> None:
         # How the TCP connection under TLS ended: a peer that closes TCP
         # without close_notify reaches the relay as a lost connection, and
-        # only this tells it from a reset.
-        self.tcp_closed_cleanly = reason is not None and bool(reason.check(ConnectionDone))
+        # only this tells it from a reset. A peer that sent close_notify and
+        # closed at once (libpq does) resets the close_notify we answer
+        # with, yet it ended cleanly.
+        handle = getattr(self, "_tlsConnection", None)
+        self.tcp_closed_cleanly = (reason is not None and bool(reason.check(ConnectionDone))) or bool(
+            handle is not None and handle.get_shutdown() & SSL.RECEIVED_SHUTDOWN
+        )
         super().connectionLost(reason)
 
 

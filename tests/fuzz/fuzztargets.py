@@ -17,6 +17,16 @@ from typing import Any, Callable, Dict, Optional
 from spectrum.config import ConfigError, parse
 from spectrum.proxy.proxyproto import HeaderDecoder, ProxyHeaderError, decode_simple, reverse_simple
 from spectrum.proxy.sni import ClientHelloParser, NotClientHello
+from spectrum.proxy.sniff import (
+    MAX_HANDSHAKE,
+    MAX_SNIFF,
+    PROTOCOLS,
+    HandshakeParser,
+    NotMinecraft,
+    classify,
+    read_packet,
+)
+from spectrum.proxy.starttls import MAX_STARTUP, NotPostgres, NotSmtp, command_line, first_message, greeting_end
 
 #: Inputs are cut to this many bytes: the parsers bound their own buffers far
 #: below it, so longer inputs only slow the search down.
@@ -69,6 +79,80 @@ def client_hello(data: bytes) -> None:
         return
     if hello is not None and hello.server_name is not None:
         assert isinstance(hello.server_name, str)
+
+
+def minecraft_handshake(data: bytes) -> None:
+    """
+    The Minecraft handshake parser, fed in two pieces; it keeps no more
+    than its bound.
+    """
+    first, second = _split(data[:MAX_INPUT])
+    parser = HandshakeParser()
+    try:
+        handshake = parser.feed(first)
+        if handshake is None:
+            handshake = parser.feed(second)
+    except NotMinecraft as e:
+        assert str(e)
+        return
+    finally:
+        assert len(parser._data) <= MAX_HANDSHAKE + 1
+    if handshake is not None:
+        assert handshake.next_state in (1, 2, 3)
+        assert "\0" not in handshake.hostname and handshake.hostname == handshake.hostname.lower()
+        assert 0 < handshake.size <= MAX_HANDSHAKE
+
+
+def first_bytes(data: bytes) -> None:
+    """
+    The first-bytes classifier (decided within its bound, and the same
+    answer once decided), and the packet reader of the edge's own
+    Minecraft answer.
+    """
+    data = data[:MAX_INPUT]
+    answer = classify(data[:MAX_SNIFF])
+    if len(data) >= MAX_SNIFF:
+        assert answer is not None
+    if answer is not None:
+        assert answer in PROTOCOLS
+        assert classify(data) == answer
+    try:
+        found = read_packet(data)
+    except NotMinecraft as e:
+        assert str(e)
+        return
+    if found is not None:
+        assert 0 < found[2] <= len(data)
+
+
+def postgres_startup(data: bytes) -> None:
+    """
+    The parser of a PostgreSQL client's first message.
+    """
+    try:
+        found = first_message(data[:MAX_STARTUP])
+    except NotPostgres as e:
+        assert str(e)
+        return
+    if found is not None:
+        kind, size = found
+        assert size <= min(len(data), MAX_STARTUP)
+
+
+def smtp_lines(data: bytes) -> None:
+    """
+    The SMTP command line and origin greeting readers of C{starttls: smtp}.
+    """
+    data = data[:MAX_INPUT]
+    for reader in (command_line, greeting_end):
+        try:
+            found = reader(data)
+        except NotSmtp as e:
+            assert str(e)
+            continue
+        if found is not None:
+            size = found if isinstance(found, int) else found[2]
+            assert 0 < size <= len(data)
 
 
 def simple_proxy(data: bytes) -> None:
@@ -225,6 +309,10 @@ def api_body(data: bytes) -> None:
 TARGETS: Dict[str, Callable[[bytes], None]] = {
     "proxy_header": proxy_header,
     "client_hello": client_hello,
+    "minecraft_handshake": minecraft_handshake,
+    "first_bytes": first_bytes,
+    "postgres_startup": postgres_startup,
+    "smtp_lines": smtp_lines,
     "simple_proxy": simple_proxy,
     "config_yaml": config_yaml,
     "config_json": config_json,
