@@ -242,3 +242,28 @@ def test_printed_rules_admit_the_edge_and_drop_another_source(tmp_path: Any, nam
             proxy.kill()
         origin.kill()
         origin.wait(5)
+
+
+def test_rules_for_every_port_apply_and_apply_again(tmp_path: Any, namespace: Any) -> None:
+    """
+    Without C{--port}: the nftables rules pass C{nft}'s own check, and the
+    iptables ones apply twice to the same rules (loopback, answers and ICMP
+    kept open).
+    """
+    from spectrum.cli.firewall import iptables_rules, nftables_rules
+
+    name = namespace[0]
+    require_program("nft")
+    require_program("iptables")
+    v4, v6 = ["192.0.2.0/24"], ["2001:db8::/64"]
+    rules = tmp_path / "rules.nft"
+    rules.write_text(nftables_rules(v4, v6, None))
+    sh("ip", "netns", "exec", name, "nft", "-c", "-f", str(rules))
+    script = tmp_path / "rules.sh"
+    script.write_text(iptables_rules(v4, v6, None))
+    listed = []
+    for _ in range(2):
+        sh("ip", "netns", "exec", name, "sh", "-e", str(script))
+        listed.append(sh("ip", "netns", "exec", name, "iptables", "-S"))
+    assert listed[0] == listed[1]
+    assert "-A INPUT -i lo -j ACCEPT" in listed[0] and "-A SPECTRUM-ORIGIN -s 192.0.2.0/24 -j ACCEPT" in listed[0]

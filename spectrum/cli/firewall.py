@@ -30,11 +30,11 @@ def firewall(client: AdminClient, kind: str, port: Optional[int]) -> str:
     header = (
         f"# spectrum firewall {kind}: {where} admits only spectrum at {client.url} (etag {listing.get('etag', '?')})\n"
     )
-    render = {"ufw": _ufw, "nftables": _nftables, "iptables": _iptables}[kind]
+    render = {"ufw": ufw_rules, "nftables": nftables_rules, "iptables": iptables_rules}[kind]
     return header + render(v4, v6, port)
 
 
-def _ufw(v4: List[str], v6: List[str], port: Optional[int]) -> str:
+def ufw_rules(v4: List[str], v6: List[str], port: Optional[int]) -> str:
     lines = []
     for network in v4 + v6:
         if port is None:
@@ -46,7 +46,7 @@ def _ufw(v4: List[str], v6: List[str], port: Optional[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _nftables(v4: List[str], v6: List[str], port: Optional[int]) -> str:
+def nftables_rules(v4: List[str], v6: List[str], port: Optional[int]) -> str:
     match = f"meta l4proto {{ tcp, udp }} th dport {port} " if port is not None else ""
     lines = [f"table inet {NAME}", f"delete table inet {NAME}", f"table inet {NAME} {{"]
     for name, kind, networks in (("edge4", "ipv4_addr", v4), ("edge6", "ipv6_addr", v6)):
@@ -60,7 +60,13 @@ def _nftables(v4: List[str], v6: List[str], port: Optional[int]) -> str:
         "\t\ttype filter hook input priority filter; policy accept;",
     ]
     if port is None:
-        lines += ['\t\tiif "lo" accept', "\t\tct state established,related accept"]
+        # Every port: loopback, answers and ICMP (IPv6 needs its neighbour
+        # discovery) stay open.
+        lines += [
+            '\t\tiif "lo" accept',
+            "\t\tct state established,related accept",
+            "\t\tmeta l4proto { icmp, ipv6-icmp } accept",
+        ]
     lines += [
         f"\t\t{match}ip saddr @edge4 accept",
         f"\t\t{match}ip6 saddr @edge6 accept",
@@ -71,7 +77,7 @@ def _nftables(v4: List[str], v6: List[str], port: Optional[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _iptables(v4: List[str], v6: List[str], port: Optional[int]) -> str:
+def iptables_rules(v4: List[str], v6: List[str], port: Optional[int]) -> str:
     lines: List[str] = []
     for command, networks in (("iptables", v4), ("ip6tables", v6)):
         lines += [
@@ -80,11 +86,11 @@ def _iptables(v4: List[str], v6: List[str], port: Optional[int]) -> str:
             f"{command} -A {CHAIN} -j DROP",
         ]
         if port is None:
-            lines += [
-                f"{command} -C INPUT -j {CHAIN} 2>/dev/null || {command} -I INPUT -j {CHAIN}",
-                f"{command} -I INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-                f"{command} -I INPUT -i lo -j ACCEPT",
-            ]
+            icmp = "icmp" if command == "iptables" else "ipv6-icmp"
+            # Inserted in this order, they end up first: loopback, answers, ICMP.
+            for rule in (f"-j {CHAIN}", f"-p {icmp} -j ACCEPT", "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                         "-i lo -j ACCEPT"):  # fmt: skip
+                lines.append(f"{command} -C INPUT {rule} 2>/dev/null || {command} -I INPUT {rule}")
         else:
             for protocol in ("tcp", "udp"):
                 jump = f"INPUT -p {protocol} --dport {port} -j {CHAIN}"
