@@ -31,6 +31,7 @@ persistence), the node pushes them again from what it remembers.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -59,6 +60,14 @@ EVENTS_PER_PUSH = 100
 #: Separates the parts of a flat counter name (never in app or origin names
 #: that a person types).
 SEP = "\x1f"
+
+
+#: The key under which a node publishes its egress with its origins' health.
+EGRESS = "egress"
+
+
+#: A worker's node name: the node's, then C{-wN}.
+_WORKER = re.compile(r"^(.*)-w([0-9]+)$")
 
 
 def node_name(config: Config, worker: Optional[int] = None) -> str:
@@ -341,6 +350,10 @@ class Cluster(Service):
         self.view: Any = None
         self.nodes: Dict[str, Dict[str, Any]] = {}
         self.health_view: Dict[str, Any] = {}
+        #: each node's flat counters, from the last refresh
+        self.totals_by_node: Dict[str, Dict[str, int]] = {}
+        #: each node's egress networks, as it published them
+        self.egress_view: Dict[str, List[str]] = {}
         self.recent_events: List[Dict[str, Any]] = []
         # counters: the last flattened snapshot, what waits, what went out
         self._last: Dict[str, int] = {}
@@ -787,8 +800,15 @@ class Cluster(Service):
         from twisted.internet.defer import gatherResults
 
         from spectrum.admin.apps import origin_health
+        from spectrum.egress import node_networks
 
+        # This node's egress, beside its origins' health (an origin's key
+        # always holds a "/").
         writes = []
+        egress = {"networks": sorted(node_networks(self.service.config))}
+        text = json.dumps(egress, sort_keys=True)
+        if self._health_sent.get(EGRESS) != text:
+            writes.append(self.store.put_health(self.node, EGRESS, egress).addCallback(self._health_done, EGRESS, text))
         for app in self.service.config.apps:
             runtime = self.service.runtimes.get(app.name)
             for entry in origin_health(app, runtime):
@@ -836,8 +856,36 @@ class Cluster(Service):
         if self.shared:
             self.view = build_view(summed, cache, window, self.reactor)
         self.nodes = {node: per_app(counts) for node, counts in totals.items()}
-        self.health_view = yield self.store.health()
+        self.totals_by_node = totals
+        health = yield self.store.health()
+        self.egress_view = {
+            node: list((origins.pop(EGRESS, None) or {}).get("networks") or []) for node, origins in health.items()
+        }
+        self.health_view = health
         self.recent_events = yield self.store.recent_events(100)
+
+    def worker_index(self) -> Optional[str]:
+        """
+        This process's index among the workers of C{workers: N}, or None.
+        """
+        match = _WORKER.match(self.node)
+        return match.group(2) if match else None
+
+    def worker_totals(self) -> Dict[str, Dict[str, int]]:
+        """
+        With C{workers: N}: the flat counters each worker of this node
+        published, by worker index; empty for a process that is no worker.
+        """
+        match = _WORKER.match(self.node)
+        if match is None:
+            return {}
+        base = match.group(1)
+        result = {}
+        for node, counts in self.totals_by_node.items():
+            other = _WORKER.match(node)
+            if other is not None and other.group(1) == base:
+                result[other.group(2)] = dict(counts)
+        return result
 
     def status(self) -> Dict[str, Any]:
         """

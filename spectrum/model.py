@@ -415,6 +415,32 @@ class AnalyticsSettings:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class Egress:
+    """
+    The addresses origins see connections from (C{egress} in the config).
+
+    @ivar networks: what C{/client/v4/ips} lists for this node, as CIDRs;
+        empty: the node finds its own source addresses towards its origins.
+    @ivar bind: origin connections leave from the address of the origin's
+        family in C{networks} (each then a single address).
+    """
+
+    networks: Tuple[str, ...] = ()
+    bind: bool = False
+
+    def source_for(self, ipv6: bool) -> Optional[str]:
+        """
+        The address an origin connection of that family is bound to, if any.
+        """
+        if not self.bind:
+            return None
+        for network in self.networks:
+            if (":" in network) == ipv6:
+                return network.split("/", 1)[0]
+        return None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class Config:
     """
     A whole, validated configuration.
@@ -442,6 +468,7 @@ class Config:
     certificates: Tuple[CertificateFiles, ...] = ()
     #: name servers for origin names, as C{(ip, port)}; none: /etc/resolv.conf's
     resolvers: Tuple[Tuple[str, int], ...] = ()
+    egress: Egress = Egress()
 
     def app(self, name: str) -> App:
         """

@@ -157,7 +157,7 @@ class Recorders:
                 app=record.application,
                 client_ip=record.client_ip,
                 client_port=record.client_port,
-                origin=record.origin_name,
+                origin=record.origin_name or "-",
                 status=record.status,
                 reason=record.reason or S.DESCRIPTIONS.get(record.status, ""),
                 client_bytes=record.client_bytes,

@@ -17,7 +17,7 @@ from spectrum.balancer import Balancer
 from spectrum.descriptors import Descriptors
 from spectrum.health import HealthChecker
 from spectrum.limits import ClientLimits
-from spectrum.model import App, PortMapping
+from spectrum.model import App, Egress, PortMapping
 from spectrum.record import Recorders
 from spectrum.refusals import Refusals
 from spectrum.resolver import Resolver, shared_resolver
@@ -58,6 +58,8 @@ class AppRuntime:
         #: probes the pool's origins; started and stopped by the service
         self.health = HealthChecker(self.balancer, app.pool, _probe_port(app), reactor, resolver=self.resolver)
         self.recorders = recorders
+        #: where origin connections leave from (the config's C{egress})
+        self.egress = Egress()
         self.connections: Set[Any] = set()
         self._idle_waiters: List[Deferred[None]] = []
 

@@ -84,6 +84,8 @@ class SpectrumService(MultiService):
         #: runtimes of removed apps whose connections are still open
         self.retired: Set[AppRuntime] = set()
         self.handle_sighup = handle_sighup
+        #: config reloads by result, for /metrics
+        self.reloads = {"ok": 0, "refused": 0}
         #: the config document and what the admin API made (AdminState)
         self.admin_state = admin_state
         self._previous_sighup: Any = None
@@ -94,6 +96,7 @@ class SpectrumService(MultiService):
         #: who gets in: access rules, geo, limits and further gates
         self.admission = Admission(config, reactor)
         self.config_hooks.append(self.admission.configure)
+        self.config_hooks.append(self._set_egress)
         #: the access rules in the kernel (C{kernel_filter}); its mode is
         #: the one the service started with
         self.shield = KernelShield(config.kernel_filter)
@@ -133,9 +136,15 @@ class SpectrumService(MultiService):
     # building and reconciling ---------------------------------------------
 
     def _new_runtime(self, app: App) -> AppRuntime:
-        return AppRuntime(
+        runtime = AppRuntime(
             app, self.recorders, self.reactor, self.admission, self.refusals, self.resolver, self.descriptors
         )
+        runtime.egress = self.config.egress
+        return runtime
+
+    def _set_egress(self, config: Config) -> None:
+        for runtime in self.runtimes.values():
+            runtime.egress = config.egress
 
     def apply(self, config: Config) -> None:
         """
@@ -301,8 +310,10 @@ class SpectrumService(MultiService):
             config = self.loader(source)
             self.apply(config)
         except (ConfigError, ListenError) as e:
+            self.reloads["refused"] += 1
             self.log.error("reload of {source} refused, old config kept: {error}", source=source, error=str(e))
             return False
+        self.reloads["ok"] += 1
         self.log.info("reloaded {source}: {count} apps", source=source, count=len(config.apps))
         return True
 

@@ -85,6 +85,18 @@ class Supervisor(MultiService):
         self.workers.reactor.callFromThread(self._reload)
 
     def _reload(self) -> None:
+        # Checked here first, so a bad file is said in this (the main) log
+        # and no worker is asked to read it.
+        from spectrum.config import ConfigError, load
+        from spectrum.config_files import check_files
+
+        source = self.config.source
+        try:
+            if source is not None:
+                check_files(load(source))
+        except ConfigError as e:
+            self.log.error("reload of {source} refused, old config kept: {error}", source=source, error=str(e))
+            return
         self.log.info("reload: passing SIGHUP to {count} workers", count=len(self.workers.workers))
         for pid in self.workers.pids().values():
             try:

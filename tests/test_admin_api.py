@@ -346,7 +346,7 @@ async def test_unknown_routes_methods_and_zones_answer_in_the_envelope(world: An
         ("GET", "/client/v4/nothing", 404, 7000),
         ("GET", "/client/v4/zones/elsewhere/spectrum/apps", 404, 7003),
         ("PATCH", APPS, 405, 7001),
-        ("GET", USER_RULES + "/abc", 405, 7001),
+        ("PUT", USER_RULES + "/abc", 405, 7001),
         ("DELETE", USER_RULES + "/0123", 404, 1404),
         ("GET", APPS + "/nope", 404, 1404),
         ("GET", "/nowhere", 404, 7000),

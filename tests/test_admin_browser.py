@@ -229,3 +229,139 @@ def test_page_signs_in_blocks_an_address_and_shows_the_refusal(browser: Any, tmp
         proxy.stop()
         origin.close()
     assert "Traceback" not in proxy.log()
+
+
+def test_page_creates_edits_and_deletes_an_app(browser: Any, tmp_path: Any) -> None:
+    """
+    What the seed does in Cloudflare's dashboard, on the page: create an
+    app (a client connects through it), see the last hour per app on
+    sign-in, see refusals by the rule's notes and grouped per client, edit
+    the app, delete it; an origin without a monitor is "not monitored"; a
+    read-only token sees no write controls; at 390 px nothing is clipped
+    and the page is a few screens long.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from adminkit import READ
+
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    one, two = NamedOrigin("origin-one"), NamedOrigin("origin-two")
+    admin_port, fixed, edge = free_port(), free_port(), free_port()
+    plain = {
+        "name": "plain",
+        "protocol": f"tcp/{fixed}",
+        "ips": ["127.0.0.1"],
+        "origin_pool": {"origins": [{"name": "only", "address": "127.0.0.1", "port": one.port}]},
+    }
+    data = document([plain])
+    data["admin"]["listen"] = f"tcp:{admin_port}:interface=127.0.0.1"
+    config = write_config(tmp_path / "spectrum.json", data)
+    proxy = start_twistd(config, tmp_path / "twistd.log", ports=[admin_port, fixed])
+    wait = WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,))
+
+    def text_of(css: str) -> str:
+        for _ in range(20):
+            try:
+                return " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, css))
+            except StaleElementReferenceException:
+                time.sleep(0.05)
+        return ""
+
+    def sign_in(token: str) -> None:
+        browser.get(f"http://127.0.0.1:{admin_port}/")
+        # Signed in from this tab's session already: sign out first.
+        wait.until(
+            lambda d: d.find_element(By.ID, "logout").is_displayed() or d.find_element(By.ID, "token").is_displayed()
+        )
+        if browser.find_element(By.ID, "logout").is_displayed():
+            browser.find_element(By.ID, "logout").click()
+        browser.find_element(By.ID, "token").send_keys(token)
+        browser.find_element(By.ID, "login").click()
+        wait.until(lambda d: "plain" in text_of("#apps tbody"))
+
+    try:
+        sign_in(EDIT)
+        # No monitor: the origin is not claimed to be up.
+        wait.until(lambda d: "not monitored" in text_of('#apps tr[data-app="plain"] .origin'))
+        assert text_of('#apps tr[data-app="plain"] .pill.good') == ""
+
+        # Create an app through the form.
+        browser.find_element(By.ID, "app-new").click()
+        browser.find_element(By.ID, "app-name").send_keys("web")
+        Select(browser.find_element(By.ID, "app-protocol")).select_by_value("tcp")
+        browser.find_element(By.ID, "app-port").send_keys(str(edge))
+        browser.find_element(By.ID, "app-ip").send_keys("127.0.0.1")
+        browser.find_element(By.ID, "app-origins").send_keys(f"127.0.0.1:{one.port}")
+        browser.find_element(By.ID, "app-host").send_keys("web.example.com")
+        Select(browser.find_element(By.ID, "app-tls")).select_by_value("off")
+        Select(browser.find_element(By.ID, "app-proxy")).select_by_value("off")
+        browser.find_element(By.ID, "app-save").click()
+        row = '#apps tr[data-app="web"]'
+        wait.until(lambda d: f"127.0.0.1:{edge}" in text_of(row))
+        assert browser.find_element(By.ID, "app-form").get_attribute("hidden") is not None
+        for _ in range(2):
+            assert reply_from(edge, "127.0.0.1") == b"origin-one\n"
+
+        # Refusals by a rule's notes, one row per repeating client.
+        browser.find_element(By.ID, "rule-value").send_keys("127.0.0.9")
+        browser.find_element(By.ID, "rule-notes").send_keys("port scanner")
+        browser.find_element(By.ID, "rule-add").click()
+        wait.until(lambda d: "port scanner" in text_of("#rules tbody"))
+        for _ in range(3):
+            assert reply_from(edge, "127.0.0.9") == b""
+        refused = '#refused tr[data-client="127.0.0.9"]'
+        wait.until(lambda d: "port scanner" in text_of(refused) and "×3" in text_of(refused))
+        assert len(browser.find_elements(By.CSS_SELECTOR, refused)) == 1
+
+        # Signing in again shows the last hour per app, from the analytics API.
+        sign_in(EDIT)
+        chart = '#hour-charts figure[data-app="web"]'
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, chart + " path.line"))
+        assert int(browser.find_element(By.CSS_SELECTOR, chart).get_attribute("data-connections")) == 2
+        wait.until(lambda d: "×3" in text_of(refused))
+        browser.set_window_size(1280, 1000)
+        shot = os.path.join(SCREENSHOTS, "10-apps-desktop.png")
+        browser.save_screenshot(shot)
+
+        # At 390 px: nothing wider than the screen, a few screens long.
+        browser.set_window_size(390, 844)
+        browser.execute_script("window.scrollTo(0, 0)")
+        time.sleep(0.5)
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        assert width <= 390, f"the page is {width}px wide on a 390px screen"
+        assert height <= 6 * 844, f"the page is {height}px long on a phone"
+        # The whole page in one picture: a window as tall as the page.
+        browser.set_window_size(390, height)
+        browser.save_screenshot(os.path.join(SCREENSHOTS, "11-apps-phone.png"))
+        browser.set_window_size(1280, 1000)
+
+        # Edit: another origin.
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, row + ' [data-action="edit"]').click() or True)
+        assert browser.find_element(By.ID, "app-origins").get_attribute("value") == f"127.0.0.1:{one.port}"
+        origins = browser.find_element(By.ID, "app-origins")
+        origins.clear()
+        origins.send_keys(f"127.0.0.1:{two.port}")
+        browser.find_element(By.ID, "app-save").click()
+        wait.until(lambda d: f"127.0.0.1:{two.port}" in text_of(row + " .origins"))
+        assert reply_from(edge, "127.0.0.1") == b"origin-two\n"
+
+        # Delete it.
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, row + ' [data-action="delete"]').click() or True)
+        wait.until(lambda d: d.switch_to.alert).accept()
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, row))
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", edge), timeout=2).close()
+
+        # A read-only token: no write controls at all.
+        sign_in(READ)
+        wait.until(lambda d: "port scanner" in text_of("#rules tbody"))
+        shown = [e for e in browser.find_elements(By.CSS_SELECTOR, ".write, [data-action]") if e.is_displayed()]
+        assert shown == []
+    finally:
+        proxy.stop()
+        one.close()
+        two.close()
+    assert "Traceback" not in proxy.log()

@@ -174,7 +174,7 @@ BAD_CONFIGS: Dict[str, tuple] = {
     "missing origin": (
         "c.json",
         edit(lambda d: d["apps"][0].pop("origin_pool")),
-        "apps[0]: needs origin_pool or origin_direct",
+        "apps[0]: needs origin_pool or origin_direct or origin_dns",
     ),
     "no origins in the pool": (
         "c.json",
@@ -365,7 +365,7 @@ def test_redis_store_without_the_redis_client_is_one_line(tmp_path: Any) -> None
     assert done.stdout == ""
     assert done.stderr == (
         "spectrum: store: redis:// needs the Redis client library, which is not installed"
-        " (No module named 'txredisapi'): pip install 'spectrum[redis]'\n"
+        " (No module named 'txredisapi'): pip install 'spectrum-edge[redis]'\n"
     ), done
     assert port_is_free(edge)
 

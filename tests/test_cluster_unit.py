@@ -23,7 +23,7 @@ from spectrum.cluster import (
     flatten,
     per_app,
 )
-from spectrum.model import Limits, Origin
+from spectrum.model import Egress, Limits, Origin
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ConnectionRecord
 from spectrum.store.memory import MemoryStore
 
@@ -96,7 +96,7 @@ class Unavailable(MemoryStore):
 def service_for(analytics: Analytics) -> Any:
     return SimpleNamespace(
         analytics=analytics,
-        config=SimpleNamespace(apps=(), source=None),
+        config=SimpleNamespace(apps=(), source=None, egress=Egress()),
         runtimes={},
         recorders=SimpleNamespace(add=lambda r: None),
         admission=SimpleNamespace(gates=[], firewall=None),
@@ -229,3 +229,28 @@ def test_memory_store_keeps_only_the_analytics_window() -> None:
         clock.advance(60)
         store.add_counts("a", int(clock.seconds() // 60), {flat_name("e:connect"): 1})
     assert len(store._minutes["a"]) == 8
+
+
+def test_each_node_publishes_its_egress_and_sees_the_others() -> None:
+    """
+    What C{/client/v4/ips} lists on any node: every node's egress, each
+    published through the store beside its origins' health (and kept out
+    of the health view).
+    """
+    clock = Clock()
+    clock.advance(6000)
+    store = MemoryStore(node="a", reactor=clock)
+    clusters = []
+    for node, address in (("a", "203.0.113.1"), ("b", "2001:db8::2")):
+        cluster = Cluster(store, reactor=clock)
+        cluster.node = node
+        service = service_for(Analytics(clock, 60))
+        service.config = SimpleNamespace(apps=(), source=None, egress=Egress(networks=(address,)))
+        cluster.service = service
+        cluster.synced = True
+        clusters.append(cluster)
+    for cluster in clusters + clusters:
+        cluster._tick()
+    for cluster in clusters:
+        assert cluster.egress_view == {"a": ["203.0.113.1"], "b": ["2001:db8::2"]}
+        assert cluster.health_view == {"a": {}, "b": {}}

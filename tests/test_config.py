@@ -215,6 +215,59 @@ def test_cloudflare_origin_direct_forms() -> None:
     ]
 
 
+def test_cloudflare_edge_ips_origin_dns_and_fixed_fields() -> None:
+    """
+    What Cloudflare's API sends loads from a config file too: C{edge_ips}
+    (static as C{ips}, dynamic as every address), C{origin_dns} with
+    C{origin_port}, C{traffic_type: direct}, C{argo_smart_routing: false}.
+    """
+    base = {
+        "name": "ssh",
+        "protocol": "tcp/2222",
+        "traffic_type": "direct",
+        "argo_smart_routing": False,
+        "edge_ips": {"type": "static", "ips": ["127.0.0.1"]},
+        "origin_dns": {"name": "Origin.Example", "ttl": 60, "type": ""},
+        "origin_port": 22,
+    }
+    (app,) = parse({"apps": [base]}).apps
+    assert app.ips == ("127.0.0.1",)
+    assert app.ports == (PortMapping(PortRange(2222, 2222), PortRange(22, 22)),)
+    assert app.pool.origins == (Origin(name="origin.example", address="origin.example", port=None),)
+    dynamic = dict(base, edge_ips={"type": "dynamic", "connectivity": "ipv6"})
+    assert parse({"apps": [dynamic]}).apps[0].ips == ("::",)
+    dynamic = dict(base, edge_ips={"type": "dynamic"})
+    assert parse({"apps": [dynamic]}).apps[0].ips == ("0.0.0.0", "::")
+
+
+@pytest.mark.parametrize(
+    "change, line",
+    [
+        ({"traffic_type": "https"}, "apps[0].traffic_type: spectrum relays bytes as they come: only 'direct'"),
+        ({"argo_smart_routing": True}, "apps[0].argo_smart_routing: spectrum connects to origins straight"),
+        ({"origin_worker_id": "x"}, "apps[0].origin_worker_id: spectrum runs no Cloudflare Workers"),
+        ({"virtual_network_id": "x"}, "apps[0].virtual_network_id: spectrum has no Cloudflare Tunnel"),
+        ({"origin_dns": {"name": "o.example", "type": "SRV"}}, "apps[0].origin_dns.type: spectrum looks up A and"),
+        ({"origin_port": None}, "apps[0].origin_dns: needs origin_port"),
+        ({"ips": ["127.0.0.1"]}, "apps[0].edge_ips: give the edge addresses once: ips or edge_ips"),
+        ({"edge_ips": {"type": "static"}}, "apps[0].edge_ips: type static needs ips"),
+        ({"edge_ips": {"type": "static", "ips": ["nowhere"]}}, "apps[0].edge_ips.ips[0]:"),
+        ({"origin_direct": ["tcp://192.0.2.1:22"]}, "apps[0]: give only one of"),
+    ],
+)
+def test_cloudflare_fields_spectrum_cannot_honour(change: dict, line: str) -> None:
+    app = {
+        "name": "ssh",
+        "protocol": "tcp/2222",
+        "edge_ips": {"type": "static", "ips": ["127.0.0.1"]},
+        "origin_dns": {"name": "origin.example"},
+        "origin_port": 22,
+    }
+    app.update(change)
+    app = {key: value for key, value in app.items() if value is not None}
+    assert error_of({"apps": [app]}).startswith(line)
+
+
 def test_yaml_port_range(tmp_path) -> None:
     """
     A YAML config mapping a 20-port range onto another; YAML's bare C{off}
@@ -370,7 +423,7 @@ def test_tcp_and_udp_share_a_port() -> None:
 def test_missing_origin() -> None:
     data = seed()
     del data["apps"][0]["origin_pool"]
-    assert error_of(data) == "apps[0]: needs origin_pool or origin_direct"
+    assert error_of(data) == "apps[0]: needs origin_pool or origin_direct or origin_dns"
     data["apps"][0]["origin_pool"] = {"name": "p", "origins": []}
     assert error_of(data).startswith("apps[0].origin_pool.origins: ")
 

@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
+from spectrum import __version__
+
 from conftest import free_port, require_program
 from edgekit import exchange, wait_until
 from relaykit import OriginFactory, listen_origin, sleep
@@ -126,6 +128,22 @@ async def test_curl_metrics_from_twistd(tmp_path) -> None:
         assert samples[("spectrum_client_ip_version_connections_total", (("app", "mail"), ("ip_version", "4")))] == 3
         assert samples[("spectrum_access_rules", ())] == 1
         assert origin.accepted == 2
+        assert samples[("spectrum_store_up", ())] == 1
+        assert samples[("spectrum_origin_up", (("app", "mail"), ("monitored", "false"), ("origin", origin_name)))] == 1
+        (build,) = [labels for name, labels in samples if name == "spectrum_build_info"]
+        assert dict(build)["version"] == __version__
+
+        # Reloads, counted by result: a broken file is refused, the good one taken.
+        good = path.read_text()
+        for text, result in (("apps: [{name: broken}]\n", "refused"), (good, "ok")):
+            path.write_text(text)
+            process.signalProcess("HUP")
+            for _ in range(100):
+                _, samples = await scrape(curl, url)
+                if samples.get(("spectrum_reloads_total", (("result", result),))) == 1:
+                    break
+                await sleep(0.05)
+            assert samples.get(("spectrum_reloads_total", (("result", result),))) == 1, result
     finally:
         if not twistd.ended.called:
             process.signalProcess("TERM")

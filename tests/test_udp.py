@@ -208,7 +208,8 @@ async def test_idle_sessions_expire_on_time_clock_driven() -> None:
         clock.advance(7.5)
         assert [e["ClientPort"] for k, e in recorded if k == "disconnect"] == [qport.getHost().port]
         (gone,) = [e for k, e in recorded if k == "disconnect"]
-        assert gone["Status"] == S.IDLE_TIMEOUT and gone["ClientDatagrams"] == 1
+        # A UDP session has no close: its idle timeout is its normal end.
+        assert gone["Status"] == S.NORMAL and gone["Reason"] == "idle timeout" and gone["ClientDatagrams"] == 1
         assert 30 <= gone["Duration"] <= 37.5
         assert len(edge.sessions) == 1 and len(runtime.connections) == 1
         # Not a moment too early: the chatty one lasts until 30 s after its last.

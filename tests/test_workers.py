@@ -5,13 +5,16 @@ that dies, and stops them all.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any, Dict, Tuple
 
 import pytest
 
@@ -244,3 +247,92 @@ def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path, origin: Ec
     finally:
         taken.close()
         node.stop()
+
+
+def _events(path: Path) -> Dict[str, int]:
+    """
+    Events by kind in one event log, and the bytes of the closed ones.
+    """
+    counts: Dict[str, int] = {}
+    if not path.exists():
+        return counts
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        kind = event["Event"]
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind == "disconnect":
+            counts["bytes"] = counts.get("bytes", 0) + event["ClientBytes"]
+    return counts
+
+
+def _scrape(admin: int) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_cover_every_worker(tmp_path: Path, origin: EchoOrigin) -> None:
+    """
+    C{/metrics} of C{--workers 2} (served by worker 0) counts both workers'
+    connections: summed, and per worker under a C{worker} label, equal to
+    each worker's own event log.
+    """
+    port, admin = free_port(), free_port()
+    config = {
+        "apps": [app_config("echo", port, origin.port)],
+        "events": {"path": str(tmp_path / "events.jsonl")},
+        "admin": {"listen": f"tcp:{admin}:interface=127.0.0.1"},
+    }
+    node = Node(tmp_path, "edge", config, ["--workers", "2"]).start()
+    try:
+        node.wait_log(r"store: \S+-w1 in step")
+        wait_port(port)
+        wait_port(admin)
+        deadline = time.monotonic() + 10
+        while listening_sockets(port) < 2:
+            assert time.monotonic() < deadline, "the two workers do not both listen"
+            time.sleep(0.05)
+        for i in range(60):
+            assert echo_once(port, b"hello %d" % i) == b"hello %d" % i
+        logs = {"0": tmp_path / "events.jsonl", "1": tmp_path / "events.w1.jsonl"}
+
+        def settled() -> Any:
+            per_worker = {worker: _events(path) for worker, path in logs.items()}
+            logged = sum(counts.get("disconnect", 0) for counts in per_worker.values())
+            if logged < 60:
+                return None
+            metrics = _scrape(admin)
+            total = metrics.get(("spectrum_events_total", (("app", "echo"), ("event", "disconnect"), ("origin", "o"))))
+            return (per_worker, metrics) if total == logged else None
+
+        per_worker, metrics = _wait(settled, "/metrics to count both workers' connections")
+        # The kernel spread them: each worker has its own share.
+        assert all(counts.get("disconnect", 0) > 0 for counts in per_worker.values()), per_worker
+        total_bytes = sum(counts["bytes"] for counts in per_worker.values())
+        assert metrics[("spectrum_bytes_ingress_total", (("app", "echo"), ("origin", "o")))] == total_bytes
+        for worker, counts in per_worker.items():
+            labels = (("app", "echo"), ("event", "disconnect"), ("origin", "o"), ("worker", worker))
+            assert metrics[("spectrum_worker_events_total", labels)] == counts["disconnect"]
+            labels = (("app", "echo"), ("origin", "o"), ("worker", worker))
+            assert metrics[("spectrum_worker_bytes_ingress_total", labels)] == counts["bytes"]
+        assert metrics[("spectrum_store_up", ())] == 1
+        assert metrics[("spectrum_origin_up", (("app", "echo"), ("monitored", "false"), ("origin", "o")))] == 1
+        assert metrics[("spectrum_reloads_total", (("result", "ok"),))] == 0
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def _wait(predicate: Any, what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)

@@ -57,6 +57,10 @@ def parse_time(name: str, text: str) -> float:
     return moment.timestamp()
 
 
+#: Parameters that list names: given once with commas, or repeated.
+LIST_PARAMETERS = ("metrics", "dimensions", "sort")
+
+
 def _names(name: str, text: Optional[str], allowed: Sequence[str]) -> List[str]:
     if text is None or not text.strip():
         return []

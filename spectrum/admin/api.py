@@ -144,6 +144,22 @@ class Call:
                 raise ApiError(400, BAD_REQUEST, "query parameters must be UTF-8") from None
         self.body: Any = None
         self.has_body = False
+        #: the credential the request came with
+        self.token: Any = None
+
+    def list_arg(self, name: str) -> Optional[str]:
+        """
+        A list parameter, given once with commas or repeated (Cloudflare's
+        clients repeat it: C{metrics=count&metrics=bytesIngress}).
+        """
+        values = self.query.get(name)
+        return ",".join(values) if values else None
+
+    def query_arg(self, name: str) -> Optional[str]:
+        """
+        An analytics query parameter; the list ones may be repeated.
+        """
+        return self.list_arg(name) if name in AQ.LIST_PARAMETERS else self.arg(name)
 
     def arg(self, name: str, default: Optional[str] = None) -> Optional[str]:
         values = self.query.get(name)
@@ -305,15 +321,26 @@ class AdminAPI(Resource):
         app = zone + r"/spectrum/apps/(?P<app>[^/]+)"
         rules = r"/firewall/access_rules/rules"
         routes: List[Tuple[str, Dict[str, Handler]]] = [
+            (r"/ips", {"GET": self.egress_ips}),
+            (r"/user/tokens/verify", {"GET": self.verify_token}),
             (r"/zones", {"GET": self.list_zones}),
             (zone + r"/spectrum/apps", {"GET": self.list_apps, "POST": self.create_app}),
             (app, {"GET": self.get_app, "PUT": self.update_app, "DELETE": self.delete_app}),
             (r"/user" + rules, {"GET": self.list_rules, "POST": self.create_rule}),
-            (r"/user" + rules + r"/(?P<rule>[^/]+)", {"PATCH": self.edit_rule, "DELETE": self.delete_rule}),
+            (
+                r"/user" + rules + r"/(?P<rule>[^/]+)",
+                {"GET": self.get_rule, "PATCH": self.edit_rule, "DELETE": self.delete_rule},
+            ),
             (zone + rules, {"GET": self.list_rules, "POST": self.create_rule}),
-            (zone + rules + r"/(?P<rule>[^/]+)", {"PATCH": self.edit_rule, "DELETE": self.delete_rule}),
+            (
+                zone + rules + r"/(?P<rule>[^/]+)",
+                {"GET": self.get_rule, "PATCH": self.edit_rule, "DELETE": self.delete_rule},
+            ),
             (app + rules, {"GET": self.list_rules, "POST": self.create_rule}),
-            (app + rules + r"/(?P<rule>[^/]+)", {"PATCH": self.edit_rule, "DELETE": self.delete_rule}),
+            (
+                app + rules + r"/(?P<rule>[^/]+)",
+                {"GET": self.get_rule, "PATCH": self.edit_rule, "DELETE": self.delete_rule},
+            ),
             (zone + r"/spectrum/analytics/aggregate/current", {"GET": self.aggregate_current}),
             (zone + r"/spectrum/analytics/events/summary", {"GET": self.events_summary}),
             (zone + r"/spectrum/analytics/events/bytime", {"GET": self.events_bytime}),
@@ -336,10 +363,10 @@ class AdminAPI(Resource):
             status, body = error_body(500, INTERNAL, "internal error; the server log has the details")
         return respond(request, status, body)
 
-    def authenticate(self, request: Request) -> None:
+    def authenticate(self, request: Request) -> Any:
         """
         Check the request's credentials (a read token will do for a read),
-        slowing down a source that keeps guessing.
+        slowing down a source that keeps guessing; the token they name.
 
         @raise ApiError: 429 while the source must wait, 401 or 403.
         """
@@ -351,20 +378,21 @@ class AdminAPI(Resource):
             request.setHeader(b"Retry-After", str(seconds).encode("ascii"))
             raise ApiError(429, SLOW_DOWN, f"too many failed authentications; retry in {seconds}s")
         try:
-            self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
+            token = self.auth.authenticate(headers, mutation=request.method in MUTATIONS)
         except AuthError as e:
             if e.status == 401 and (headers["authorization"] or headers["x-auth-key"]):
                 self.backoff.failed(source)
                 self.log.warn("admin: failed authentication from {source}: {reason}", source=source, reason=e.message)
             raise ApiError(e.status, AUTH, f"Authentication error: {e.message}") from None
         self.backoff.succeeded(source)
+        return token
 
     def answer(self, request: Request) -> Tuple[int, bytes]:
         path = request.path.decode("utf-8", "replace")
         prefix = "/client/v4"
         method = request.method.decode("ascii", "replace").upper()
         try:
-            self.authenticate(request)
+            token = self.authenticate(request)
             if not path.startswith(prefix):
                 raise ApiError(404, NO_ROUTE, f"no route for {path}")
             rest = path[len(prefix) :]
@@ -386,6 +414,7 @@ class AdminAPI(Resource):
                         404, BAD_ZONE, f"no zone {zone!r}; this spectrum's zone is {self.service.config.zone_id!r}"
                     )
                 call = Call(request, params)
+                call.token = token
                 if request.method in MUTATIONS:
                     call.has_body, call.body = decode_body(request)
                 result = handler(call)
@@ -397,6 +426,28 @@ class AdminAPI(Resource):
             raise ApiError(404, NO_ROUTE, f"no route for {path}")
         except ApiError as e:
             return error_body(e.status, e.code, e.message)
+
+    def verify_token(self, call: Call) -> Any:
+        """
+        Cloudflare's token check, with what the token may do (the page
+        shows no write controls to a read-only token).
+        """
+        return {"id": call.token.name, "status": "active", "permissions": call.token.permissions}
+
+    # egress --------------------------------------------------------------------
+
+    def egress_ips(self, call: Call) -> Any:
+        """
+        Cloudflare's C{/ips}: the addresses origins see connections from,
+        of every node sharing the store.
+        """
+        from spectrum.egress import listing, node_networks
+
+        networks = set(node_networks(self.service.config))
+        cluster = getattr(self.service, "cluster", None)
+        for published in (getattr(cluster, "egress_view", None) or {}).values():
+            networks.update(published)
+        return listing(networks)
 
     # zones -----------------------------------------------------------------------
 
@@ -692,7 +743,7 @@ class AdminAPI(Resource):
         self.firewall.remove(rule_id)
         self.rule_meta.pop(rule_id, None)
 
-    def _api_rule(self, call: Call) -> Any:
+    def _scoped_rule(self, call: Call) -> Any:
         _, app = self._scope(call)
         try:
             rule = self.firewall.get(call.params["rule"])
@@ -700,17 +751,28 @@ class AdminAPI(Resource):
             raise ApiError(404, NOT_FOUND, f"no access rule with id {call.params['rule']!r}") from None
         if rule.app != app:
             raise ApiError(404, NOT_FOUND, f"no access rule with id {rule.id!r} in this scope")
+        return rule
+
+    def get_rule(self, call: Call) -> Any:
+        return self._rule_shape(self._scoped_rule(call))
+
+    def _api_rule(self, call: Call) -> Any:
+        rule = self._scoped_rule(call)
         if self.rule_meta.get(rule.id, {}).get("source") != "api":
             raise ApiError(409, READ_ONLY, f"access rule {rule.id} is defined in the config file; change it there")
         return rule
 
     def edit_rule(self, call: Call) -> Any:
         rule = self._api_rule(call)
-        body = call.object_body()
+        body = dict(call.object_body())
         if "configuration" in body:
-            raise ApiError(
-                400, BAD_REQUEST, "configuration: a rule's target and value cannot change; delete it and add another"
-            )
+            # Cloudflare's clients send the configuration back with every PATCH.
+            if not _same_configuration(body.pop("configuration"), rule):
+                raise ApiError(
+                    400,
+                    BAD_REQUEST,
+                    "configuration: a rule's target and value cannot change; delete it and add another",
+                )
         check_fields(body, {"mode": str, "notes": str})
         if not body:
             raise ApiError(400, BAD_REQUEST, "give mode or notes to change")
@@ -842,14 +904,14 @@ class AdminAPI(Resource):
 
     def events_summary(self, call: Call) -> Any:
         try:
-            query = AQ.Query.from_args(call.arg, self.reactor.seconds(), self.analytics.window, bytime=False)
+            query = AQ.Query.from_args(call.query_arg, self.reactor.seconds(), self.analytics.window, bytime=False)
             return AQ.summary(self.analytics, self._app_ids(), query)
         except AQ.QueryError as e:
             raise ApiError(400, BAD_REQUEST, str(e)) from None
 
     def events_bytime(self, call: Call) -> Any:
         try:
-            query = AQ.Query.from_args(call.arg, self.reactor.seconds(), self.analytics.window, bytime=True)
+            query = AQ.Query.from_args(call.query_arg, self.reactor.seconds(), self.analytics.window, bytime=True)
             return AQ.bytime(self.analytics, self._app_ids(), query)
         except AQ.QueryError as e:
             raise ApiError(400, BAD_REQUEST, str(e)) from None
@@ -887,6 +949,20 @@ class AdminAPI(Resource):
         if cluster is None:
             raise ApiError(404, NO_ROUTE, "this spectrum has no store")
         return cluster.status()
+
+
+def _same_configuration(configuration: Any, rule: Any) -> bool:
+    """
+    Whether a PATCH's C{configuration} names C{rule}'s target and value
+    (in any spelling the rule's canonical value has).
+    """
+    if not isinstance(configuration, dict) or set(configuration) != {"target", "value"}:
+        return False
+    try:
+        given = make_rule(rule.mode, configuration["target"], configuration["value"], "", rule.app, rule.id)
+    except (RuleError, TypeError):
+        return False
+    return (given.target, given.value) == (rule.target, rule.value)
 
 
 def _source(request: Request) -> str:

@@ -21,7 +21,7 @@ from spectrum.model import App
 
 #: Fields the API shows but nobody sets.
 READ_ONLY = ("created_on", "modified_on", "source", "listening", "origins")
-#: Cloudflare fields that only have one meaning here.
+#: Cloudflare fields that only have one meaning here (the config refuses others).
 FIXED = {"traffic_type": "direct", "argo_smart_routing": False}
 
 
@@ -44,11 +44,6 @@ def app_document(body: Any, app_id: str, name: Optional[str]) -> Dict[str, Any]:
     document = copy.deepcopy(body)
     for key in READ_ONLY:
         document.pop(key, None)
-    for key, value in FIXED.items():
-        if key in document:
-            given = document.pop(key)
-            if given != value or type(given) is not type(value):
-                raise BodyError(f"{key}: only {value!r} is supported, got {given!r}")
     if "id" in document:
         if document["id"] != app_id:
             if name is None:
@@ -89,7 +84,8 @@ def app_shape(
     shown = copy.deepcopy(document) if document is not None else _rebuilt(app)
     shown["id"] = app.id
     shown.setdefault("name", app.name)
-    shown.update(FIXED)
+    for key, value in FIXED.items():
+        shown.setdefault(key, value)
     shown["created_on"] = created_on
     shown["modified_on"] = modified_on
     shown["source"] = source

@@ -44,8 +44,14 @@ def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Op
         from spectrum.admin.page import Root
 
         root = Root(service)
-    parts = ("refusals", "shield", "event_log")
-    metrics = metrics_resource(analytics, firewall, *(getattr(service, name, None) for name in parts))
+    metrics = metrics_resource(
+        analytics,
+        firewall,
+        refusals=getattr(service, "refusals", None),
+        shield=getattr(service, "shield", None),
+        event_log=getattr(service, "event_log", None),
+        service=service,
+    )
     gate = MetricsGate(metrics, getattr(root, "api", None))
     root.putChild(b"metrics", gate)
     root.metrics = gate  # type: ignore[attr-defined]
@@ -88,11 +94,7 @@ def metrics_access(setting: Optional[str], host: Any) -> Tuple[bool, str]:
     if setting == "token":
         return False, "admin: /metrics needs a token (admin.metrics: token)"
     address = getattr(host, "host", None)
-    try:
-        loopback = address is not None and ipaddress.ip_address(address.partition("%")[0]).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
+    if address is not None and _loopback(address):
         return True, "admin: /metrics is open without a token (loopback only)"
     where = address if address is not None else host
     return False, (
@@ -146,6 +148,13 @@ class AdminSite(Site):
         super().log(request)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 class AdminService(Service):
     """
     Listens on C{admin.listen} (bound before privileges are dropped) and
@@ -180,10 +189,20 @@ class AdminService(Service):
             text = getattr(why, "strerror", None) or str(why)
             raise AdminListenError(f"admin.listen: cannot listen on {self.settings.listen!r}: {text}")
         self.port = result
-        self.log.info("admin: listening on {address}", address=self.port.getHost())
+        host = self.port.getHost()
+        secure = self.settings.listen.split(":", 1)[0].lower() in ("ssl", "tls")
+        where = f"{host.host}:{host.port}" if hasattr(host, "port") else str(getattr(host, "name", host))
+        # The edge's listening lines have the same form.
+        self.log.info("admin: listening on {where} ({protocol})", where=where, protocol="https" if secure else "http")
+        if not secure and hasattr(host, "port") and not _loopback(host.host):
+            self.log.warn(
+                "admin: {where} is reachable beyond this host without TLS: tokens and answers cross the network"
+                ' in the clear; listen on an ssl: endpoint (README: "The admin over TLS")',
+                where=where,
+            )
         gate = getattr(self.site.resource, "metrics", None)
         if isinstance(gate, MetricsGate) and gate.api is not None:
-            gate.public, line = metrics_access(self.settings.metrics, self.port.getHost())
+            gate.public, line = metrics_access(self.settings.metrics, host)
             self.log.info(line)
 
     def privilegedStartService(self) -> None:

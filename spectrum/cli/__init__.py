@@ -5,6 +5,8 @@ The C{spectrum} command (C{twistd spectrum} runs the proxy):
     binding nothing (C{nginx -t}, C{haproxy -c});
   - C{spectrum status}, C{spectrum apps list}, C{spectrum rules
     list|add|delete}: a running spectrum's admin API from the shell;
+  - C{spectrum firewall ufw|nftables|iptables [--port P]}: origin firewall
+    rules admitting only spectrum's addresses;
   - C{spectrum --version}.
 
 Every failure is one line on stderr, C{spectrum: ...}, and exit status 1
@@ -74,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     delete = rules.add_parser("delete", parents=[admin], help="delete a rule made through the API")
     delete.add_argument("id", help="the rule's id")
     delete.add_argument("--app", metavar="APP", help="the app the rule is for (found when not given)")
+    wall = commands.add_parser(
+        "firewall",
+        parents=[admin],
+        help="print origin firewall rules that admit only spectrum's addresses",
+        description="Print rules for an origin host that admit only the addresses spectrum connects from"
+        " (GET /client/v4/ips: every node of a cluster) and drop every other source.",
+    )
+    wall.add_argument("kind", choices=("ufw", "nftables", "iptables"))
+    wall.add_argument(
+        "--port", type=int, metavar="P", help="only this port (TCP and UDP); default: every port but loopback"
+    )
     return parser
 
 
@@ -126,9 +139,20 @@ def _run(arguments: argparse.Namespace) -> str:
             arguments.app,
             arguments.json,
         ),
+        ("firewall", None): lambda: _firewall(client, arguments),
         ("rules", "delete"): lambda: admin.rules_delete(client, arguments.id, arguments.app, arguments.json),
     }
     return actions[(arguments.command, getattr(arguments, "action", None))]()
+
+
+def _firewall(client: Any, arguments: argparse.Namespace) -> str:
+    from spectrum.cli.firewall import firewall
+
+    if arguments.port is not None and not 1 <= arguments.port <= 65535:
+        from spectrum.cli.client import CommandError
+
+        raise CommandError(f"--port: expected 1 to 65535, got {arguments.port}")
+    return firewall(client, arguments.kind, arguments.port)
 
 
 def _client(arguments: argparse.Namespace) -> Any:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 
 DEFAULT_IPS = ("0.0.0.0",)
+#: Cloudflare's dynamic edge_ips: every address of this host, per connectivity.
+DYNAMIC_IPS = {"ipv4": ("0.0.0.0",), "ipv6": ("::",), "all": ("0.0.0.0", "::")}
 
 
 class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
@@ -202,11 +204,27 @@ class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
         return tuple(mappings)
 
     def ips(self, path: _Path, raw: dict[str, Any]) -> Iterable[str]:
-        if "ips" not in raw:
+        key = "ips"
+        given = raw.get("ips")
+        if "edge_ips" in raw:
+            where = path + ("edge_ips",)
+            if "ips" in raw:
+                raise self.fail(where, "give the edge addresses once: ips or edge_ips")
+            edge_ips = raw["edge_ips"]
+            if edge_ips["type"] == "dynamic":
+                if "ips" in edge_ips:
+                    raise self.fail(where + ("ips",), "goes with type static; dynamic binds every address of this host")
+                return DYNAMIC_IPS[edge_ips.get("connectivity", "all")]
+            if "connectivity" in edge_ips:
+                raise self.fail(where + ("connectivity",), "goes with type dynamic; static binds the ips given")
+            if "ips" not in edge_ips:
+                raise self.fail(where, "type static needs ips")
+            key, given = "edge_ips", edge_ips["ips"]
+        if given is None:
             return DEFAULT_IPS
         result: list[str] = []
-        for index, text in enumerate(raw["ips"]):
-            where = path + ("ips", index)
+        for index, text in enumerate(given):
+            where = path + ((key, "ips", index) if key == "edge_ips" else (key, index))
             ip = self.address(where, text, names=False)
             for earlier in result:
                 if _addresses_overlap(ip, earlier):

@@ -6,6 +6,7 @@ log, analytics).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from spectrum.model import (
     AdminToken,
     AnalyticsSettings,
     Config,
+    Egress,
     EventLogSettings,
     GeoIPFiles,
 )
@@ -71,7 +73,35 @@ class _Builder(_AppsPart):
             analytics=AnalyticsSettings(**self.data.get("analytics", {})),
             certificates=certificates,
             resolvers=self.resolvers(),
+            egress=self.egress(),
         )
+
+    def egress(self) -> Egress:
+        raw = self.data.get("egress")
+        if raw is None:
+            return Egress()
+        networks: list[Any] = []
+        families: dict[int, int] = {}
+        for index, text in enumerate(raw.get("addresses", [])):
+            where = ("egress", "addresses", index)
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise self.fail(where, f"{_show(text)} is not an address or a CIDR") from None
+            if raw.get("bind", False):
+                if network.num_addresses != 1 or "/" in text:
+                    raise self.fail(where, f"{_show(text)}: with bind, give single addresses to connect from")
+                if network.version in families:
+                    raise self.fail(
+                        where,
+                        f"with bind, one address per family (IPv{network.version} is egress.addresses"
+                        f"[{families[network.version]}])",
+                    )
+            families.setdefault(network.version, index)
+            networks.append(network)
+        if raw.get("bind", False) and not networks:
+            raise self.fail(("egress", "bind"), "needs egress.addresses: the addresses to connect from")
+        return Egress(networks=tuple(str(n) for n in networks), bind=raw.get("bind", False))
 
     def geoip(self) -> GeoIPFiles:
         raw = self.data.get("geoip", {})
@@ -181,7 +211,7 @@ class _Builder(_AppsPart):
                 raise self.fail(
                     path,
                     f"{parsed.scheme}:// needs the Redis client library, which is not installed ({e}):"
-                    " pip install 'spectrum[redis]'",
+                    " pip install 'spectrum-edge[redis]'",
                 ) from None
         return url
 

@@ -136,7 +136,7 @@ def _describe(error: ValidationError) -> str:
     value = error.instance
     schema = error.schema if isinstance(error.schema, dict) else {}
 
-    if keyword in ("type", "pattern", "anyOf", "enum"):
+    if keyword in ("type", "pattern", "anyOf", "enum", "not"):
         # A hint in the schema says it better than the keyword can.
         hinted: ValidationError | None = error
         while hinted is not None:

@@ -111,6 +111,9 @@ class _OriginsPart(_Part):
             )
             return pool, ports
 
+        if "origin_dns" in raw:
+            return self.origin_dns(path, raw, name, ports), ports
+
         origins = []
         url_range: tuple[PortRange, _Path] | None = None
         for index, url in enumerate(raw["origin_direct"]):
@@ -149,6 +152,21 @@ class _OriginsPart(_Part):
                 )
             ports = (PortMapping(mapping.edge, span),)
         return Pool(name=name, origins=tuple(origins)), ports
+
+    def origin_dns(self, path: _Path, raw: dict[str, Any], name: str, ports: tuple[PortMapping, ...]) -> Pool:
+        """
+        Cloudflare's C{origin_dns}: one origin by name, on the origin port
+        of each mapping (looked up for every connection).
+        """
+        where = path + ("origin_dns",)
+        if any(mapping.origin is None for mapping in ports):
+            raise self.fail(where, "needs origin_port: the port to connect to on that name")
+        host = raw["origin_dns"]["name"]
+        try:
+            address = str(ipaddress.ip_address(host))
+        except ValueError:
+            address = self.hostname(where + ("name",), host)
+        return Pool(name=name, origins=(Origin(name=address, address=address, port=None),))
 
     def direct(self, path: _Path, url: str, protocol: str) -> tuple[Origin, PortRange | None]:
         """

@@ -515,13 +515,28 @@ def _codes(expected: str) -> Callable[[int], bool]:
     return lambda code: code in singles or code // 100 in hundreds
 
 
+def _quiet_pool(reactor: Any) -> Any:
+    """
+    A pool without keep-alive whose connection factories do not log their
+    start and stop (one pair per probe otherwise).
+    """
+    from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+    class _QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietFactory
+    return pool
+
+
 def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor, address: str) -> Deferred:
     """
     An HTTP(S) request through treq: the status must be one of
     C{expected_codes}, the body must contain C{expected_body} (any case).
     """
     import treq
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent
 
     # The URL names the origin (its Host header); the connection goes to the address.
     host = f"[{origin.address}]" if isIPv6Address(origin.address) else origin.address
@@ -532,7 +547,7 @@ def probe_http(reactor: Any, origin: Origin, port: int, monitor: Monitor, addres
         if not monitor.allow_insecure:
             policy = _FixedPolicy(policy)
     connect = _ToAddress(reactor, address, monitor.timeout, policy)
-    agent = Agent.usingEndpointFactory(reactor, connect, pool=HTTPConnectionPool(reactor, persistent=False))
+    agent = Agent.usingEndpointFactory(reactor, connect, pool=_quiet_pool(reactor))
     client = treq.client.HTTPClient(agent)
     headers: Dict[Any, Any] = {name: list(values) for name, values in monitor.header}
     headers.setdefault("User-Agent", ["spectrum-health"])

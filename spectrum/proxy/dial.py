@@ -45,7 +45,7 @@ def can_dial(reactor: Any) -> bool:
     return isinstance(reactor, _Posix)
 
 
-def origin_client(host: str, port: int, dial: Dial, reactor: Any) -> tcp.Client:
+def origin_client(host: str, port: int, dial: Dial, reactor: Any, source: Optional[str] = None) -> tcp.Client:
     """
     A L{tcp.Client} to an IP literal, its socket made with the relay's
     options, not yet connecting; its C{connector} is C{dial}.
@@ -68,6 +68,13 @@ def origin_client(host: str, port: int, dial: Dial, reactor: Any) -> tcp.Client:
     # Set before connect(): the relay wants both on every leg.
     skt.setsockopt(*_TCP_NODELAY)
     skt.setsockopt(*_KEEPALIVE)
+    if source is not None:
+        # The config's egress address: origins see connections from it.
+        try:
+            skt.bind((source, 0))
+        except OSError:
+            skt.close()
+            raise
     # The protocol comes with the connect (tcp.Client does the same).
     tcp.Connection.__init__(client, skt, None, reactor)  # type: ignore[arg-type]
     return client
@@ -143,14 +150,14 @@ class Dial:
         self.transport: Optional[tcp.Client] = None
         self._deadlines: Optional[_Deadlines] = None
 
-    def start(self, host: str, port: int, timeout: float, reactor: Any) -> None:
+    def start(self, host: str, port: int, timeout: float, reactor: Any, source: Optional[str] = None) -> None:
         """
         Create the socket and call C{connect()}. An immediate success is
         delivered from inside this call (the caller keeps its handle on this
         L{Dial} before calling it); a failure, on a later reactor turn.
         """
         try:
-            client = origin_client(host, port, self, reactor)
+            client = origin_client(host, port, self, reactor, source)
         except OSError as e:
             # Reported on the next turn, as connectTCP reports it: the caller
             # is still setting up (a PROXY header's fields, say).

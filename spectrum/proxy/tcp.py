@@ -301,9 +301,10 @@ class EdgeProtocol(Protocol):
         timeout = self.runtime.app.timeouts.connect or 120
         factory = self.origin_factory(origin)
         self._dialled = can_dial(self.reactor)
+        source = self.runtime.egress.source_for(":" in address)
         if self._dialled:
             dial = self._pending = Dial(factory)
-            dial.start(address, self._port, timeout, self.reactor)
+            dial.start(address, self._port, timeout, self.reactor, source)
             client = dial.transport
             if self._pending is dial and client is not None:
                 # Known from connect() on (the kernel has chosen the local
@@ -316,7 +317,8 @@ class EdgeProtocol(Protocol):
                 else:
                     self._note_origin_socket((normalize_ip(local[0]), local[1], normalize_ip(address), self._port))
         else:
-            self._pending = self.reactor.connectTCP(address, self._port, factory, timeout=timeout)
+            bind = (source, 0) if source is not None else None
+            self._pending = self.reactor.connectTCP(address, self._port, factory, timeout=timeout, bindAddress=bind)
 
     def origin_factory(self, origin: Origin) -> ClientFactory:
         """

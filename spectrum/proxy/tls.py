@@ -270,7 +270,9 @@ class AppTls:
                     c for i, c in enumerate(certificates) if i != default
                 )
             self.context.set_tlsext_servername_callback(self._pick_certificate)
-            self.server_factory = TlsWrapperFactory(self, False, Factory(), clock=reactor)
+            inner = Factory()
+            inner.noisy = False
+            self.server_factory = TlsWrapperFactory(self, False, inner, clock=reactor)
         if app.origin_tls_mode != "off":
             self._origin_material = self._load_origin_material()
             # Build the origin contexts now (loading the trust store reads

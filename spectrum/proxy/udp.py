@@ -207,7 +207,8 @@ class Session:
         @raise CannotListenError: no socket could be had (file descriptors
             exhausted).
         """
-        interface = "::" if isIPv6Address(ip) else ""
+        ipv6 = isIPv6Address(ip)
+        interface = self.runtime.egress.source_for(ipv6) or ("::" if ipv6 else "")
         if isinstance(reactor, PosixReactorBase):
             self.port = _SessionPort(0, _OriginDatagrams(self), interface, MAX_DATAGRAM, reactor)
             self.port.startListening()
@@ -623,7 +624,8 @@ class UDPEdge(DatagramProtocol):
                 continue
             idle = session.runtime.app.timeouts.idle
             if idle and now - session.seen_at >= idle:
-                session.end(S.IDLE_TIMEOUT, "idle timeout")
+                # A UDP session has no close: this is its normal end.
+                session.end(S.NORMAL, "idle timeout")
         if self.held:
             self.held = {addr: until for addr, until in self.held.items() if until > now}
         if self.sessions or self.held:

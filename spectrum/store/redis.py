@@ -47,6 +47,8 @@ from spectrum.store.url import parse_url
 REPLY_TIMEOUT = 2.0
 #: Seconds a connection attempt may take.
 CONNECT_TIMEOUT = 2.0
+#: How long after start a store never reached gets its own error line.
+UNREACHED_AFTER = 2.0
 #: Seconds between pings that notice a Redis that stopped answering.
 HEARTBEAT = 1.0
 #: Reconnection backoff: first delay and cap, in seconds.
@@ -147,6 +149,8 @@ class _Hooks:
     role: str
     #: set by L{RedisStore.stop}: from then on, stopping is for real
     stopping = False
+    #: no "Starting factory" lines at every reconnect
+    noisy = False
 
     def stopTrying(self) -> Deferred[Any]:
         # txredisapi calls this when the AUTH or SELECT of a (re)connection
@@ -252,6 +256,7 @@ class RedisStore:
         self._pinger.clock = reactor
         self._down_since: Optional[float] = None
         self._ever_up = False
+        self._unreached: Any = None
         self.available = False
         #: how many times the store came back after an outage (for tests)
         self.reconnects = 0
@@ -319,8 +324,23 @@ class RedisStore:
             self._factories.append(factory)
             factory.startConnecting(self._endpoint(factory))
         self._pinger.start(self.heartbeat, now=False)
+        self._unreached = self.reactor.callLater(UNREACHED_AFTER, self._not_reached)
+
+    def _not_reached(self) -> None:
+        self._unreached = None
+        if self._ever_up or not self._factories:
+            return
+        self.log.error(
+            "store {url}: cannot be reached {seconds:g}s after start; serving from this process's own state"
+            " and retrying with backoff (spectrum says when it is connected)",
+            url=str(self.url),
+            seconds=UNREACHED_AFTER,
+        )
 
     def stop(self) -> Deferred[Any]:
+        if self._unreached is not None and self._unreached.active():
+            self._unreached.cancel()
+        self._unreached = None
         if self._pinger.running:
             self._pinger.stop()
         factories, self._factories = self._factories, []

@@ -96,6 +96,7 @@ class StoreServerFactory(Factory):
     """
 
     protocol = _StoreConnection
+    noisy = False
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -136,6 +137,7 @@ class SharedStore:
         self._next = 0
         self._listeners: List[IStoreListener] = []
         factory = Factory.forProtocol(_Client)
+        factory.noisy = False
         factory.owner = self  # type: ignore[attr-defined]
         self._service = ClientService(
             UNIXClientEndpoint(reactor, path),

@@ -4,7 +4,10 @@
 
 const KEY = "spectrum-admin-token";
 const SAMPLES = 120; // two minutes of one-second samples
-const state = { token: null, zone: null, apps: [], samples: [], last: null, timer: null, tick: 0, editing: null };
+const state = {
+  token: null, zone: null, apps: [], samples: [], last: null, timer: null, tick: 0, editing: null,
+  canEdit: false, ruleNotes: {}, editingApp: null,
+};
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -71,6 +74,10 @@ async function signIn(token) {
   }
   const zone = answer.data.result[0];
   state.zone = zone.id;
+  // A read-only token sees no write controls.
+  const verified = await api("GET", "/user/tokens/verify");
+  state.canEdit = verified.ok && verified.data.result.permissions === "edit";
+  document.body.classList.toggle("read-only", !state.canEdit);
   $("#zone").textContent = "zone " + (zone.name ? zone.name + " (" + zone.id + ")" : zone.id);
   sessionStorage.setItem(KEY, token);
   $("#login-panel").hidden = true;
@@ -104,6 +111,7 @@ async function poll() {
     if (state.tick % 2 === 0) {
       await Promise.all([refreshApps(), refreshRules(), refreshEvents(), refreshHealth()]);
     }
+    if (state.tick % 60 === 0) await refreshHour();
     state.tick += 1;
   } catch (e) {
     setStatus("error: " + e.message, true);
@@ -166,7 +174,7 @@ function niceMax(value) {
   return 40 * power;
 }
 
-function drawChart(node, series, format) {
+function drawChart(node, series, format, count = SAMPLES, ticks = [["-2 min", "start"], ["-1 min", "middle"], ["now", "end"]]) {
   const width = 600, height = 180, left = 56, right = 8, top = 10, bottom = 22;
   const plotW = width - left - right, plotH = height - top - bottom;
   let max = 0;
@@ -180,15 +188,16 @@ function drawChart(node, series, format) {
     label.textContent = format((max * i) / 4);
     node.append(label);
   }
-  for (const [text, x, anchor] of [["-2 min", left, "start"], ["-1 min", left + plotW / 2, "middle"], ["now", width - right, "end"]]) {
+  for (const [text, anchor] of ticks) {
+    const x = anchor === "start" ? left : anchor === "middle" ? left + plotW / 2 : width - right;
     const label = svg("text", { class: "axis", x, y: height - 6, "text-anchor": anchor });
     label.textContent = text;
     node.append(label);
   }
-  const step = plotW / (SAMPLES - 1);
+  const step = plotW / (count - 1);
   for (const s of series) {
     if (!s.values.length) continue;
-    const offset = SAMPLES - s.values.length;
+    const offset = count - s.values.length;
     const points = s.values.map((v, i) => [left + (offset + i) * step, top + plotH - (plotH * v) / max]);
     const d = points.map(([x, y], i) => (i ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1)).join(" ");
     if (s.area) {
@@ -227,11 +236,22 @@ async function refreshApps() {
     const origins = el("td", { class: "origins" });
     for (const origin of app.origins) {
       const up = origin.healthy && origin.enabled !== false;
+      // Without a monitor nothing probes it: not "up", only not failing.
+      const unknown = up && origin.monitored === false;
+      const word = unknown ? "not monitored" : up ? "up" : "down";
       const where = origin.address + (origin.port ? ":" + origin.port : "");
-      origins.append(el("span", { class: "origin", title: origin.error || (up ? "healthy" : "unhealthy"), "data-healthy": String(up) },
-        el("span", { class: "dot " + (up ? "up" : "down"), "aria-hidden": "true" }),
+      origins.append(el("span", { class: "origin", title: origin.error || word, "data-healthy": String(up), "data-monitored": String(origin.monitored !== false) },
+        el("span", { class: "dot " + (unknown ? "unknown" : up ? "up" : "down"), "aria-hidden": "true" }),
         el("span", { class: "mono" }, origin.name === where ? where : origin.name + " " + where),
-        el("span", { class: "pill " + (up ? "good" : "bad") }, up ? "up" : "down")));
+        el("span", { class: "pill " + (unknown ? "" : up ? "good" : "bad") }, word)));
+    }
+    const actions = el("td", { class: "actions" });
+    if (app.source === "api" && state.canEdit) {
+      actions.append(
+        el("button", { type: "button", class: "small secondary", "data-action": "edit", onclick: () => editApp(app) }, "Edit"),
+        el("button", { type: "button", class: "small danger", "data-action": "delete", onclick: () => deleteApp(app) }, "Delete"));
+    } else if (app.source !== "api") {
+      actions.append(el("span", { class: "muted small" }, "config file"));
     }
     const listening = app.listening.map((l) => l.ip + ":" + l.port).join(", ") || "—";
     const open = state.openByApp && state.openByApp[app.name] ? state.openByApp[app.name].connections : 0;
@@ -241,9 +261,142 @@ async function refreshApps() {
       el("td", { class: "mono" }, listening),
       origins,
       el("td", { class: "num" }, open),
-      el("td", {}, el("span", { class: "pill" }, app.source))));
+      el("td", {}, el("span", { class: "pill" }, app.source)),
+      actions));
   }
   labelCells($("#apps"));
+}
+
+// creating and editing apps --------------------------------------------------------
+
+const READ_ONLY_FIELDS = ["created_on", "modified_on", "source", "listening", "origins", "traffic_type", "argo_smart_routing"];
+
+function originText(app) {
+  if (app.origin_direct) return app.origin_direct.map((url) => url.replace(/^[a-z]+:\/\//, "")).join(", ");
+  if (app.origin_pool) {
+    return app.origin_pool.origins.map((o) => (o.address.includes(":") ? "[" + o.address + "]" : o.address) + (o.port ? ":" + o.port : "")).join(", ");
+  }
+  return "";
+}
+
+function showAppForm(app) {
+  state.editingApp = app || null;
+  const form = $("#app-form");
+  form.hidden = false;
+  const [protocol, port] = app ? String(app.protocol).toLowerCase().split("/") : ["tcp", ""];
+  $("#app-name").value = app ? app.name : "";
+  $("#app-name").disabled = Boolean(app);
+  $("#app-protocol").value = protocol;
+  $("#app-port").value = port || (app && app.ports ? String(app.ports[0].destination_port) : "");
+  $("#app-ip").value = app && app.ips ? app.ips.join(", ") : app && app.edge_ips && app.edge_ips.ips ? app.edge_ips.ips.join(", ") : "";
+  $("#app-origins").value = app ? originText(app) : "";
+  $("#app-host").value = app && app.dns ? app.dns.name : "";
+  $("#app-tls").value = app && app.tls ? app.tls : "off";
+  $("#app-proxy").value = app && app.proxy_protocol ? app.proxy_protocol : "off";
+  $("#app-save").textContent = app ? "Save app" : "Create app";
+  $("#app-error").textContent = "";
+  $("#app-name").focus();
+}
+
+function hideAppForm() {
+  state.editingApp = null;
+  $("#app-form").hidden = true;
+}
+
+function editApp(app) {
+  showAppForm(app);
+  $("#app-form").scrollIntoView({ block: "nearest" });
+}
+
+// "192.0.2.1:22", "[2001:db8::1]:22", "origin.example:22" -> [address, port]
+function splitOrigin(text) {
+  const match = /^\[([^\]]+)\]:(.+)$/.exec(text) || /^([^:]+):(.+)$/.exec(text);
+  return match ? [match[1], match[2]] : [text, ""];
+}
+
+function appBody() {
+  const protocol = $("#app-protocol").value;
+  const old = state.editingApp;
+  const body = {};
+  if (old) {
+    // Keep what the form does not show (limits, timeouts...).
+    for (const [key, value] of Object.entries(old)) if (!READ_ONLY_FIELDS.includes(key)) body[key] = value;
+    for (const key of ["origin_direct", "origin_pool", "origin_dns", "origin_port", "ports", "ips", "edge_ips", "dns"]) delete body[key];
+  }
+  body.name = $("#app-name").value.trim();
+  body.protocol = protocol + "/" + $("#app-port").value.trim();
+  const ips = $("#app-ip").value.split(",").map((ip) => ip.trim()).filter(Boolean);
+  if (ips.length) body.ips = ips;
+  const host = $("#app-host").value.trim();
+  if (host) body.dns = { type: "CNAME", name: host };
+  body.tls = $("#app-tls").value;
+  body.proxy_protocol = $("#app-proxy").value;
+  const origins = $("#app-origins").value.split(",").map((o) => o.trim()).filter(Boolean);
+  if (origins.length === 1) {
+    body.origin_direct = [protocol + "://" + origins[0]];
+  } else {
+    body.origin_pool = {
+      name: body.name,
+      origins: origins.map((text, i) => {
+        const [address, port] = splitOrigin(text);
+        const origin = { name: body.name + "-" + (i + 1), address };
+        if (port) origin.port = Number(port);
+        return origin;
+      }),
+    };
+  }
+  return body;
+}
+
+async function saveApp(event) {
+  event.preventDefault();
+  const old = state.editingApp;
+  const path = zonePath("/spectrum/apps" + (old ? "/" + encodeURIComponent(old.id) : ""));
+  const answer = await api(old ? "PUT" : "POST", path, appBody());
+  if (!answer.ok) {
+    $("#app-error").textContent = answer.message;
+    return;
+  }
+  hideAppForm();
+  await refreshApps();
+  await refreshHour();
+}
+
+async function deleteApp(app) {
+  if (!window.confirm("Delete app " + app.name + "? Its open connections finish.")) return;
+  const answer = await api("DELETE", zonePath("/spectrum/apps/" + encodeURIComponent(app.id)));
+  $("#app-error").textContent = answer.ok ? "" : answer.message;
+  await refreshApps();
+  await refreshHour();
+}
+
+// the last hour, per app (the analytics API) -----------------------------------------
+
+async function refreshHour() {
+  const until = Math.floor(Date.now() / 60000) * 60000 + 60000;
+  const since = until - 3600 * 1000;
+  const range = "&time_delta=minute&dimensions=appID&since=" + new Date(since).toISOString() + "&until=" + new Date(until).toISOString();
+  const [connects, bytes] = await Promise.all([
+    api("GET", zonePath("/spectrum/analytics/events/bytime?metrics=count&filters=event%3D%3Dconnect" + range)),
+    api("GET", zonePath("/spectrum/analytics/events/bytime?metrics=bytesEgress" + range)),
+  ]);
+  if (!connects.ok || !bytes.ok) return;
+  const byApp = (answer) => Object.fromEntries(answer.data.result.data.map((row) => [row.dimensions[0], row.metrics[0]]));
+  const counts = byApp(connects), sent = byApp(bytes);
+  const box = $("#hour-charts");
+  box.replaceChildren();
+  if (!state.apps.length) box.append(el("p", { class: "muted" }, "No apps yet."));
+  for (const app of state.apps) {
+    const values = counts[app.id] || [];
+    const total = values.reduce((a, b) => a + b, 0);
+    const bytesOut = (sent[app.id] || []).reduce((a, b) => a + b, 0);
+    const chart = svg("svg", { class: "chart", viewBox: "0 0 600 180", role: "img", "aria-label": "Connections per minute of " + app.name + " in the last hour" });
+    const figure = el("figure", { class: "hour", "data-app": app.name, "data-connections": String(total) },
+      el("figcaption", {}, el("strong", {}, app.name), " ", el("span", { class: "muted small" }, total + (total === 1 ? " connection, " : " connections, ") + formatTotal(bytesOut) + " to clients")),
+      chart);
+    box.append(figure);
+    drawChart(chart, [{ cls: "conn", values, area: true }], formatCount, 60, [["-60 min", "start"], ["-30 min", "middle"], ["now", "end"]]);
+  }
 }
 
 // access rules ------------------------------------------------------------------
@@ -267,6 +420,7 @@ async function refreshRules() {
   const answers = await Promise.all(requests);
   const rules = [];
   for (const answer of answers) if (answer.ok) rules.push(...answer.data.result);
+  for (const rule of rules) state.ruleNotes[rule.id] = rule;
   if (state.editing) return;
   const body = $("#rules tbody");
   body.replaceChildren();
@@ -277,11 +431,11 @@ async function refreshRules() {
 
 function ruleRow(rule) {
   const actions = el("td", { class: "actions" });
-  if (rule.source === "api") {
+  if (rule.source === "api" && state.canEdit) {
     actions.append(
       el("button", { type: "button", class: "small secondary", "data-action": "edit", onclick: () => editRule(row, rule) }, "Edit"),
       el("button", { type: "button", class: "small danger", "data-action": "delete", onclick: () => deleteRule(rule) }, "Delete"));
-  } else {
+  } else if (rule.source !== "api") {
     actions.append(el("span", { class: "muted small" }, "config file"));
   }
   const scope = rule.scope.type === "app" ? "app " + rule.app : rule.scope.type;
@@ -371,17 +525,39 @@ async function refreshEvents() {
   if (refused.ok) {
     const body = $("#refused tbody");
     body.replaceChildren();
-    if (!refused.data.result.length) body.append(el("tr", {}, el("td", { colspan: "5", class: "muted" }, "None refused.")));
+    if (!refused.data.result.length) body.append(el("tr", {}, el("td", { colspan: "6", class: "muted" }, "None refused.")));
+    // One row per client, app, status and reason: a client that repeats is
+    // counted, not listed again (the newest comes first).
+    const groups = new Map();
     for (const e of refused.data.result) {
-      body.append(el("tr", { "data-client": e.ClientIP },
+      const why = refusalWhy(e);
+      const key = [e.Application, e.ClientIP, e.Status, why].join("\u0000");
+      const group = groups.get(key);
+      if (group) group.count += 1;
+      else groups.set(key, { event: e, why, count: 1 });
+    }
+    for (const { event: e, why, count } of groups.values()) {
+      body.append(el("tr", { "data-client": e.ClientIP, "data-count": String(count) },
         el("td", {}, timeOf(e.Timestamp)),
         el("td", {}, e.Application),
-        el("td", { class: "mono" }, e.ClientIP + ":" + e.ClientPort),
+        el("td", { class: "mono" }, e.ClientIP),
+        el("td", { class: "num" }, count > 1 ? "×" + count : "1"),
         el("td", {}, statusPill(e.Status)),
-        el("td", { class: "wrap" }, e.Reason || e.ClientMatchedIpFirewall)));
+        el("td", { class: "wrap" }, why)));
     }
     labelCells($("#refused"));
   }
+}
+
+// An access rule's refusal by the rule's notes (what the operator wrote),
+// not its id.
+function refusalWhy(e) {
+  const reason = e.Reason || e.ClientMatchedIpFirewall || "";
+  const match = /^access rule (\S+) \((.*)\)$/.exec(reason);
+  if (!match) return reason;
+  const rule = state.ruleNotes[match[1]];
+  if (rule && rule.notes) return "rule “" + rule.notes + "” (" + match[2] + ")";
+  return "rule: " + match[2];
 }
 
 async function refreshHealth() {
@@ -414,6 +590,9 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   $("#logout").addEventListener("click", signOut);
   $("#rule-form").addEventListener("submit", addRule);
+  $("#app-new").addEventListener("click", () => showAppForm(null));
+  $("#app-cancel").addEventListener("click", hideAppForm);
+  $("#app-form").addEventListener("submit", saveApp);
   const saved = sessionStorage.getItem(KEY);
   if (saved) {
     const error = await signIn(saved);
