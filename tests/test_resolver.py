@@ -40,7 +40,7 @@ class Service:
 
     def port(self, name: str) -> int:
         for listener in self.service.listeners.values():
-            if listener.runtime.app.name == name:
+            if any(runtime.app.name == name for runtime in listener.runtimes):
                 return int(listener.bound_port())
         raise KeyError(name)
 
