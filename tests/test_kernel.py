@@ -417,3 +417,41 @@ def free_range_of(count: int) -> int:
         if run == count:
             return port - count + 1
     raise RuntimeError(f"no {count} consecutive free ports")
+
+
+@pytest_twisted.ensureDeferred
+async def test_udp_session_rate_stays_in_userspace_and_a_live_session_is_never_rated() -> None:
+    """
+    The kernel sees datagrams, not sessions: it leaves the rate of UDP
+    sessions to userspace, so a session's own datagrams are never counted
+    against C{per_ip_rate}, and new sessions over it are refused there.
+    """
+    require_kernel_filter()
+    from spectrum.model import Limits
+
+    origin = UDPOrigin()
+    oport = listen_udp_origin(origin)
+    app = attr.evolve(udp_app("game", [origin_at(oport.getHost().port)]), limits=Limits(per_ip_rate=2))
+    proxy = EdgeProxy(Config(apps=(app,), kernel_filter="on"))
+    clients = [bind_client("127.0.0.44") for _ in range(4)]
+    try:
+        assert proxy.service.shield.active
+        (first, _), *others = clients
+        # One session: 200 datagrams, a hundred times the rate, all relayed.
+        for index in range(200):
+            first.send(b"%d" % index, proxy.port())
+        assert len(await first.wait_for(200)) == 200
+        # Three more sessions from the same address at once: the bucket
+        # (2, one taken) admits one; userspace refuses the others.
+        for client, _ in others:
+            client.send(b"new", proxy.port())
+        answered = [await client.wait_for(1, timeout=0.3) for client, _ in others]
+        assert sorted(len(got) for got in answered) == [0, 0, 1]
+        assert proxy.service.refusals.totals == {("game", "clientFiltered", S.PER_IP_RATE, ""): 2}
+        # Nothing of it was dropped in the kernel.
+        assert kernel_drops(proxy) == {}
+    finally:
+        await proxy.stop()
+        for _, port in clients:
+            await port.stopListening()
+        await oport.stopListening()

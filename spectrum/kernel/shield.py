@@ -5,7 +5,10 @@ before it is queued: no accept, no system call, no Python. On TCP ports of
 an app with C{limits.per_ip_rate} (node scope), a SYN over the address's
 rate is dropped there too (GCRA: one time stamp per address in an LRU map,
 the same burst and rate as the userspace bucket, which stays as the
-fallback and for concurrency limits).
+fallback and for concurrency limits). UDP sockets get the rules but no
+rate: the kernel sees datagrams, not sessions, and a session's datagrams
+must not count against a rate of new sessions, so the rate of UDP sessions
+stays with userspace admission.
 
 What the kernel decides is exactly the part of the rules' verdict that an
 address alone settles (L{spectrum.firewall}'s precedence): the address rules
