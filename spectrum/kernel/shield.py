@@ -333,7 +333,7 @@ class Scope:
         for rule in rules:
             if rule.mode == "block" and rule.id not in self.slots:
                 slot = len(self.slots) + 1
-                if slot < SLOTS:
+                if slot < RATE_SLOT:
                     self.slots[rule.id] = slot
                     self.rules_of_slot[slot] = rule.id
         wanted = compile_rules(rules, self.slots, expand)
@@ -526,10 +526,31 @@ class KernelShield:
                 result[(name or "", rule)] = counts
         return result
 
+    def status(self) -> Dict[str, Any]:
+        """
+        What the admin API shows: the mode, whether the filters are loaded
+        (and why not), and the drops per app and reason.
+        """
+        dropped = [
+            {"app": app, "reason": reason_of(rule), "packets": packets, "bytes": size}
+            for (app, rule), (packets, size) in sorted(self.dropped().items())
+        ]
+        return {"mode": self.mode, "active": self.active, "reason": self.reason, "dropped": dropped}
+
     def close(self) -> None:
         for scope in self.scopes.values():
             scope.close()
         self.scopes = {}
+
+
+def reason_of(rule: str) -> str:
+    """
+    The reason a drop counted against C{rule} (a rule id, "per_ip_rate", or
+    "" for the rules past the counted ones) is shown with.
+    """
+    if rule == "per_ip_rate":
+        return rule
+    return f"rule {rule}" if rule else "rule"
 
 
 def _read_networks(country_db: Optional[str], asn_db: Optional[str]) -> Dict[Tuple[str, str], List[Any]]:
