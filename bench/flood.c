@@ -116,7 +116,7 @@ static uint32_t pick_source(void) {
     uint32_t r = rng();
     if (hosts < 255) return source_net | (r & hosts);
     /* X.Y.Z.W with W in 1..254: no network or broadcast look-alikes */
-    return source_net | (r & hosts & ~0xffu) | (1 + (r >> 8) % 254);
+    return source_net | (r & hosts & ~0xffu) | (1 + rng() % 254);
 }
 
 static int parse_source(const char *text) {
