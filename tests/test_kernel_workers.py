@@ -168,3 +168,28 @@ def test_pins_left_by_a_killed_supervisor_are_removed_at_the_next_start(tmp_path
     finally:
         node.stop()
         origin.close()
+
+
+def test_maps_stay_private_where_they_cannot_be_pinned(tmp_path: Path) -> None:
+    """
+    A directory that is not a bpf file system: the scope gets this
+    process's own maps (and a warning), not a failed listener.
+    """
+    require_kernel_filter()
+    from spectrum.kernel.shield import KernelShield
+    from spectrum.model import Limits
+
+    class App:
+        name = "game"
+        ip_firewall = True
+        limits = Limits(per_ip_rate=5)
+
+    shield = KernelShield("on")
+    try:
+        shield.share(str(tmp_path / "pins"))
+        scope = shield.scope_for([App()])
+        assert scope is not None and scope.directory is None and shield.directory is None
+        assert scope.per_ip_rate == 5
+        assert os.listdir(tmp_path / "pins") == []
+    finally:
+        shield.close()

@@ -537,7 +537,25 @@ class KernelShield:
             if self.directory is not None:
                 label = "global" if name is None else "app-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
                 where = os.path.join(self.directory, label)
-            scope = self.scopes[name] = Scope(name, where)
+            try:
+                scope = Scope(name, where)
+            except OSError as e:
+                if where is None:
+                    raise
+                # Not a bpf file system after all (or not ours to write):
+                # this process's own maps, from now on.
+                self.log.warn(
+                    "kernel filter: cannot pin maps in {directory} ({error}); each worker keeps its own",
+                    directory=self.directory,
+                    error=e.strerror or e,
+                )
+                self.directory = None
+                try:
+                    os.rmdir(where)
+                except OSError:
+                    pass
+                scope = Scope(name)
+            self.scopes[name] = scope
             scope.sync(self._rules_of(name), self._expand)
         if name is not None:
             limits = apps[0].limits
