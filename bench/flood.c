@@ -2,12 +2,24 @@
 /*
  * flood: open TCP connections from random sources in 127.1.0.0/16 as fast as
  * a bounded number in flight allows, and close each one the moment its
- * handshake completes (or fails). For bench/flood.py, which compiles this
- * with gcc; tests may use it through bench.flood as well.
+ * handshake completes (or fails); or, with -u, send UDP datagrams from them.
+ * For bench/flood.py, which compiles this with gcc; tests may use it through
+ * bench.flood as well.
  *
- *   flood HOST PORT SECONDS INFLIGHT [CPU [RATE [TIMEOUT_MS]]]
+ *   flood [-s SOURCE] [-u] [-b BYTES] HOST PORT SECONDS INFLIGHT [CPU [RATE [TIMEOUT_MS]]]
  *
- * Each connection is a non-blocking socket bound to 127.1.X.Y port 0 (with
+ * -s SOURCE: the sources, an IPv4 network (random addresses in it; in a
+ * network of 256 addresses or more, none ending in .0 or .255) or one address
+ * (A.B.C.D or A.B.C.D/32); default 127.1.0.0/16. Any 127.x address is local
+ * on loopback, so it can be bound without IP_FREEBIND.
+ *
+ * -u: UDP. INFLIGHT sockets, each bound to a random source, send BYTES-byte
+ * datagrams (-b, default 64) in turn, as fast as they can or at most RATE a
+ * second; anything sent back to them is read and counted as "completed" (a
+ * filtered source gets nothing back). "attempts" counts the datagrams sent,
+ * "failed" the sends refused (a full socket buffer).
+ *
+ * Each connection is a non-blocking socket bound to a source, port 0 (with
  * IP_BIND_ADDRESS_NO_PORT, so the port is chosen at connect() from the whole
  * 4-tuple rather than reserved per address at bind()), watched by epoll for
  * completion, and closed with SO_LINGER 0 (a reset: no TIME_WAIT here). A
@@ -30,6 +42,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <getopt.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -77,6 +90,9 @@ static double now(void) {
 
 static uint64_t rng_state;
 
+/* The sources: a network (host order) and its mask. */
+static uint32_t source_net = (127u << 24) | (1u << 16), source_mask = 0xffff0000u;
+
 static uint32_t rng(void) {
     /* xorshift64*: plenty for picking source addresses */
     rng_state ^= rng_state >> 12;
@@ -91,6 +107,33 @@ static void raise_nofile(long want) {
         r.rlim_cur = r.rlim_max;
         setrlimit(RLIMIT_NOFILE, &r);
     }
+}
+
+/* A random source address (host order) in the network given by -s. */
+static uint32_t pick_source(void) {
+    uint32_t hosts = ~source_mask;
+    if (hosts == 0) return source_net;
+    uint32_t r = rng();
+    if (hosts < 255) return source_net | (r & hosts);
+    /* X.Y.Z.W with W in 1..254: no network or broadcast look-alikes */
+    return source_net | (r & hosts & ~0xffu) | (1 + rng() % 254);
+}
+
+static int parse_source(const char *text) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", text);
+    int bits = 32;
+    char *slash = strchr(buf, '/');
+    if (slash) {
+        *slash = 0;
+        bits = atoi(slash + 1);
+        if (bits < 1 || bits > 32) return -1;
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, buf, &a) != 1) return -1;
+    source_mask = bits == 32 ? 0xffffffffu : ~((1u << (32 - bits)) - 1);
+    source_net = ntohl(a.s_addr) & source_mask;
+    return 0;
 }
 
 /* Close with a reset, so that neither side keeps a TIME_WAIT socket. */
@@ -115,9 +158,7 @@ static int start_one(const struct sockaddr_in *target) {
         struct sockaddr_in src;
         memset(&src, 0, sizeof src);
         src.sin_family = AF_INET;
-        uint32_t r = rng();
-        /* 127.1.X.Y, Y in 1..254 */
-        src.sin_addr.s_addr = htonl((127u << 24) | (1u << 16) | ((r & 0xff) << 8) | (1 + (r >> 8) % 254));
+        src.sin_addr.s_addr = htonl(pick_source());
         if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
             int e = errno;
             close(fd);
@@ -152,11 +193,110 @@ static int start_one(const struct sockaddr_in *target) {
     return -2;
 }
 
-int main(int argc, char **argv) {
-    if (argc < 5 || argc > 8) {
-        fprintf(stderr, "usage: flood HOST PORT SECONDS INFLIGHT [CPU [RATE [TIMEOUT_MS]]]\n");
-        return 2;
+static void print_counts(double elapsed, long inflight) {
+    printf(
+        "{\"completed\": %ld, \"reset\": %ld, \"attempts\": %ld, \"failed\": %ld, \"timeouts\": %ld, \"unfinished\": %ld, "
+        "\"addr_retries\": %ld, \"seconds\": %.3f, \"inflight\": %ld}\n",
+        counts.completed, counts.reset, counts.attempts, counts.failed, counts.timeouts, counts.unfinished, counts.addr_retries,
+        elapsed, inflight);
+    fflush(stdout);
+}
+
+/*
+ * The UDP flood: SOCKETS sockets on random sources, sending in turn; what
+ * comes back to them is counted as completed.
+ */
+static int udp_flood(const struct sockaddr_in *target, double seconds, long sockets, double rate, int bytes) {
+    int *fds = calloc(sockets, sizeof *fds);
+    char *payload = calloc(1, bytes > 0 ? bytes : 1);
+    static char answer[65536];
+    if (!fds || !payload) {
+        fprintf(stderr, "flood: out of memory\n");
+        return 1;
     }
+    memset(payload, 'f', bytes);
+    for (long i = 0; i < sockets; i++) {
+        fds[i] = -1;
+        for (int tries = 0; tries < SOURCE_TRIES && fds[i] < 0; tries++) {
+            int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            if (fd < 0) break;
+            struct sockaddr_in src;
+            memset(&src, 0, sizeof src);
+            src.sin_family = AF_INET;
+            src.sin_addr.s_addr = htonl(pick_source());
+            if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0 ||
+                connect(fd, (const struct sockaddr *)target, sizeof *target) < 0) {
+                counts.addr_retries++;
+                close(fd);
+                continue;
+            }
+            fds[i] = fd;
+        }
+        if (fds[i] < 0) {
+            fprintf(stderr, "flood: could not bind a UDP source socket\n");
+            return 1;
+        }
+    }
+    double start = now(), end = start + seconds;
+    long next = 0;
+    while (!stopping) {
+        double t = now();
+        if (t >= end) break;
+        long budget = 1024;
+        if (rate > 0) {
+            double allowed = (t - start) * rate + 1 - counts.attempts;
+            if (allowed < budget) budget = allowed > 0 ? (long)allowed : 0;
+            if (budget == 0) {
+                usleep(200);
+                continue;
+            }
+        }
+        for (; budget > 0; budget--) {
+            int fd = fds[next];
+            next = (next + 1) % sockets;
+            counts.attempts++;
+            if (send(fd, payload, bytes, 0) < 0) counts.failed++;
+        }
+        /* Anything the flood got back (nothing, when it is filtered). */
+        for (long i = 0; i < sockets; i++) {
+            while (recv(fds[i], answer, sizeof answer, 0) >= 0) counts.completed++;
+        }
+    }
+    double elapsed = now() - start;
+    for (long i = 0; i < sockets; i++) {
+        while (recv(fds[i], answer, sizeof answer, 0) >= 0) counts.completed++;
+        close(fds[i]);
+    }
+    print_counts(elapsed, sockets);
+    return 0;
+}
+
+static int usage(void) {
+    fprintf(stderr, "usage: flood [-s SOURCE] [-u] [-b BYTES] HOST PORT SECONDS INFLIGHT [CPU [RATE [TIMEOUT_MS]]]\n");
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    int udp = 0, bytes = 64, opt;
+    while ((opt = getopt(argc, argv, "+s:ub:")) != -1) {
+        if (opt == 's') {
+            if (parse_source(optarg) < 0) {
+                fprintf(stderr, "flood: SOURCE must be an IPv4 address or network: %s\n", optarg);
+                return 2;
+            }
+        } else if (opt == 'u') {
+            udp = 1;
+        } else if (opt == 'b') {
+            bytes = atoi(optarg);
+            if (bytes < 0 || bytes > 65000) return usage();
+        } else {
+            return usage();
+        }
+    }
+    /* The positional arguments, as argv[1...] */
+    argc -= optind - 1;
+    argv += optind - 1;
+    if (argc < 5 || argc > 8) return usage();
     struct sockaddr_in target;
     memset(&target, 0, sizeof target);
     target.sin_family = AF_INET;
@@ -191,6 +331,8 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     rng_state = ((uint64_t)getpid() << 32) ^ (uint64_t)(now() * 1e9) ^ 0x9e3779b97f4a7c15ULL;
+
+    if (udp) return udp_flood(&target, seconds, inflight, rate, bytes);
 
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) {
@@ -291,11 +433,6 @@ int main(int argc, char **argv) {
             reset_close(slots[i].fd);
         }
     }
-    printf(
-        "{\"completed\": %ld, \"reset\": %ld, \"attempts\": %ld, \"failed\": %ld, \"timeouts\": %ld, \"unfinished\": %ld, "
-        "\"addr_retries\": %ld, \"seconds\": %.3f, \"inflight\": %ld}\n",
-        counts.completed, counts.reset, counts.attempts, counts.failed, counts.timeouts, counts.unfinished, counts.addr_retries,
-        elapsed, inflight);
-    fflush(stdout);
+    print_counts(elapsed, inflight);
     return 0;
 }

@@ -6,6 +6,27 @@ Legitimate throughput under a connection flood from a blocked /16.
     python bench/flood.py --seconds 5 --runs 1
     python bench/flood.py --only spectrum,haproxy --inflight 512 --json
     python bench/flood.py --rate 4000            # the same offered flood for every proxy
+    python bench/flood.py --variant rate         # from one unblocked address over per_ip_rate
+    python bench/flood.py --variant udp          # datagrams from the blocked /16
+
+Variants (C{--variant}):
+
+- C{blocked} (the default, described below): connections from 127.1.0.0/16,
+  refused by an access rule.
+- C{rate}: connections from one address (127.0.0.2) that no rule blocks,
+  against a limit of PER_IP_RATE new connections a second per address:
+  spectrum's C{limits.per_ip_rate}, HAProxy's stick table (C{conn_rate(1s)},
+  C{tcp-request connection reject} over it); nginx stream has no connection
+  rate per address (C{limit_conn} caps concurrent connections, which a flood
+  that resets each connection at once never reaches): not applicable. The
+  figure beside the throughput: the flood handshakes completed beyond what
+  the bucket allows over the flood (its burst plus the rate times its
+  seconds).
+- C{udp}: a UDP app on an echo origin (bench/udpload.c); the legitimate
+  client keeps 32 datagrams in flight from 127.0.0.1 and counts the answers
+  a second, alone and while the flooder sends datagrams from 256 sockets on
+  random sources in 127.1.0.0/16 (refused by an access rule); nginx stream
+  (C{listen ... udp}, C{deny}); HAProxy has no UDP proxying: not applicable.
 
 An nginx HTTP origin (keep-alive, C{return 200}, as bench/run.py's req/s
 figure) and, in front of it, each proxy in turn with a rule refusing
@@ -60,6 +81,14 @@ SOURCE = os.path.join(HERE, "flood.c")
 BLOCKED = "127.1.0.0/16"
 #: Where a sanity probe connects from (inside BLOCKED).
 PROBE_SOURCE = "127.1.0.1"
+#: The one unblocked address of the C{rate} variant's flood.
+RATE_SOURCE = "127.0.0.2"
+#: New connections a second per address in the C{rate} variant (the burst
+#: is as many): well above the legitimate client's 50 connections.
+PER_IP_RATE = 100
+#: The legitimate UDP client's datagrams in flight.
+UDP_WINDOW = 32
+VARIANTS = ("blocked", "rate", "udp")
 
 #: twistd, run with this interpreter (as spectrum.workers does).
 TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
@@ -76,15 +105,27 @@ def compile_flooder(directory: Optional[str] = None) -> str:
 
     @raise RuntimeError: gcc is missing or the compilation failed.
     """
+    return _compile(SOURCE, "flood", directory)
+
+
+def compile_udpload(directory: str) -> str:
+    """
+    Compile bench/udpload.c (the UDP echo origin and legitimate client)
+    into C{directory}; the path of the program.
+    """
+    return _compile(os.path.join(HERE, "udpload.c"), "udpload", directory)
+
+
+def _compile(source: str, name: str, directory: Optional[str]) -> str:
     gcc = common.which("gcc")
     if gcc is None:
         raise RuntimeError("the flooder needs gcc (Debian: apt-get install gcc)")
     if directory is None:
         directory = tempfile.mkdtemp(prefix="spectrum-flood-")
-    binary = os.path.join(directory, "flood")
-    done = subprocess.run([gcc, "-O2", "-Wall", "-o", binary, SOURCE], capture_output=True, text=True)
+    binary = os.path.join(directory, name)
+    done = subprocess.run([gcc, "-O2", "-Wall", "-o", binary, source], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"gcc failed on {SOURCE}: {done.stderr.strip()[-500:]}")
+        raise RuntimeError(f"gcc failed on {source}: {done.stderr.strip()[-500:]}")
     return binary
 
 
@@ -97,17 +138,23 @@ def start_flooder(
     cpu: Optional[int] = None,
     rate: float = 0,
     timeout_ms: float = 250,
+    source: str = BLOCKED,
+    udp: bool = False,
 ) -> subprocess.Popen:
     """
     Start flooding C{host}:C{port} for C{seconds} from random sources in
-    127.1.0.0/16, at most C{inflight} connections at a time, pinned to
-    C{cpu} if given, starting at most C{rate} connections a second if given
-    (else as many as the bound in flight allows), abandoning a connect not
-    done in C{timeout_ms} (its SYN dropped) for a fresh one.
+    C{source} (a network or one address), at most C{inflight} connections
+    at a time, pinned to C{cpu} if given, starting at most C{rate}
+    connections a second if given (else as many as the bound in flight
+    allows), abandoning a connect not done in C{timeout_ms} (its SYN
+    dropped) for a fresh one. With C{udp}, C{inflight} sockets send
+    datagrams instead (C{rate} a second at most, if given), and
+    C{completed} counts what came back to them.
     L{flooder_result} waits for the end and reads it.
     """
     cpu_arg = -1 if cpu is None else cpu
-    argv = [binary, host, str(port), f"{seconds:g}", str(inflight), str(cpu_arg), f"{rate:g}", f"{timeout_ms:g}"]
+    argv = [binary, "-s", source, *(["-u"] if udp else [])]
+    argv += [host, str(port), f"{seconds:g}", str(inflight), str(cpu_arg), f"{rate:g}", f"{timeout_ms:g}"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 
@@ -212,8 +259,21 @@ http {{
     return proc
 
 
+def start_udp_origin(binary: str, tmp: str, ports: Sequence[int]) -> List[subprocess.Popen]:
+    """
+    bench/udpload.c's echo on every port in C{ports}, one process each.
+    """
+    procs = [common.spawn([binary, "echo", str(p)], tmp, f"udp-origin-{p}") for p in ports]
+    for p in ports:
+        common.wait_listening(p, procs, "UDP echo origin", udp=True)
+    return procs
+
+
 class Proxy:
-    """One proxy under test, refusing BLOCKED, forwarding to the origin."""
+    """
+    One proxy under test, refusing BLOCKED (or limiting the rate of new
+    connections per address: the C{rate} variant), forwarding to the origin.
+    """
 
     name = ""
     programs: Sequence[str] = ()
@@ -221,14 +281,20 @@ class Proxy:
     def missing(self) -> List[str]:
         return [p for p in self.programs if not common.which(p)]
 
-    def launch(self, port: int, target: int, tmp: str) -> List[subprocess.Popen]:
+    def not_applicable(self, variant: str) -> str:
+        """
+        Why this proxy has no equivalent of C{variant}; "" when it has.
+        """
+        return ""
+
+    def launch(self, port: int, target: int, tmp: str, variant: str) -> List[subprocess.Popen]:
         raise NotImplementedError
 
-    def start(self, port: int, target: int, work: str) -> List[subprocess.Popen]:
+    def start(self, port: int, target: int, work: str, variant: str = "blocked") -> List[subprocess.Popen]:
         tmp = tempfile.mkdtemp(prefix=f"{self.name}-", dir=work)
-        procs = self.launch(port, target, tmp)
+        procs = self.launch(port, target, tmp, variant)
         try:
-            common.wait_listening(port, procs, self.name)
+            common.wait_listening(port, procs, self.name, udp=variant == "udp")
         except Exception as e:
             common.stop(procs)
             raise RuntimeError(f"{e}; log: {log_tail(tmp)}") from None
@@ -256,23 +322,31 @@ class Spectrum(Proxy):
         #: its value ("off": the userspace path alone; "on": the eBPF filter)
         self.mode = mode
 
-    def launch(self, port: int, target: int, tmp: str) -> List[subprocess.Popen]:
+    def launch(self, port: int, target: int, tmp: str, variant: str) -> List[subprocess.Popen]:
         path = os.path.join(tmp, "spectrum.yaml")
         # Quoted: bare, YAML 1.1 reads on/off as booleans.
         kernel_filter = f'kernel_filter: "{self.mode}"' if self.kernel_filter else ""
-        with open(path, "w") as f:
-            f.write(f"""
-{kernel_filter}
+        rules = f"""
 access_rules:
   - mode: block
     configuration: {{target: ip_range, value: {BLOCKED}}}
     notes: flood bench
+"""
+        limits = ""
+        if variant == "rate":
+            rules = ""
+            limits = f"    limits: {{per_ip_rate: {PER_IP_RATE}}}"
+        with open(path, "w") as f:
+            f.write(f"""
+{kernel_filter}
+{rules}
 apps:
   - name: bench
-    protocol: tcp
+    protocol: {"udp" if variant == "udp" else "tcp"}
     ips: ["127.0.0.1"]
     ports: [{{destination_port: {port}, origin_port: {target}}}]
     origin_pool: {{name: bench, origins: [{{name: origin, address: 127.0.0.1}}]}}
+{limits}
 """)
         # A log file in the temp dir (never /dev/null: twistd rotates it).
         argv = [*TWISTD, "-n", "--pidfile=", f"--logfile={tmp}/twistd.log", "spectrum", "--config", path]
@@ -284,8 +358,20 @@ class HAProxy(Proxy):
     name = "haproxy"
     programs = ("haproxy",)
 
-    def launch(self, port: int, target: int, tmp: str) -> List[subprocess.Popen]:
+    def not_applicable(self, variant: str) -> str:
+        return "no UDP proxying" if variant == "udp" else ""
+
+    def launch(self, port: int, target: int, tmp: str, variant: str) -> List[subprocess.Popen]:
         conf = os.path.join(tmp, "haproxy.cfg")
+        refuse = f"tcp-request connection reject if {{ src {BLOCKED} }}"
+        if variant == "rate":
+            # The table's own rate (conn_rate over 1 s), checked at accept
+            # like the rule above; tracked connections count at accept.
+            refuse = (
+                "stick-table type ip size 100k expire 10s store conn_rate(1s)\n"
+                "    tcp-request connection track-sc0 src\n"
+                f"    tcp-request connection reject if {{ sc0_conn_rate gt {PER_IP_RATE} }}"
+            )
         with open(conf, "w") as f:
             f.write(f"""
 global
@@ -298,7 +384,7 @@ defaults
     timeout server 1h
 frontend edge
     bind 127.0.0.1:{port}
-    tcp-request connection reject if {{ src {BLOCKED} }}
+    {refuse}
     default_backend origin
 backend origin
     server o 127.0.0.1:{target}
@@ -316,8 +402,14 @@ class NginxStream(Proxy):
             out.append("ngx_stream_module (libnginx-mod-stream)")
         return out
 
-    def launch(self, port: int, target: int, tmp: str) -> List[subprocess.Popen]:
+    def not_applicable(self, variant: str) -> str:
+        if variant == "rate":
+            return "stream has no per-address connection rate"
+        return ""
+
+    def launch(self, port: int, target: int, tmp: str, variant: str) -> List[subprocess.Popen]:
         conf = os.path.join(tmp, "nginx.conf")
+        listen = f"{port} udp" if variant == "udp" else f"{port} backlog=4096"
         # error_log at warn, as in bench/run.py: nginx logs each refusal
         # ("access forbidden by rule") at error level, as it would anywhere.
         with open(conf, "w") as f:
@@ -332,7 +424,7 @@ worker_rlimit_nofile {common.nofile_limit()};
 events {{ worker_connections {common.nofile_limit() - 100}; }}
 stream {{
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{listen};
         deny {BLOCKED};
         allow all;
         proxy_pass 127.0.0.1:{target};
@@ -358,11 +450,22 @@ if os.environ.get("SPECTRUM_BENCH_BASELINE"):
     )
 
 
-def refuses_blocked(port: int, timeout: float = 5.0) -> bool:
+def refuses_blocked(port: int, timeout: float = 5.0, udp: bool = False) -> bool:
     """
     Whether the proxy on C{port} closes a connection from inside BLOCKED
-    without answering (it should, before any byte).
+    without answering (it should, before any byte); with C{udp}, whether a
+    datagram from there goes unanswered for half a second.
     """
+    if udp:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((PROBE_SOURCE, 0))
+            s.settimeout(0.5)
+            s.sendto(b"probe", ("127.0.0.1", port))
+            try:
+                s.recv(100)
+            except socket.timeout:
+                return True
+            return False
     with socket.socket() as s:
         s.settimeout(timeout)
         s.bind((PROBE_SOURCE, 0))
@@ -423,7 +526,23 @@ def wrk(port: int, seconds: int, connections: int) -> Dict[str, float]:
     return {"rps": float(m.group(1)), "errors": float(errors)}
 
 
+def udp_client(binary: str, port: int, seconds: int) -> Dict[str, float]:
+    """
+    bench/udpload.c's client: datagrams answered a second (C{rps}) with
+    UDP_WINDOW in flight, and those given up (C{errors}).
+    """
+    out = common._run([binary, "client", "127.0.0.1", str(port), str(seconds), str(UDP_WINDOW)], seconds + 30)
+    try:
+        counts = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"the UDP client printed no counts: {out[-300:]!r}") from None
+    return {"rps": counts["answered"] / counts["seconds"], "errors": float(counts["lost"])}
+
+
 class Settings:
+    variant = "blocked"
+    #: the legitimate UDP client (bench/udpload.c), for the udp variant
+    udpload = ""
     seconds = 5
     inflight = 256
     connections = 50
@@ -440,7 +559,14 @@ def measure(procs: List[subprocess.Popen], port: int, binary: str, settings: Set
     """
     One run for one proxy: wrk alone, then wrk under the flood.
     """
-    alone = wrk(port, settings.seconds, settings.connections)
+    udp = settings.variant == "udp"
+
+    def legitimate() -> Dict[str, float]:
+        if udp:
+            return udp_client(settings.udpload, port, settings.seconds)
+        return wrk(port, settings.seconds, settings.connections)
+
+    alone = legitimate()
     time.sleep(0.5)
     pids = [p.pid for p in procs]
     flooder = start_flooder(
@@ -451,11 +577,13 @@ def measure(procs: List[subprocess.Popen], port: int, binary: str, settings: Set
         cpu=settings.cpu,
         rate=settings.rate,
         timeout_ms=settings.timeout_ms,
+        source=RATE_SOURCE if settings.variant == "rate" else BLOCKED,
+        udp=udp,
     )
     try:
         time.sleep(settings.lead)
         started, cpu0 = time.monotonic(), cpu_seconds(pids)
-        under = wrk(port, settings.seconds, settings.connections)
+        under = legitimate()
         took, cpu1 = time.monotonic() - started, cpu_seconds(pids)
     finally:
         counts = flooder_result(flooder, timeout=settings.seconds + 30)
@@ -469,7 +597,12 @@ def measure(procs: List[subprocess.Popen], port: int, binary: str, settings: Set
         "attempts": counts["attempts"] / counts["seconds"],
         "timeouts": counts["timeouts"],
         "cpu": 100.0 * (cpu1 - cpu0) / took,
+        "completed": counts["completed"],
     }
+    if settings.variant == "rate":
+        # What the bucket lets through over the flood: its burst, then the rate.
+        allowed = PER_IP_RATE + PER_IP_RATE * counts["seconds"]
+        figures["beyond"] = max(0.0, counts["completed"] - allowed)
     figures["errors_alone"] = alone["errors"]
     figures["errors_flood"] = under["errors"]
     return figures
@@ -485,6 +618,45 @@ COLUMNS = [
     ("attempts", "flood connects/s", "{:,.0f}"),
     ("cpu", "proxy CPU % under flood", "{:.0f}"),
 ]
+RATE_COLUMNS = COLUMNS[:4] + [("beyond", "flood handshakes beyond the bucket", "{:,.0f}")] + COLUMNS[4:]
+UDP_COLUMNS = [
+    ("alone", "answered/s alone", "{:,.0f}"),
+    ("flood", "answered/s under flood", "{:,.0f}"),
+    ("ratio", "under flood / alone", "{:.3f}"),
+    ("attempts", "flood datagrams/s", "{:,.0f}"),
+    ("completed", "flood datagrams answered", "{:,.0f}"),
+    ("cpu", "proxy CPU % under flood", "{:.0f}"),
+]
+
+
+def columns(variant: str) -> List:
+    return {"rate": RATE_COLUMNS, "udp": UDP_COLUMNS}.get(variant, COLUMNS)
+
+
+def describe(settings: Settings) -> str:
+    """
+    What the run measured, in a sentence.
+    """
+    cap = f" and at most {settings.rate:,.0f} started a second" if settings.rate > 0 else ""
+    pinned = f"; flooder pinned to CPU {settings.cpu}" if settings.cpu is not None else ""
+    if settings.variant == "udp":
+        return (
+            f"Legitimate UDP datagrams answered/s ({UDP_WINDOW} in flight from 127.0.0.1, {settings.seconds} s, "
+            f"64 bytes, echoed by the origin) through each proxy, alone and while a flooder sends 64-byte datagrams "
+            f"from {settings.inflight} sockets on random sources in {BLOCKED} (refused by every proxy){cap}{pinned}."
+        )
+    wrk_part = (
+        f"Legitimate HTTP req/s (wrk -t2 -c{settings.connections} keep-alive, {settings.seconds} s, from 127.0.0.1) "
+        "through each proxy, alone and while a flooder opens connections "
+    )
+    if settings.variant == "rate":
+        source = (
+            f"from one address, {RATE_SOURCE}, that no rule blocks, against a limit of {PER_IP_RATE} new "
+            f"connections a second per address (burst {PER_IP_RATE})"
+        )
+    else:
+        source = f"from {BLOCKED} (refused by every proxy)"
+    return f"{wrk_part}{source}, {settings.inflight} in flight{cap}, each reset once its handshake completes{pinned}."
 
 
 def cell(values: List[float], pattern: str) -> str:
@@ -495,31 +667,23 @@ def cell(values: List[float], pattern: str) -> str:
 
 
 def render(proxies: Sequence[Proxy], figures: Dict, notes: Dict[str, str], settings: Settings, runs: int) -> str:
-    header = ["proxy"] + [label for _, label, _ in COLUMNS]
+    shown = columns(settings.variant)
+    header = ["proxy"] + [label for _, label, _ in shown]
     rows = [header]
     for proxy in proxies:
         got = figures.get(proxy.name, {})
         if not got.get("alone"):
             note = notes.get(proxy.name, "failed" if got.get("failed") else "-")
-            rows.append([proxy.name, note] + [""] * (len(COLUMNS) - 1))
+            rows.append([proxy.name, note] + [""] * (len(shown) - 1))
             continue
-        row = [proxy.name] + [cell(got[key], pattern) for key, _, pattern in COLUMNS]
+        row = [proxy.name] + [cell(got[key], pattern) for key, _, pattern in shown]
         if any(v for k in ("errors_alone", "errors_flood") for v in got.get(k, [])):
-            row[0] += " [wrk errors]"
+            row[0] += " [lost datagrams]" if settings.variant == "udp" else " [wrk errors]"
         if got.get("failed"):
             row[0] += f" [{len(got['failed'])} failed]"
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    out = [
-        f"Legitimate HTTP req/s (wrk -t2 -c{settings.connections} keep-alive, {settings.seconds} s, from 127.0.0.1) "
-        f"through each proxy, alone and while a flooder opens connections from {BLOCKED} (refused by every proxy), "
-        f"{settings.inflight} in flight"
-        + (f" and at most {settings.rate:,.0f} started a second" if settings.rate > 0 else "")
-        + ", each reset once its handshake completes"
-        + (f"; flooder pinned to CPU {settings.cpu}" if settings.cpu is not None else "")
-        + ".",
-        "",
-    ]
+    out = [describe(settings), ""]
     for i, row in enumerate(rows):
         out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
         if i == 0:
@@ -527,7 +691,17 @@ def render(proxies: Sequence[Proxy], figures: Dict, notes: Dict[str, str], setti
     out.append("")
     out.append(
         f"Median of {runs} run(s), (min-max) where more than one; the ratio is the median of each run's ratio. "
-        "flood handshakes/s: the flooder's completed handshakes over its whole run."
+        + (
+            "flood datagrams answered: what came back to the flood's sources over its whole run."
+            if settings.variant == "udp"
+            else "flood handshakes/s: the flooder's completed handshakes over its whole run."
+        )
+        + (
+            f" beyond the bucket: completed flood handshakes less the {PER_IP_RATE} of the burst and "
+            f"{PER_IP_RATE} a second of the flooder's run."
+            if settings.variant == "rate"
+            else ""
+        )
     )
     return "\n".join(out)
 
@@ -568,9 +742,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument(
+        "--variant", choices=VARIANTS, default="blocked", help="blocked (default), rate or udp: see the module's text"
+    )
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk measurement (default 5)")
     parser.add_argument("--runs", type=int, default=3, help="runs per proxy, interleaved (default 3)")
-    parser.add_argument("--inflight", type=int, default=256, help="flood connections in flight (default 256)")
+    parser.add_argument(
+        "--inflight", type=int, default=256, help="flood connections in flight, or UDP sockets (default 256)"
+    )
     parser.add_argument(
         "--rate", type=float, default=0, help="flood connections started a second at most (default: no cap)"
     )
@@ -605,6 +784,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"needs {tool} (Debian: apt-get install {common.PACKAGES.get(tool, tool)})")
 
     settings = Settings()
+    settings.variant = args.variant
     settings.seconds = args.seconds
     settings.inflight = args.inflight
     settings.rate = args.rate
@@ -629,29 +809,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     notes: Dict[str, str] = {}
     running: Dict[str, List[subprocess.Popen]] = {}
     ports: Dict[str, int] = {}
-    origin = None
+    origins: List[subprocess.Popen] = []
+    udp = settings.variant == "udp"
     try:
         binary = compile_flooder(work)
+        if udp:
+            settings.udpload = compile_udpload(work)
         live = []
         for proxy in proxies:
-            if proxy.missing():
+            if proxy.not_applicable(settings.variant):
+                notes[proxy.name] = "n/a: " + proxy.not_applicable(settings.variant)
+            elif proxy.missing():
                 notes[proxy.name] = "missing"
                 print(f"  {proxy.name}: missing {', '.join(proxy.missing())}", file=sys.stderr)
             else:
                 live.append(proxy)
         # Each proxy its own origin port.
         targets = {p.name: common.free_port() for p in live}
-        if live:
-            origin = start_origin(work, list(targets.values()))
+        if live and udp:
+            origins = start_udp_origin(settings.udpload, work, list(targets.values()))
+        elif live:
+            origins = [start_origin(work, list(targets.values()))]
         for proxy in live:
             port = common.free_port()
             try:
-                running[proxy.name] = proxy.start(port, targets[proxy.name], work)
+                running[proxy.name] = proxy.start(port, targets[proxy.name], work, settings.variant)
             except Exception as e:
                 notes[proxy.name] = "failed to start"
                 print(f"  {proxy.name}: {e}", file=sys.stderr, flush=True)
                 continue
-            if not refuses_blocked(port):
+            if settings.variant != "rate" and not refuses_blocked(port, udp=udp):
                 notes[proxy.name] = f"does not refuse {BLOCKED}"
                 print(f"  {proxy.name}: a connection from {PROBE_SOURCE} was not refused", file=sys.stderr)
                 common.stop(running.pop(proxy.name))
@@ -681,8 +868,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         for procs in running.values():
             common.stop(procs)
-        if origin is not None:
-            common.stop([origin])
+        common.stop(origins)
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
         else:
@@ -700,7 +886,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "connect_timeout_ms": settings.timeout_ms,
                 "connections": settings.connections,
                 "flood_cpu": settings.cpu,
+                "variant": settings.variant,
                 "blocked": BLOCKED,
+                **({"per_ip_rate": PER_IP_RATE, "source": RATE_SOURCE} if settings.variant == "rate" else {}),
             },
             "machine": facts,
             "proxies": {

@@ -19,6 +19,7 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from spectrum.cluster import node_name
+from spectrum.kernel.shield import pin_directory, remove_pins, remove_stale_pins
 from spectrum.model import Config
 from spectrum.store import make_store
 from spectrum.store.shared import StoreServerFactory
@@ -65,6 +66,10 @@ class Supervisor(MultiService):
         # writes its pidfile): a port that no worker could bind is the same
         # one line as without workers.
         check_edge_ports(self.config)
+        # The workers' shared kernel maps are pinned under this pid; a
+        # supervisor killed before it could unpin them left them behind.
+        for pid in remove_stale_pins():
+            self.log.info("kernel filter: removed the maps pinned by spectrum {pid}, which is gone", pid=pid)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -113,6 +118,7 @@ class Supervisor(MultiService):
         def cleanup(result: Any) -> Any:
             if self.tmpdir:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
+            remove_pins(pin_directory(os.getpid()))
             return result
 
         return d.addBoth(cleanup)

@@ -273,9 +273,12 @@ def _add_store(service: Any, config: Config, options: Options) -> None:
     worker = options["worker"]
     node = node_name(config, worker)
     if worker is not None:
+        from spectrum.kernel.shield import pin_directory
         from spectrum.workers import ParentWatch
 
         service.reuse_port = True
+        # One set of kernel maps for all the workers (rules, rates, counters).
+        service.shield.share(pin_directory(os.getppid()))
         ParentWatch(service.reactor).setServiceParent(service)
     if options["store-socket"]:
         from spectrum.store.shared import SharedStore

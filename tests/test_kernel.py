@@ -316,104 +316,39 @@ def test_auto_loads_the_filter_unless_the_environment_says_off(monkeypatch: Any)
         shield.close()
 
 
-#: ports of the one-socket range test
-RANGE = 2000
-
-
-def open_descriptors() -> int:
-    import os
-
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest_twisted.ensureDeferred
-async def test_a_port_range_on_one_socket(monkeypatch: Any) -> None:
+async def test_udp_session_rate_stays_in_userspace_and_a_live_session_is_never_rated() -> None:
+    """
+    The kernel sees datagrams, not sessions: it leaves the rate of UDP
+    sessions to userspace, so a session's own datagrams are never counted
+    against C{per_ip_rate}, and new sessions over it are refused there.
+    """
     require_kernel_filter()
-    monkeypatch.delenv("SPECTRUM_KERNEL_FILTER", raising=False)
-    from conftest import free_port_range
+    from spectrum.model import Limits
 
-    # As many ports as this machine has free in one run, up to the 10,000
-    # of tcp/20000-29999 (other services listen in between here).
-    size = RANGE
-    first_origin = free_port_range(3)
-    factories = []
-    ports = []
-    for offset in range(3):
-        factory = OriginFactory(echo=False, greeting=str(first_origin + offset).encode())
-        factories.append(factory)
-        ports.append(listen_origin(factory, first_origin + offset))
-    # Searched once the origins listen, so the range cannot take in their ports.
-    edge = free_range_of(size)
-    app = make_app(
-        "range",
-        [origin_at(first_origin)],
-        edge_port=edge,
-        edge_last=edge + size - 1,
-        origin_first=first_origin,
-    )
-    before = open_descriptors()
-    proxy = EdgeProxy(Config(apps=(app,)))
+    origin = UDPOrigin()
+    oport = listen_udp_origin(origin)
+    app = attr.evolve(udp_app("game", [origin_at(oport.getHost().port)]), limits=Limits(per_ip_rate=2))
+    proxy = EdgeProxy(Config(apps=(app,), kernel_filter="on"))
+    clients = [bind_client("127.0.0.44") for _ in range(4)]
     try:
-        assert proxy.service.steering is not None
-        # One listening socket (and the kernel's maps and programs), not one per port.
-        assert len(proxy.service.listeners) == 1
-        assert open_descriptors() - before < 50
-        # Any port of the range reaches the origin port at the same offset;
-        # the first ports map onto the three origins.
-        for offset in (0, 1, 2):
-            client = await connect_client_to(edge + offset)
-            assert await client == str(first_origin + offset).encode()
-        # The last port maps past the origins: the origin at that offset
-        # refuses, so the edge closes (a 5xx), but it was steered and accepted.
-        (listener,) = proxy.service.listeners.values()
-        accepted = listener.listening.accepted
-        assert await exchange(edge + size - 1, None, b"") == b""
-        assert listener.listening.accepted == accepted + 1
-        # A reload narrowing the range refuses the ports that left.
-        from spectrum.model import PortMapping, PortRange
-
-        mapping = PortMapping(PortRange(edge, edge + 1), PortRange(first_origin, first_origin + 1))
-        narrowed = attr.evolve(app, ports=(mapping,))
-        proxy.service.apply(Config(apps=(narrowed,)))
-        assert not await threads.deferToThread(connects, edge + size // 2, "127.0.0.1")
-        client = await connect_client_to(edge + 1)
-        assert await client == str(first_origin + 1).encode()
+        assert proxy.service.shield.active
+        (first, _), *others = clients
+        # One session: 200 datagrams, a hundred times the rate, all relayed.
+        for index in range(200):
+            first.send(b"%d" % index, proxy.port())
+        assert len(await first.wait_for(200)) == 200
+        # Three more sessions from the same address at once: the bucket
+        # (2, one taken) admits one; userspace refuses the others.
+        for client, _ in others:
+            client.send(b"new", proxy.port())
+        answered = [await client.wait_for(1, timeout=0.3) for client, _ in others]
+        assert sorted(len(got) for got in answered) == [0, 0, 1]
+        assert proxy.service.refusals.totals == {("game", "clientFiltered", S.PER_IP_RATE, ""): 2}
+        # Nothing of it was dropped in the kernel.
+        assert kernel_drops(proxy) == {}
     finally:
         await proxy.stop()
-        for p in ports:
-            await p.stopListening()
-
-
-async def connect_client_to(port: int) -> Any:
-    """
-    What the origin greets a client on C{port} with (read until it closes
-    its side after the greeting arrives).
-    """
-    from relaykit import connect_client
-
-    client = await connect_client(port)
-    for _ in range(500):
-        if client.received:
-            break
-        await sleep(0.01)
-    client.transport.loseConnection()
-    return client.done
-
-
-def free_range_of(count: int) -> int:
-    """
-    The first of C{count} consecutive ports free a moment ago (below the
-    ephemeral range), found by binding each in turn, not all at once.
-    """
-    run = 0
-    for port in range(10000, 32768):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                run = 0
-                continue
-        run += 1
-        if run == count:
-            return port - count + 1
-    raise RuntimeError(f"no {count} consecutive free ports")
+        for _, port in clients:
+            await port.stopListening()
+        await oport.stopListening()

@@ -348,6 +348,7 @@ class AdminAPI(Resource):
             (zone + r"/spectrum/events", {"GET": self.events}),
             (zone + r"/spectrum/live", {"GET": self.live}),
             (zone + r"/spectrum/cluster", {"GET": self.cluster}),
+            (zone + r"/spectrum/kernel", {"GET": self.kernel}),
         ]
         self.routes: List[Tuple[re.Pattern[str], Dict[str, Handler]]] = [
             (re.compile("^" + pattern + "/?$"), methods) for pattern, methods in routes
@@ -949,6 +950,13 @@ class AdminAPI(Resource):
         if cluster is None:
             raise ApiError(404, NO_ROUTE, "this spectrum has no store")
         return cluster.status()
+
+    def kernel(self, call: Call) -> Any:
+        """
+        The kernel filter: its mode, whether it is loaded (and why not), and
+        what it dropped per app and reason.
+        """
+        return self.service.shield.status()
 
 
 def _same_configuration(configuration: Any, rule: Any) -> bool:

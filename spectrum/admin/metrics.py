@@ -263,10 +263,9 @@ class AnalyticsCollector:
                 "Bytes of the packets the kernel filter dropped.",
                 labels=["app", "reason"],
             )
-            for (app, rule), (count, total) in sorted(shield.dropped().items()):
-                reason = rule if rule == "per_ip_rate" else f"rule {rule}" if rule else "rule"
-                packets.add_metric([app, reason], count)
-                size.add_metric([app, reason], total)
+            for drop in shield.status()["dropped"]:
+                packets.add_metric([drop["app"], drop["reason"]], drop["packets"])
+                size.add_metric([drop["app"], drop["reason"]], drop["bytes"])
             yield packets
             yield size
 

@@ -24,9 +24,16 @@ MAP_CREATE = 0
 MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
+MAP_GET_NEXT_KEY = 4
 PROG_LOAD = 5
+OBJ_PIN = 6
+OBJ_GET = 7
+
+#: MAP_UPDATE_ELEM flags: only if the key is new
+NOEXIST = 1
 
 # Map types
+MAP_TYPE_HASH = 1
 MAP_TYPE_ARRAY = 2
 MAP_TYPE_LRU_HASH = 9
 MAP_TYPE_LPM_TRIE = 11
@@ -270,15 +277,67 @@ class Map:
     A bpf map, updated in place; closed with L{close}.
     """
 
-    def __init__(self, map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0) -> None:
+    def __init__(
+        self, map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0, fd: int = -1
+    ) -> None:
         self.key_size = key_size
         self.value_size = value_size
-        self.fd = bpf(MAP_CREATE, struct.pack("IIIII", map_type, key_size, value_size, max_entries, flags))
+        if fd < 0:
+            fd = bpf(MAP_CREATE, struct.pack("IIIII", map_type, key_size, value_size, max_entries, flags))
+        self.fd = fd
 
-    def update(self, key: bytes, value: bytes) -> None:
+    @classmethod
+    def shared(cls, path: str, map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0) -> Map:
+        """
+        The map pinned at C{path} (in a bpf file system), made and pinned
+        there first if no process did; C{fresh} says which.
+        """
+        for _ in range(3):
+            try:
+                made = cls(map_type, key_size, value_size, max_entries, flags, fd=_path_call(OBJ_GET, path, 0))
+                made.fresh = False
+                return made
+            except OSError as e:
+                if e.errno != 2:  # ENOENT: nobody made it yet
+                    raise
+            made = cls(map_type, key_size, value_size, max_entries, flags)
+            try:
+                _path_call(OBJ_PIN, path, made.fd)
+            except OSError as e:
+                made.close()
+                if e.errno != 17:  # EEXIST: another process pinned one first
+                    raise
+                continue
+            made.fresh = True
+            return made
+        raise OSError(17, f"{path} keeps changing")
+
+    #: made by this process (not found pinned by another)
+    fresh = True
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         k = ctypes.create_string_buffer(key, self.key_size)
         v = ctypes.create_string_buffer(value, self.value_size)
-        bpf(MAP_UPDATE_ELEM, struct.pack("I4xQQQ", self.fd, ctypes.addressof(k), ctypes.addressof(v), 0))
+        bpf(MAP_UPDATE_ELEM, struct.pack("I4xQQQ", self.fd, ctypes.addressof(k), ctypes.addressof(v), flags))
+
+    def keys(self) -> List[bytes]:
+        """
+        Every key of the map now.
+        """
+        found: List[bytes] = []
+        key = ctypes.create_string_buffer(self.key_size)
+        following = ctypes.create_string_buffer(self.key_size)
+        current = 0
+        while True:
+            try:
+                bpf(MAP_GET_NEXT_KEY, struct.pack("I4xQQ", self.fd, current, ctypes.addressof(following)))
+            except OSError as e:
+                if e.errno == 2:  # ENOENT: no more
+                    return found
+                raise
+            found.append(following.raw)
+            ctypes.memmove(key, following, self.key_size)
+            current = ctypes.addressof(key)
 
     def delete(self, key: bytes) -> None:
         k = ctypes.create_string_buffer(key, self.key_size)
@@ -299,6 +358,14 @@ class Map:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _path_call(command: int, path: str, fd: int) -> int:
+    """
+    OBJ_PIN (C{fd} at C{path}) or OBJ_GET (the object at C{path}).
+    """
+    name = ctypes.create_string_buffer(path.encode())
+    return bpf(command, struct.pack("QII", ctypes.addressof(name), fd, 0))
 
 
 class VerifierError(OSError):

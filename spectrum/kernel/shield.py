@@ -5,7 +5,10 @@ before it is queued: no accept, no system call, no Python. On TCP ports of
 an app with C{limits.per_ip_rate} (node scope), a SYN over the address's
 rate is dropped there too (GCRA: one time stamp per address in an LRU map,
 the same burst and rate as the userspace bucket, which stays as the
-fallback and for concurrency limits).
+fallback and for concurrency limits). UDP sockets get the rules but no
+rate: the kernel sees datagrams, not sessions, and a session's datagrams
+must not count against a rate of new sessions, so the rate of UDP sessions
+stays with userspace admission.
 
 What the kernel decides is exactly the part of the rules' verdict that an
 address alone settles (L{spectrum.firewall}'s precedence): the address rules
@@ -31,6 +34,7 @@ whatever the way it ends, and nothing stays attached.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import socket
@@ -283,22 +287,40 @@ class Scope:
     ones, or the global ones alone).
     """
 
-    def __init__(self, name: Optional[str]) -> None:
+    def __init__(self, name: Optional[str], directory: Optional[str] = None) -> None:
         #: the app whose rules join the global ones; None: global only
         self.name = name
+        #: where its maps are pinned, shared with the other workers (None:
+        #: this process's own)
+        self.directory = directory
         self._maps: List[bpf.Map] = []
         self._programs: Dict[Tuple[int, bool], int] = {}
+        self.entries: Dict[Entry, Tuple[int, int]] = {}
         try:
+            if directory is not None:
+                os.makedirs(directory, exist_ok=True)
             self.tries: Dict[Tuple[str, int], bpf.Map] = {}
             for kind in KINDS:
                 for family, size in ((socket.AF_INET, 8), (socket.AF_INET6, 20)):
                     self.tries[(kind, family)] = self._map(
-                        bpf.MAP_TYPE_LPM_TRIE, size, 8, MAX_PREFIXES, bpf.F_NO_PREALLOC
+                        f"{kind}{4 if family == socket.AF_INET else 6}",
+                        bpf.MAP_TYPE_LPM_TRIE,
+                        size,
+                        8,
+                        MAX_PREFIXES,
+                        bpf.F_NO_PREALLOC,
                     )
-            self.counters = self._map(bpf.MAP_TYPE_ARRAY, 4, 16, SLOTS)
-            self.rate = self._map(bpf.MAP_TYPE_ARRAY, 4, 16, 1)
-            self.buckets4 = self._map(bpf.MAP_TYPE_LRU_HASH, 4, 8, RATE_ADDRESSES)
-            self.buckets6 = self._map(bpf.MAP_TYPE_LRU_HASH, 16, 8, RATE_ADDRESSES)
+            self.counters = self._map("counters", bpf.MAP_TYPE_ARRAY, 4, 16, SLOTS)
+            self.rate = self._map("rate", bpf.MAP_TYPE_ARRAY, 4, 16, 1)
+            self.buckets4 = self._map("buckets4", bpf.MAP_TYPE_LRU_HASH, 4, 8, RATE_ADDRESSES)
+            self.buckets6 = self._map("buckets6", bpf.MAP_TYPE_LRU_HASH, 16, 8, RATE_ADDRESSES)
+            # Rule id (a digest) -> counter slot, and slot -> rule: shared,
+            # so every worker counts a rule in the same slot.
+            self.slot_of_rule = self._map("slots", bpf.MAP_TYPE_HASH, 16, 4, SLOTS)
+            self.rule_of_slot = self._map("owners", bpf.MAP_TYPE_HASH, 4, 16, SLOTS)
+            for (kind, trie_family), trie in self.tries.items():
+                if not trie.fresh:
+                    self._read(kind, trie_family, trie)
             for family in (socket.AF_INET, socket.AF_INET6):
                 tries = [self.tries[(kind, family)].fd for kind in KINDS]
                 buckets = self.buckets4 if family == socket.AF_INET else self.buckets6
@@ -308,16 +330,57 @@ class Scope:
         except BaseException:
             self.close()
             raise
-        self.entries: Dict[Entry, Tuple[int, int]] = {}
         self.per_ip_rate = 0.0
         #: rule id -> counter slot, and back
         self.slots: Dict[str, int] = {}
         self.rules_of_slot: Dict[int, str] = {}
 
-    def _map(self, *args: int) -> bpf.Map:
-        made = bpf.Map(*args)
+    def _map(self, name: str, *args: int) -> bpf.Map:
+        if self.directory is None:
+            made = bpf.Map(*args)
+        else:
+            made = bpf.Map.shared(os.path.join(self.directory, name), *args)
         self._maps.append(made)
         return made
+
+    def _read(self, kind: str, family: int, trie: bpf.Map) -> None:
+        """
+        Take what another worker put in C{trie} as what it holds, so a
+        change of rules updates and deletes from there.
+        """
+        for key in trie.keys():
+            value = trie.lookup(key)
+            if value is not None:
+                (length,) = struct.unpack_from("I", key)
+                self.entries[(kind, family, length, key[4:])] = struct.unpack("II", value)
+
+    def _slot(self, rule_id: str) -> int:
+        """
+        The counter slot of a block rule (0 when they are all taken): the
+        one any worker gave it, else the first free one from a place its id
+        picks (so workers giving it one at once pick the same).
+        """
+        digest = hashlib.sha256(rule_id.encode("utf-8")).digest()[:16]
+        found = self.slot_of_rule.lookup(digest)
+        if found is not None:
+            return int(struct.unpack("I", found)[0])
+        start = int.from_bytes(digest[:4], "little") % (RATE_SLOT - 1)
+        for step in range(RATE_SLOT - 1):
+            slot = 1 + (start + step) % (RATE_SLOT - 1)
+            key = struct.pack("I", slot)
+            try:
+                self.rule_of_slot.update(key, digest, bpf.NOEXIST)
+            except OSError as e:
+                if e.errno != 17 or self.rule_of_slot.lookup(key) != digest:
+                    continue
+            try:
+                self.slot_of_rule.update(digest, key, bpf.NOEXIST)
+            except OSError:
+                found = self.slot_of_rule.lookup(digest)
+                if found is not None:
+                    return int(struct.unpack("I", found)[0])
+            return slot
+        return 0
 
     def program(self, family: int, stream: bool) -> int:
         return self._programs[(family, stream)]
@@ -329,8 +392,8 @@ class Scope:
         """
         for rule in rules:
             if rule.mode == "block" and rule.id not in self.slots:
-                slot = len(self.slots) + 1
-                if slot < SLOTS:
+                slot = self._slot(rule.id)
+                if slot:
                     self.slots[rule.id] = slot
                     self.rules_of_slot[slot] = rule.id
         wanted = compile_rules(rules, self.slots, expand)
@@ -410,6 +473,9 @@ class KernelShield:
         #: the GeoIP databases ASN and country rules expand through
         self._geo: Tuple[Optional[str], Optional[str]] = (None, None)
         self._networks: Dict[Tuple[str, str], List[Any]] = {}
+        #: where the scopes' maps are pinned, shared by the workers of one
+        #: supervisor (None: this process's own maps)
+        self.directory: Optional[str] = None
         if mode == "off":
             self.reason = "kernel_filter: off"
             return
@@ -423,6 +489,26 @@ class KernelShield:
             self.reason = _why(e)
             return
         self.active = True
+
+    def share(self, directory: str) -> None:
+        """
+        Share the maps (rules, rates, counters) with the other processes
+        that share C{directory} (the workers of one supervisor: see
+        L{pin_directory}), from the first scope on; where it cannot be made
+        (no bpf file system), keep this process's own, and say so.
+        """
+        if not self.active or self.scopes:
+            return
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            self.log.warn(
+                "kernel filter: cannot pin maps in {directory} ({error}); each worker keeps its own",
+                directory=directory,
+                error=e.strerror or e,
+            )
+            return
+        self.directory = directory
 
     def describe(self) -> str:
         """
@@ -447,7 +533,29 @@ class KernelShield:
             name = None
         scope = self.scopes.get(name)
         if scope is None:
-            scope = self.scopes[name] = Scope(name)
+            where = None
+            if self.directory is not None:
+                label = "global" if name is None else "app-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+                where = os.path.join(self.directory, label)
+            try:
+                scope = Scope(name, where)
+            except OSError as e:
+                if where is None:
+                    raise
+                # Not a bpf file system after all (or not ours to write):
+                # this process's own maps, from now on.
+                self.log.warn(
+                    "kernel filter: cannot pin maps in {directory} ({error}); each worker keeps its own",
+                    directory=self.directory,
+                    error=e.strerror or e,
+                )
+                self.directory = None
+                try:
+                    os.rmdir(where)
+                except OSError:
+                    pass
+                scope = Scope(name)
+            self.scopes[name] = scope
             scope.sync(self._rules_of(name), self._expand)
         if name is not None:
             limits = apps[0].limits
@@ -523,10 +631,98 @@ class KernelShield:
                 result[(name or "", rule)] = counts
         return result
 
+    def status(self) -> Dict[str, Any]:
+        """
+        What the admin API shows: the mode, whether the filters are loaded
+        (and why not), and the drops per app and reason.
+        """
+        dropped = [
+            {"app": app, "reason": reason_of(rule), "packets": packets, "bytes": size}
+            for (app, rule), (packets, size) in sorted(self.dropped().items())
+        ]
+        return {"mode": self.mode, "active": self.active, "reason": self.reason, "dropped": dropped}
+
     def close(self) -> None:
         for scope in self.scopes.values():
             scope.close()
         self.scopes = {}
+
+
+#: the bpf file system, where workers' shared maps are pinned
+PIN_ROOT = "/sys/fs/bpf"
+PIN_PREFIX = "spectrum-"
+
+
+def pin_directory(supervisor: int, root: str = PIN_ROOT) -> str:
+    """
+    Where the workers of the supervisor with pid C{supervisor} pin their
+    shared maps.
+    """
+    return os.path.join(root, f"{PIN_PREFIX}{supervisor}")
+
+
+def remove_pins(directory: str) -> bool:
+    """
+    Unpin everything under C{directory} and remove it (the maps go when the
+    last process holding them lets go); whether there was anything.
+    """
+    if not os.path.isdir(directory):
+        return False
+    for where, _folders, files in os.walk(directory, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(where, name))
+            except OSError:
+                pass
+        try:
+            os.rmdir(where)
+        except OSError:
+            pass
+    return True
+
+
+def remove_stale_pins(root: str = PIN_ROOT) -> List[int]:
+    """
+    Remove the pins of supervisors that are gone (killed before they could
+    remove their own) and of this process's pid (a former holder of it);
+    the pids whose pins were removed.
+    """
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if not name.startswith(PIN_PREFIX) or not name[len(PIN_PREFIX) :].isdigit():
+            continue
+        pid = int(name[len(PIN_PREFIX) :])
+        if pid != os.getpid() and _alive(pid):
+            continue
+        if remove_pins(os.path.join(root, name)):
+            removed.append(pid)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """
+    Whether C{pid} is a running spectrum (not another program given the
+    number since).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"spectrum" in f.read()
+    except OSError:
+        return False
+
+
+def reason_of(rule: str) -> str:
+    """
+    The reason a drop counted against C{rule} (a rule id, "per_ip_rate", or
+    "" for the rules past the counted ones) is shown with.
+    """
+    if rule == "per_ip_rate":
+        return rule
+    return f"rule {rule}" if rule else "rule"
 
 
 def _read_networks(country_db: Optional[str], asn_db: Optional[str]) -> Dict[Tuple[str, str], List[Any]]:

@@ -50,7 +50,6 @@ from spectrum.kernel.bpf import (
     stx,
 )
 
-MAP_TYPE_HASH = 1
 MAP_TYPE_SOCKMAP = 15
 PROG_TYPE_SK_LOOKUP = 30
 ATTACH_SK_LOOKUP = 36
@@ -148,7 +147,7 @@ class Steering:
 
     def __init__(self) -> None:
         self._fds: List[int] = []
-        self.ports = bpf.Map(MAP_TYPE_HASH, 8, 4, MAX_PORTS)
+        self.ports = bpf.Map(bpf.MAP_TYPE_HASH, 8, 4, MAX_PORTS)
         try:
             self.sockets = bpf.Map(MAP_TYPE_SOCKMAP, 4, 8, SLOTS)
             program = _load(_program(self.ports.fd, self.sockets.fd))

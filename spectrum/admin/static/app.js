@@ -599,3 +599,35 @@ document.addEventListener("DOMContentLoaded", async () => {
     if (error) { sessionStorage.removeItem(KEY); $("#login-error").textContent = error; }
   }
 });
+
+// kernel filter ------------------------------------------------------------------------
+// What the eBPF filter dropped before the process saw it, per app and reason
+// (GET .../spectrum/kernel), redrawn every two seconds while signed in.
+
+(function kernelPanel() {
+  async function refresh() {
+    if (!state.token || !state.zone) return;
+    const answer = await api("GET", zonePath("/spectrum/kernel"));
+    if (!answer.ok) return;
+    const kernel = answer.data.result;
+    const summary = $("#kernel-state");
+    summary.textContent = kernel.active
+      ? "on (kernel_filter: " + kernel.mode + "): blocked sources and SYNs over per_ip_rate are dropped before they are queued"
+      : "off (" + kernel.reason + "): refused sources are shed after accept";
+    summary.setAttribute("data-active", String(kernel.active));
+    const body = $("#kernel tbody");
+    body.replaceChildren();
+    if (!kernel.dropped.length) {
+      body.append(el("tr", {}, el("td", { colspan: "4", class: "muted" }, "Nothing dropped in the kernel.")));
+    }
+    for (const drop of kernel.dropped) {
+      body.append(el("tr", { "data-app": drop.app, "data-reason": drop.reason },
+        el("td", {}, drop.app || "(shared port)"),
+        el("td", { class: "mono" }, drop.reason),
+        el("td", { class: "num" }, drop.packets.toLocaleString()),
+        el("td", { class: "num" }, formatTotal(drop.bytes))));
+    }
+    labelCells($("#kernel"));
+  }
+  setInterval(() => { refresh().catch(() => {}); }, 2000);
+})();
