@@ -136,7 +136,6 @@ class Admission:
         self.origin_sockets: Set[Tuple[str, int, str, int]] = set()
         self.client_sockets: Dict[Tuple[str, int, str, int], Any] = {}
         self.firewall = Firewall(config.access_rules)
-        self._rules_from = config.access_rules
         self._geo_files = config.geoip
         self.geo = GeoIP(config.geoip.country_db, config.geoip.asn_db)
         self.gates: List[Gate] = []
@@ -205,14 +204,9 @@ class Admission:
 
     def configure(self, config: Config) -> None:
         """
-        Take a new config: its rules replace the rule set when they differ
-        from the last config's (so rules added at run time survive a reload
-        that left C{access_rules} alone), and changed geo files are reopened.
+        Take a new config: changed geo files are reopened (its rules reach
+        the firewall through their owner, L{spectrum.rulebook.RuleBook}).
         """
-        if config.access_rules != self._rules_from:
-            self.firewall.replace(config.access_rules)
-            self._rules_from = config.access_rules
-            self.log.info("access rules: {count} in force", count=len(self.firewall))
         if config.geoip != self._geo_files:
             try:
                 geo = GeoIP(config.geoip.country_db, config.geoip.asn_db)

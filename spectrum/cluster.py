@@ -394,19 +394,9 @@ class Cluster(Service):
         # A gate after the local limits: an address over the cluster's
         # per_ip_rate is refused.
         service.admission.gates.append(self.rate.check)
-        # A reload whose access_rules changed replaces the firewall's rules
-        # with the file's: put the store's back.
-        service.config_hooks.append(lambda config: self._reapply_rules())
+        # The rules made through the API here go to the store.
+        service.rules.changed.append(lambda: self.local_change(RULES))
         self.setServiceParent(service)
-
-    def _reapply_rules(self) -> None:
-        admission = getattr(self.service, "admission", None)
-        if admission is None or not self.known[RULES]:
-            return
-        present = {rule.id for rule in admission.firewall.rules}
-        missing = {id: doc for id, doc in self.known[RULES].items() if id not in present}
-        if missing:
-            self._apply(RULES, missing)
 
     def startService(self) -> None:
         super().startService()
@@ -470,23 +460,14 @@ class Cluster(Service):
         self.store.unlisten(self)
         yield self.store.stop()
 
-    @property
-    def api(self) -> Any:
-        admin = getattr(self.service, "admin", None)
-        root = getattr(getattr(admin, "site", None), "resource", None)
-        return getattr(root, "api", None)
-
     # documents: local -> store ----------------------------------------------------
 
     def local_docs(self, kind: str) -> Dict[str, Any]:
         """
         The documents of C{kind} as this node has them.
         """
-        api = self.api
         if kind == RULES:
-            if api is not None:
-                return {rule["id"]: rule for rule in api.api_rules()}
-            return dict(self.known[RULES])
+            return self.service.rules.documents()
         state = getattr(self.service, "admin_state", None)
         if state is not None:
             return dict(state.apps)
@@ -543,68 +524,11 @@ class Cluster(Service):
     def _apply(self, kind: str, changes: Dict[str, Optional[Dict[str, Any]]]) -> None:
         try:
             if kind == RULES:
-                self._apply_rules(changes)
+                self.service.rules.apply(changes)
             else:
                 self._apply_apps(changes)
         except Exception:
             self.log.failure("store: could not apply {count} {kind} changes", count=len(changes), kind=kind)
-
-    def _apply_rules(self, changes: Dict[str, Optional[Dict[str, Any]]]) -> None:
-        from spectrum.rules import DuplicateRule, RuleError, make_rule
-
-        admission = getattr(self.service, "admission", None)
-        if admission is None:
-            return
-        firewall = admission.firewall
-        api = self.api
-        for id, doc in changes.items():
-            if doc is None:
-                try:
-                    firewall.remove(id)
-                except KeyError:
-                    pass
-                if api is not None:
-                    api.rule_meta.pop(id, None)
-                self.log.info("access rule {id} removed (from the store)", id=id)
-                continue
-            try:
-                configuration = doc["configuration"]
-                rule = make_rule(
-                    doc["mode"],
-                    configuration["target"],
-                    configuration["value"],
-                    doc.get("notes", ""),
-                    doc.get("app"),
-                    id,
-                )
-                try:
-                    old = firewall.get(id)
-                except KeyError:
-                    old = None
-                if old is not None and (old.target, old.value, old.app) == (rule.target, rule.value, rule.app):
-                    firewall.update(id, mode=rule.mode, notes=rule.notes)
-                else:
-                    if old is not None:
-                        firewall.remove(id)
-                    firewall.add(rule)
-            except (KeyError, TypeError, RuleError, DuplicateRule) as e:
-                self.log.warn("store: access rule {id} not applied here: {error}", id=id, error=str(e))
-                continue
-            if api is not None:
-                api.rule_meta[id] = {
-                    "scope": doc.get("scope", "user"),
-                    "source": "api",
-                    "created_on": doc.get("created_on", api.started_on),
-                    "modified_on": doc.get("modified_on", api.started_on),
-                }
-            self.log.info(
-                "access rule {id} in force (from the store): {mode} {target} {value}",
-                id=id,
-                mode=rule.mode,
-                target=rule.target,
-                value=rule.value,
-            )
-        self._save_state(rules=True)
 
     def _state(self) -> Any:
         from spectrum.admin.state import service_state
@@ -643,15 +567,12 @@ class Cluster(Service):
                       changed=len(changes))  # fmt: skip
         self._save_state()
 
-    def _save_state(self, rules: bool = False) -> None:
+    def _save_state(self) -> None:
         from spectrum.admin.state import StateError
 
         state = getattr(self.service, "admin_state", None)
         if state is None or state.path is None:
             return
-        api = self.api
-        if rules and api is not None:
-            state.rules = api.api_rules()
         try:
             state.save()
         except StateError as e:

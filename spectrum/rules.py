@@ -7,6 +7,7 @@ here without importing the data plane.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import ipaddress
 import re
@@ -133,3 +134,11 @@ def canonical_value(target: str, value: object) -> str:
             f"{value!r} is an IPv4-mapped range; clients are matched as IPv4: use target ip_range with {ipv4}"
         )
     return str(network)
+
+
+def now_iso(seconds: float) -> str:
+    """
+    C{seconds} since the epoch as Cloudflare writes times (UTC, microseconds).
+    """
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

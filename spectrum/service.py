@@ -31,6 +31,7 @@ from spectrum.proxy.tls import EdgeTls, TlsFileError
 from spectrum.record import Recorders
 from spectrum.refusals import Refusals
 from spectrum.resolver import Resolver
+from spectrum.rulebook import RuleBook
 from spectrum.runtime import AppRuntime
 
 ListenerKey = Tuple[str, str, int]
@@ -96,6 +97,13 @@ class SpectrumService(MultiService):
         #: who gets in: access rules, geo, limits and further gates
         self.admission = Admission(config, reactor)
         self.config_hooks.append(self.admission.configure)
+        #: the access rules' owner (the file's and the API's); the
+        #: admission's firewall is its index
+        self.rules = RuleBook(self.admission.firewall, reactor.seconds, config.access_rules)
+        self.config_hooks.append(self.rules.configure)
+        if admin_state is not None:
+            self.rules.state = admin_state
+            self.rules.restore()
         self.config_hooks.append(self._set_egress)
         #: the access rules in the kernel (C{kernel_filter}); its mode is
         #: the one the service started with

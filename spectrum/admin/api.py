@@ -45,10 +45,11 @@ from spectrum.admin import analytics_query as AQ
 from spectrum.admin.activity import RecentEvents, live_traffic
 from spectrum.admin.apps import BodyError, app_document, app_shape, origin_health
 from spectrum.admin.auth import Authenticator, AuthError, Backoff
-from spectrum.admin.state import AdminState, StateError, describe_error, now_iso
+from spectrum.admin.state import AdminState, StateError, describe_error
 from spectrum.config import ConfigError
 from spectrum.errors import ListenError
-from spectrum.rules import DuplicateRule, RuleError, make_rule
+from spectrum.rulebook import RuleBook
+from spectrum.rules import DuplicateRule, RuleError, make_rule, now_iso
 
 #: The most a request body may hold.
 MAX_BODY = 1024 * 1024
@@ -315,8 +316,6 @@ class AdminAPI(Resource):
         self.started_on = now_iso(self.reactor.seconds())
         #: refuses a source address for a while after repeated wrong credentials
         self.backoff = Backoff(self.reactor.seconds)
-        #: access rule id -> {"scope", "source", "created_on", "modified_on"}
-        self.rule_meta: Dict[str, Dict[str, Any]] = {}
         zone = r"/zones/(?P<zone>[^/]+)"
         app = zone + r"/spectrum/apps/(?P<app>[^/]+)"
         rules = r"/firewall/access_rules/rules"
@@ -602,29 +601,26 @@ class AdminAPI(Resource):
         # apps), here and in the store: a later app of that name starts with
         # none. They leave the firewall only once the app is gone, so the
         # reload's hooks do not put them back from the store.
-        name = self._app(app_id).name
-        rules = [rule.id for rule in self.firewall.rules if rule.app == name and rule.id in self.rule_meta]
+        book = self.rules
+        leaving = book.made_for(self._app(app_id).name)
         previous = self.state.rules
-        self.state.rules = [rule for rule in previous if rule.get("id") not in rules]
+        self.state.rules = list(book.documents(leaving).values())
         try:
             self._commit_apps(apps, None)
         except ApiError:
             self.state.rules = previous
             raise
-        if rules:
-            for rule_id in rules:
-                self._forget(rule_id)
-            self._tell_cluster("rules")
+        book.forget(leaving)
         return {"id": app_id}
 
     # access rules --------------------------------------------------------------
 
     @property
-    def firewall(self) -> Any:
-        admission = getattr(self.service, "admission", None)
-        if admission is None:
-            raise ApiError(404, NO_ROUTE, "this spectrum has no firewall")
-        return admission.firewall
+    def rules(self) -> RuleBook:
+        """
+        The access rules' owner (the file's and the API's).
+        """
+        return self.service.rules
 
     def _scope(self, call: Call) -> Tuple[str, Optional[str]]:
         """
@@ -637,14 +633,7 @@ class AdminAPI(Resource):
         return "user", None
 
     def _rule_shape(self, rule: Any) -> Dict[str, Any]:
-        meta = self.rule_meta.get(rule.id)
-        if meta is None:
-            meta = {
-                "scope": "app" if rule.app else "zone",
-                "source": "config",
-                "created_on": self.started_on,
-                "modified_on": self.started_on,
-            }
+        meta = self.rules.meta(rule)
         scope: Dict[str, Any] = {"type": meta["scope"]}
         if meta["scope"] == "zone":
             scope["id"] = self.service.config.zone_id
@@ -669,7 +658,7 @@ class AdminAPI(Resource):
 
     def list_rules(self, call: Call) -> Any:
         _, app = self._scope(call)
-        rules = [rule for rule in self.firewall.rules if rule.app == app]
+        rules = self.rules.rules(app)
         mode = call.arg("mode")
         target = call.arg("configuration.target")
         value = call.arg("configuration.value")
@@ -725,29 +714,17 @@ class AdminAPI(Resource):
             )
             raise ApiError(400, BAD_REQUEST, f"{where}: {e}") from None
         try:
-            rule = self.firewall.add(rule)
+            rule = self.rules.create(rule, scope)
         except DuplicateRule as e:
             raise ApiError(409, DUPLICATE_RULE, f"duplicate of an existing rule: {e}") from None
-        now = now_iso(self.reactor.seconds())
-        self.rule_meta[rule.id] = {"scope": scope, "source": "api", "created_on": now, "modified_on": now}
-        self._save_rules(undo=lambda: self._forget(rule.id))
-        self.log.info(
-            "access rule {id} added: {mode} {target} {value}",
-            id=rule.id,
-            mode=rule.mode,
-            target=rule.target,
-            value=rule.value,
-        )
+        except StateError as e:
+            raise ApiError(500, INTERNAL, str(e)) from None
         return self._rule_shape(rule)
-
-    def _forget(self, rule_id: str) -> None:
-        self.firewall.remove(rule_id)
-        self.rule_meta.pop(rule_id, None)
 
     def _scoped_rule(self, call: Call) -> Any:
         _, app = self._scope(call)
         try:
-            rule = self.firewall.get(call.params["rule"])
+            rule = self.rules.get(call.params["rule"])
         except KeyError:
             raise ApiError(404, NOT_FOUND, f"no access rule with id {call.params['rule']!r}") from None
         if rule.app != app:
@@ -759,7 +736,7 @@ class AdminAPI(Resource):
 
     def _api_rule(self, call: Call) -> Any:
         rule = self._scoped_rule(call)
-        if self.rule_meta.get(rule.id, {}).get("source") != "api":
+        if not self.rules.made(rule.id):
             raise ApiError(409, READ_ONLY, f"access rule {rule.id} is defined in the config file; change it there")
         return rule
 
@@ -777,108 +754,28 @@ class AdminAPI(Resource):
         check_fields(body, {"mode": str, "notes": str})
         if not body:
             raise ApiError(400, BAD_REQUEST, "give mode or notes to change")
-        old = rule
         try:
-            rule = self.firewall.update(rule.id, mode=body.get("mode"), notes=body.get("notes"))
+            rule = self.rules.edit(rule.id, body.get("mode"), body.get("notes"))
         except RuleError as e:
             raise ApiError(400, BAD_REQUEST, f"mode: {e}") from None
-        meta = self.rule_meta[rule.id]
-        previous = meta["modified_on"]
-        meta["modified_on"] = now_iso(self.reactor.seconds())
-
-        def undo() -> None:
-            self.firewall.update(old.id, mode=old.mode, notes=old.notes)
-            meta["modified_on"] = previous
-
-        self._save_rules(undo)
+        except StateError as e:
+            raise ApiError(500, INTERNAL, str(e)) from None
         return self._rule_shape(rule)
 
     def delete_rule(self, call: Call) -> Any:
         rule = self._api_rule(call)
         check_fields(call.object_body(required=False), {})
-        meta = self.rule_meta.pop(rule.id)
-        self.firewall.remove(rule.id)
-
-        def undo() -> None:
-            self.firewall.add(rule)
-            self.rule_meta[rule.id] = meta
-
-        self._save_rules(undo)
-        return {"id": rule.id}
-
-    def _save_rules(self, undo: Callable[[], None]) -> None:
-        previous = self.state.rules
-        self.state.rules = self.api_rules()
         try:
-            self.state.save()
+            self.rules.delete(rule.id)
         except StateError as e:
-            self.state.rules = previous
-            undo()
             raise ApiError(500, INTERNAL, str(e)) from None
-        self._tell_cluster("rules")
+        return {"id": rule.id}
 
     def _tell_cluster(self, kind: str) -> None:
         # Other nodes sharing the store apply the change too (spectrum.cluster).
         cluster = getattr(self.service, "cluster", None)
         if cluster is not None:
             cluster.local_change(kind)
-
-    def api_rules(self) -> List[Dict[str, Any]]:
-        """
-        The rules made through the API, as the state file keeps them.
-        """
-        result = []
-        for rule in self.firewall.rules:
-            meta = self.rule_meta.get(rule.id)
-            if meta is None or meta["source"] != "api":
-                continue
-            result.append(
-                {
-                    "id": rule.id,
-                    "mode": rule.mode,
-                    "configuration": {"target": rule.target, "value": rule.value},
-                    "notes": rule.notes,
-                    "app": rule.app,
-                    "scope": meta["scope"],
-                    "created_on": meta["created_on"],
-                    "modified_on": meta["modified_on"],
-                }
-            )
-        return result
-
-    def restore_rules(self) -> None:
-        """
-        Put the state file's rules (back) into the firewall: at start, and
-        after a reload replaced the rule set with the config file's.
-        """
-        admission = getattr(self.service, "admission", None)
-        if admission is None:
-            return
-        firewall = admission.firewall
-        present = {rule.id for rule in firewall.rules}
-        for stored in self.state.rules:
-            try:
-                if stored["id"] in present and stored["id"] in self.rule_meta:
-                    continue
-                configuration = stored["configuration"]
-                rule = make_rule(
-                    stored["mode"],
-                    configuration["target"],
-                    configuration["value"],
-                    stored.get("notes", ""),
-                    stored.get("app"),
-                    stored["id"],
-                )
-                firewall.add(rule)
-            except (KeyError, TypeError, RuleError, DuplicateRule) as e:
-                self.log.warn("state file: access rule {rule!r} not restored: {error}", rule=stored, error=str(e))
-                continue
-            self.rule_meta[rule.id] = {
-                "scope": stored.get("scope", "user"),
-                "source": "api",
-                "created_on": stored.get("created_on", self.started_on),
-                "modified_on": stored.get("modified_on", self.started_on),
-            }
 
     # analytics, health, events ---------------------------------------------------
 

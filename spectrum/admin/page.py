@@ -110,9 +110,6 @@ class Root(Resource):
         service.recorders.add(self.recent)
         self.auth = Authenticator(())
         self.api = AdminAPI(service, state, self.auth, self.recent)
-        # A reload whose rules differ replaces the rule set with the file's:
-        # put the API's rules back.
-        service.config_hooks.append(lambda config: self.api.restore_rules())
         static = StaticFile(STATIC)
         static.childNotFound = NotFound()  # type: ignore[assignment]
         self.static = static
@@ -124,8 +121,8 @@ class Root(Resource):
 
     def prepare(self, settings: AdminSettings) -> None:
         """
-        Read the configured tokens (or generate one) and restore the API's
-        saved rules; called when the admin starts.
+        Read the configured tokens (or generate one); called when the admin
+        starts.
 
         @raise spectrum.admin.auth.TokenError: a token cannot be read.
         """
@@ -136,7 +133,6 @@ class Root(Resource):
             self.token_file = token_file_for(state_file)
             self.auth.tokens = (generate(self.token_file),)
             self.log.info("admin: no tokens configured; an edit token was written to {path}", path=self.token_file)
-        self.api.restore_rules()
 
     def getChild(self, name: bytes, request: Request) -> Resource:
         if name == b"":

@@ -19,7 +19,6 @@ service a loader that does that on start and on every reload.
 from __future__ import annotations
 
 import copy
-import datetime
 import json
 import os
 from typing import Any, Callable, Dict, List, Optional
@@ -35,14 +34,6 @@ class StateError(Exception):
     """
     The state file cannot be read or written; C{str()} is one line.
     """
-
-
-def now_iso(seconds: float) -> str:
-    """
-    C{seconds} since the epoch as Cloudflare writes times (UTC, microseconds).
-    """
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_state_file(config_source: Optional[str]) -> str:
@@ -220,6 +211,7 @@ def service_state(service: Any) -> AdminState:
                 state.base = document
                 state.base_source = source
         service.admin_state = state
+        service.rules.state = state
     return state
 
 
