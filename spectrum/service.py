@@ -15,7 +15,6 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from spectrum import status as S
-from spectrum.admin.site import AdminService, admin_root
 from spectrum.admission import Admission
 from spectrum.analytics import Analytics
 from spectrum.config import ConfigError
@@ -122,19 +121,17 @@ class SpectrumService(MultiService):
         self.resolver = Resolver(reactor, config.resolvers)
         #: the clients' share of the process's descriptors
         self.descriptors = Descriptors()
-        # Analytics, the event log and the admin site attach themselves
-        # through the hooks above.
+        # Analytics and the event log attach themselves through the hooks
+        # above.
         self.analytics = Analytics(reactor, config.analytics.window_minutes)
         self.analytics.install(self)
         self.refusals.counters.append(self.analytics.count_refused)
         self.event_log = EventLog(config.events, reactor)
         self.event_log.install(self)
         self.refusals.summaries.append(self.event_log.refusal_summary)
-        self.admin: Optional[AdminService] = None
-        if config.admin is not None:
-            root = admin_root(self.analytics, self.admission.firewall, service=self)
-            self.admin = AdminService(config.admin, root, reactor)
-            self.admin.setServiceParent(self)
+        #: the admin site, when the composition root made one
+        #: (L{spectrum.compose})
+        self.admin: Any = None
         #: certificates and per-app TLS state, reloaded with the config and
         #: when the certificate files change
         self.tls = EdgeTls(reactor)

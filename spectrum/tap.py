@@ -107,7 +107,7 @@ def makeService(options: Options) -> Any:
     """
     The service for C{options}: a L{spectrum.service.SpectrumService}.
     """
-    from spectrum.service import SpectrumService
+    from spectrum.compose import build
 
     assert options.config is not None
     config = options.config
@@ -128,13 +128,15 @@ def makeService(options: Options) -> Any:
         )
     if options["worker"]:
         config = _worker_config(config, options["worker"])
-    service = SpectrumService(
+    service = build(
         config,
         drain_timeout=options["drain-timeout"],
         handle_sighup=True,
+        store=_store(config, options),
         **_admin_arguments(options),
     )
-    _add_store(service, config, options)
+    if options["worker"] is not None:
+        _as_worker(service)
     from spectrum.memory import Trimmer
 
     Trimmer(service.reactor).setServiceParent(service)
@@ -266,27 +268,33 @@ def _worker_config(config: Config, worker: int) -> Config:
     return attr.evolve(config, admin=None, events=events)
 
 
-def _add_store(service: Any, config: Config, options: Options) -> None:
-    from spectrum.cluster import Cluster, node_name
+def _store(config: Config, options: Options) -> Any:
+    """
+    The store this process shares rules, apps and figures through: the
+    supervisor's (a worker) or the config's.
+    """
+    from spectrum.cluster import node_name
     from spectrum.store import make_store
 
-    worker = options["worker"]
-    node = node_name(config, worker)
-    if worker is not None:
-        from spectrum.kernel.shield import pin_directory
-        from spectrum.workers import ParentWatch
-
-        service.reuse_port = True
-        # One set of kernel maps for all the workers (rules, rates, counters).
-        service.shield.share(pin_directory(os.getppid()))
-        ParentWatch(service.reactor).setServiceParent(service)
+    node = node_name(config, options["worker"])
     if options["store-socket"]:
         from spectrum.store.shared import SharedStore
 
-        store = SharedStore(options["store-socket"], node=node, reactor=service.reactor)
-    else:
-        store = make_store(config.store, node=node, reactor=service.reactor)
-    Cluster(store, reactor=service.reactor).attach(service)
+        return SharedStore(options["store-socket"], node=node)
+    return make_store(config.store, node=node)
+
+
+def _as_worker(service: Any) -> None:
+    """
+    A worker of C{workers: N}: edge ports shared with the others, one set
+    of kernel maps for all of them, and an end with its supervisor.
+    """
+    from spectrum.kernel.shield import pin_directory
+    from spectrum.workers import ParentWatch
+
+    service.reuse_port = True
+    service.shield.share(pin_directory(os.getppid()))
+    ParentWatch(service.reactor).setServiceParent(service)
 
 
 def _admin_arguments(options: Options) -> Any:

@@ -14,7 +14,7 @@ import yaml
 from twisted.internet import defer, reactor
 
 from spectrum.admin.state import AdminState
-from spectrum.service import SpectrumService
+from spectrum.compose import build
 
 EDIT = "edit-token-0123456789abcdef"
 READ = "read-token-0123456789abcdef"
@@ -60,9 +60,7 @@ class Admin:
         state.load()
         self.state = state
         config = state.loader()(config_path)
-        self.service = SpectrumService(
-            config, reactor=reactor, drain_timeout=2.0, admin_state=state, loader=state.loader()
-        )
+        self.service = build(config, reactor=reactor, drain_timeout=2.0, admin_state=state, loader=state.loader())
         self.events: List[Tuple[str, Dict[str, Any]]] = []
         self.service.recorders.add(lambda kind, record: self.events.append((kind, record.as_event(kind))))
         self.service.startService()

@@ -23,6 +23,7 @@ DATA_PLANE = (
     "spectrum.balancer",
     "spectrum.eventlog",
     "spectrum.firewall",
+    "spectrum.rulebook",
     "spectrum.geo",
     "spectrum.health",
     "spectrum.limits",
@@ -148,3 +149,13 @@ def test_admin_and_cluster_reach_the_service_they_are_given(module: str) -> None
     """
     forbidden = ("spectrum.service", "spectrum.listeners", "spectrum.proxy", "spectrum.tap")
     assert sorted(name for name in GRAPH[module] if _within(name, forbidden)) == []
+
+
+def test_only_the_composition_root_builds_the_admin_and_the_cluster() -> None:
+    """
+    The service (the data plane's owner) imports neither the admin site
+    nor the cluster; C{spectrum.compose} builds them beside it.
+    """
+    reached = _reached("spectrum.service")
+    assert sorted(name for name in reached if _within(name, ("spectrum.admin", "spectrum.cluster"))) == []
+    assert {"spectrum.service", "spectrum.admin.site", "spectrum.cluster"} <= set(GRAPH["spectrum.compose"])
