@@ -52,7 +52,7 @@ def build(
         service.admin = AdminService(config.admin, root, service.reactor)
         service.admin.setServiceParent(service)
     if store is not None:
-        from spectrum.cluster import Cluster
+        from spectrum.cluster.node import Cluster
 
         Cluster(store, reactor=service.reactor).attach(service)
     return service

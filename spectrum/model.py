@@ -171,7 +171,7 @@ class Limits:
     per_ip_connections: int = 0
     per_ip_rate: float = 0.0
     #: "node": each node counts alone; "cluster": the nodes sharing a store
-    #: count together (see L{spectrum.cluster.ClusterRate})
+    #: count together (see L{spectrum.cluster.rate.ClusterRate})
     per_ip_rate_scope: str = "node"
 
 

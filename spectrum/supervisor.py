@@ -18,7 +18,7 @@ from twisted.application.internet import UNIXServer
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from spectrum.cluster import node_name
+from spectrum.cluster.node import node_name
 from spectrum.kernel.shield import pin_directory, remove_pins, remove_stale_pins
 from spectrum.model import Config
 from spectrum.store import make_store

@@ -273,7 +273,7 @@ def _store(config: Config, options: Options) -> Any:
     The store this process shares rules, apps and figures through: the
     supervisor's (a worker) or the config's.
     """
-    from spectrum.cluster import node_name
+    from spectrum.cluster.node import node_name
     from spectrum.store import make_store
 
     node = node_name(config, options["worker"])

@@ -14,15 +14,9 @@ from twisted.internet.task import Clock
 
 from spectrum import status as S
 from spectrum.analytics import Analytics
-from spectrum.cluster import (
-    MAX_PENDING_MINUTES,
-    Cluster,
-    ClusterRate,
-    build_view,
-    difference,
-    flatten,
-    per_app,
-)
+from spectrum.cluster.figures import build_view, difference, flatten, per_app
+from spectrum.cluster.node import MAX_PENDING_MINUTES, Cluster
+from spectrum.cluster.rate import ClusterRate
 from spectrum.model import Egress, Limits, Origin
 from spectrum.record import CLIENT_FILTERED, CONNECT, DISCONNECT, ConnectionRecord
 from spectrum.store.memory import MemoryStore

@@ -91,7 +91,7 @@ def _graph() -> Dict[str, Set[str]]:
 
 
 GRAPH = _graph()
-ADMIN_AND_CLUSTER = sorted(name for name in GRAPH if name == "spectrum.cluster" or name.startswith("spectrum.admin"))
+ADMIN_AND_CLUSTER = sorted(name for name in GRAPH if name.startswith(("spectrum.cluster", "spectrum.admin")))
 
 
 def _within(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -158,4 +158,4 @@ def test_only_the_composition_root_builds_the_admin_and_the_cluster() -> None:
     """
     reached = _reached("spectrum.service")
     assert sorted(name for name in reached if _within(name, ("spectrum.admin", "spectrum.cluster"))) == []
-    assert {"spectrum.service", "spectrum.admin.site", "spectrum.cluster"} <= set(GRAPH["spectrum.compose"])
+    assert {"spectrum.service", "spectrum.admin.site", "spectrum.cluster.node"} <= set(GRAPH["spectrum.compose"])

@@ -91,7 +91,7 @@ class AnalyticsCollector:
         workers = self._workers()
         analytics = self.analytics
         if workers:
-            from spectrum.cluster import build_view
+            from spectrum.cluster.figures import build_view
 
             summed: Dict[str, int] = {}
             for flat in workers.values():
@@ -111,7 +111,7 @@ class AnalyticsCollector:
         cluster = getattr(self.service, "cluster", None)
         if cluster is None:
             return {}
-        from spectrum.cluster import flatten
+        from spectrum.cluster.figures import flatten
 
         figures = cluster.worker_totals()
         own = cluster.worker_index()
@@ -120,7 +120,7 @@ class AnalyticsCollector:
         return figures
 
     def _per_worker(self, workers: Dict[str, Dict[str, int]]) -> Iterator[Metric]:
-        from spectrum.cluster import build_view
+        from spectrum.cluster.figures import build_view
 
         families = _series_families("spectrum_worker", ["worker", "app", "origin"])
         for worker, flat in sorted(workers.items(), key=lambda item: int(item[0])):

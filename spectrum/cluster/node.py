@@ -1,31 +1,6 @@
 """
-This node's side of the shared store.
-
-The data plane never waits here: it reads the local firewall and the local
-config, which this module keeps in step with the store, and it writes to
-the local analytics, which this module copies to the store on a timer.
-
-  - Access rules and apps made through the admin API are documents in the
-    store. A change on any node is published; every node applies it to its
-    own firewall or config within a second (L{changed}).
-  - Analytics: every second the node's counters (L{flatten} of
-    L{spectrum.analytics.Analytics}) are diffed against the last second's,
-    and the difference is filed under the current minute. The store sums
-    them per node and per minute; L{view} is the cluster's sum, rebuilt
-    every second, which the admin API reports.
-  - Recent events (closed and refused connections) and each node's view of
-    origin health go to the store too.
-
-When the store is out of reach, rules and apps stay as they were last
-known, the API still changes the local node (the change is pushed when the
-store returns), and counter differences wait in memory, one bucket per
-minute, for at most L{MAX_PENDING_MINUTES} minutes: older buckets are
-merged into the oldest one kept, so no count is ever dropped, only filed
-under a later minute. Events wait up to L{MAX_PENDING_EVENTS}; older ones
-are dropped (and counted). When the store comes back the node resyncs:
-documents are read again (and pushed, when the store lost them), and if
-the store lost this node's figures (a Redis restarted without
-persistence), the node pushes them again from what it remembers.
+The node's side of the store: the L{Cluster} service (see
+L{spectrum.cluster}).
 """
 
 from __future__ import annotations
@@ -33,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -41,6 +16,8 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from spectrum.cluster.figures import build_view, difference, flatten, merge_into, per_app
+from spectrum.cluster.rate import ClusterRate
 from spectrum.model import Config
 from spectrum.record import CONNECT
 from spectrum.store.interface import APPS, KINDS, RULES, IStoreListener, StoreUnavailable
@@ -57,9 +34,6 @@ MAX_PENDING_EVENTS = 1000
 #: cluster and the API shows 100, so a busy node sends its newest only
 #: (every event is in the node's own event log, C{events.path}).
 EVENTS_PER_PUSH = 100
-#: Separates the parts of a flat counter name (never in app or origin names
-#: that a person types).
-SEP = "\x1f"
 
 
 #: The key under which a node publishes its egress with its origins' health.
@@ -77,247 +51,6 @@ def node_name(config: Config, worker: Optional[int] = None) -> str:
     """
     base = config.node or socket.gethostname().split(".")[0] or "node"
     return base if worker is None else f"{base}-w{worker}"
-
-
-# Analytics as flat counters ---------------------------------------------------
-
-
-def _add(flat: Dict[str, int], name: str, value: int) -> None:
-    if value:
-        flat[name] = flat.get(name, 0) + value
-
-
-def _counters(flat: Dict[str, int], prefix: str, counters: Any) -> None:
-    for kind, count in counters.events.items():
-        _add(flat, f"{prefix}e:{kind}", count)
-    _add(flat, prefix + "bi", counters.bytes_ingress)
-    _add(flat, prefix + "bo", counters.bytes_egress)
-
-
-def flatten(analytics: Any) -> Dict[str, int]:
-    """
-    Every running figure of C{analytics} as C{{name: int}}, so that figures
-    of several nodes add up name by name (durations in microseconds).
-    """
-    flat: Dict[str, int] = {}
-    for (app, origin), series in analytics.series.items():
-        prefix = f"s{SEP}{app}{SEP}{origin}{SEP}"
-        _counters(flat, prefix, series)
-        _add(flat, prefix + "cur", series.current)
-        for status, count in series.statuses.items():
-            _add(flat, f"{prefix}st:{status}", count)
-        durations = series.durations
-        for index, count in enumerate(durations.counts):
-            _add(flat, f"{prefix}d:{index}", count)
-        _add(flat, prefix + "dn", durations.count)
-        _add(flat, prefix + "dt", round(durations.total * 1e6))
-    for app, stats in analytics.apps.items():
-        for country, counters in stats.countries.items():
-            _counters(flat, f"c{SEP}{app}{SEP}{country}{SEP}", counters)
-        for version, counters in stats.ip_versions.items():
-            _counters(flat, f"v{SEP}{app}{SEP}{version}{SEP}", counters)
-    return flat
-
-
-def difference(new: Dict[str, int], old: Dict[str, int]) -> Dict[str, int]:
-    """
-    C{new - old}, name by name, without the zeros.
-    """
-    delta = {name: value - old.get(name, 0) for name, value in new.items() if value != old.get(name, 0)}
-    for name, value in old.items():
-        if name not in new and value:
-            delta[name] = -value
-    return delta
-
-
-def _merge_into(target: Dict[str, int], counts: Dict[str, int]) -> None:
-    for name, value in counts.items():
-        target[name] = target.get(name, 0) + value
-
-
-def _apply_counter(counters: Any, field: str, value: int) -> None:
-    if field.startswith("e:"):
-        kind = field[2:]
-        counters.events[kind] = counters.events.get(kind, 0) + value
-    elif field == "bi":
-        counters.bytes_ingress += value
-    elif field == "bo":
-        counters.bytes_egress += value
-
-
-def build_view(totals: Dict[str, int], minutes: Dict[int, Dict[str, int]], window: int, reactor: Any) -> Any:
-    """
-    An L{spectrum.analytics.Analytics} holding C{totals} (summed flat
-    counters) and C{minutes} (minute -> summed flat counters), for the
-    admin API to read as it reads a node's own.
-    """
-    from spectrum.analytics import BOUNDS, Analytics, AppStats, Counters, Minute, Series
-
-    view = Analytics(reactor, window)
-    for name, value in totals.items():
-        parts = name.split(SEP)
-        if len(parts) != 4:
-            continue
-        what, app, key, field = parts
-        stats = view.apps.get(app)
-        if stats is None:
-            stats = view.apps[app] = AppStats(window)
-        if what == "s":
-            series = view.series.get((app, key))
-            if series is None:
-                series = view.series[(app, key)] = Series()
-            if field == "cur":
-                series.current += value
-            elif field.startswith("st:"):
-                status = int(field[3:])
-                series.statuses[status] = series.statuses.get(status, 0) + value
-            elif field.startswith("d:"):
-                index = int(field[2:])
-                if 0 <= index < len(series.durations.counts):
-                    series.durations.counts[index] += value
-            elif field == "dn":
-                series.durations.count += value
-            elif field == "dt":
-                series.durations.total += value / 1e6
-            else:
-                _apply_counter(series, field, value)
-        elif what in ("c", "v"):
-            table = stats.countries if what == "c" else stats.ip_versions
-            slot: Any = key if what == "c" else int(key)
-            counters = table.get(slot)
-            if counters is None:
-                counters = table[slot] = Counters()
-            _apply_counter(counters, field, value)
-    # Lowest and highest durations are not sums: take the bucket bounds.
-    for series in view.series.values():
-        durations = series.durations
-        used = [i for i, count in enumerate(durations.counts) if count]
-        if used:
-            durations.low = BOUNDS[used[0] - 1] if used[0] else 0.0
-            durations.high = BOUNDS[min(used[-1], len(BOUNDS) - 1)]
-    now = reactor.seconds()
-    newest = int(now // 60)
-    for number, counts in minutes.items():
-        if not newest - window < number <= newest:
-            continue
-        for name, value in counts.items():
-            parts = name.split(SEP)
-            if len(parts) != 4 or parts[0] != "s":
-                continue
-            stats = view.apps.get(parts[1])
-            if stats is None:
-                stats = view.apps[parts[1]] = AppStats(window)
-            slot = number % window
-            bucket = stats.minutes[slot]
-            if bucket is None or bucket.minute != number:
-                bucket = stats.minutes[slot] = Minute(number)
-            _apply_counter(bucket, parts[3], value)
-    return view
-
-
-def per_app(totals: Dict[str, int]) -> Dict[str, Dict[str, Any]]:
-    """
-    One node's figures per app: open connections, events by kind, bytes.
-    """
-    result: Dict[str, Dict[str, Any]] = {}
-    for name, value in totals.items():
-        parts = name.split(SEP)
-        if len(parts) != 4 or parts[0] != "s":
-            continue
-        app, field = parts[1], parts[3]
-        entry = result.setdefault(app, {"connections": 0, "events": {}, "bytesIngress": 0, "bytesEgress": 0})
-        if field == "cur":
-            entry["connections"] += value
-        elif field.startswith("e:"):
-            entry["events"][field[2:]] = entry["events"].get(field[2:], 0) + value
-        elif field == "bi":
-            entry["bytesIngress"] += value
-        elif field == "bo":
-            entry["bytesEgress"] += value
-    return result
-
-
-# Cluster-wide per_ip_rate --------------------------------------------------------
-
-
-class ClusterRate:
-    """
-    C{per_ip_rate} counted across the nodes sharing a store, for apps with
-    C{limits.per_ip_rate_scope: cluster}.
-
-    Counting is in one-second windows. The edge check reads only local
-    numbers: what this node admitted from the address in the current
-    second, and what the other nodes had admitted at the last sync. Every
-    C{interval} the new admissions go to the store (L{IStore.hit}), which
-    answers with the cluster's count. So the cluster-wide limit can be
-    overshot by what the other nodes admit within one sync interval; the
-    node's own token bucket (C{per_ip_rate}) applies as well.
-    """
-
-    def __init__(self, store: Any, reactor: Any, interval: float = 0.1) -> None:
-        self.store = store
-        self.reactor = reactor
-        self.interval = interval
-        self._second = -1
-        #: (app, ip) -> [admitted here this second, of which sent, others' count]
-        self.counts: Dict[Any, List[int]] = {}
-        self._syncer = LoopingCall(self.sync)
-        self._syncer.clock = reactor
-
-    def start(self) -> None:
-        self._syncer.start(self.interval, now=False)
-
-    def stop(self) -> None:
-        if self._syncer.running:
-            self._syncer.stop()
-
-    def _roll(self) -> None:
-        second = int(self.reactor.seconds())
-        if second != self._second:
-            self._second = second
-            self.counts = {}
-
-    def check(self, app: Any, ip: str) -> Optional[Tuple[int, str]]:
-        """
-        The admission gate: refuse with 429 when the cluster has admitted
-        C{per_ip_rate} connections from the address this second.
-        """
-        limits = getattr(app, "limits", None)
-        if limits is None or not limits.per_ip_rate or limits.per_ip_rate_scope != "cluster":
-            return None
-        self._roll()
-        key = (app.name, ip)
-        entry = self.counts.get(key)
-        if entry is None:
-            entry = self.counts[key] = [0, 0, 0]
-        if entry[0] + entry[2] >= limits.per_ip_rate:
-            from spectrum import status as S
-
-            return S.PER_IP_RATE, f"per_ip_rate {limits.per_ip_rate:g}/s exceeded across the cluster"
-        entry[0] += 1
-        return None
-
-    def sync(self) -> Any:
-        if not self.store.available:
-            return None
-        self._roll()
-        second = self._second
-        for (app, ip), entry in list(self.counts.items()):
-            # Sent even when nothing is new here: the answer brings the
-            # other nodes' count.
-            fresh = entry[0] - entry[1]
-            entry[1] = entry[0]
-            d = self.store.hit(f"{app}{SEP}{ip}", 1, fresh)
-            d.addCallback(self._counted, (app, ip), entry, second)
-            d.addErrback(lambda f: f.trap(StoreUnavailable))
-        return None
-
-    def _counted(self, total: int, key: Any, entry: List[int], second: int) -> None:
-        if second == self._second and self.counts.get(key) is entry:
-            entry[2] = max(0, int(total) - entry[1])
-
-
-# The node's side -----------------------------------------------------------------
 
 
 @implementer(IStoreListener)
@@ -638,7 +371,7 @@ class Cluster(Service):
         for minute in sorted(self._history):
             counts = self._history[minute]
             yield self.store.add_counts(self.node, minute, counts)
-            _merge_into(rest, {name: -value for name, value in counts.items()})
+            merge_into(rest, {name: -value for name, value in counts.items()})
         rest = {name: value for name, value in rest.items() if value}
         if rest:
             yield self.store.add_counts(self.node, None, rest)
@@ -669,12 +402,12 @@ class Cluster(Service):
         if not delta:
             return
         minute = int(self.reactor.seconds() // 60)
-        _merge_into(self.pending.setdefault(minute, {}), delta)
+        merge_into(self.pending.setdefault(minute, {}), delta)
         while len(self.pending) > MAX_PENDING_MINUTES:
             # Keep the newest minutes; the oldest go into the next oldest,
             # so totals stay whole.
             oldest, second = sorted(self.pending)[:2]
-            _merge_into(self.pending[second], self.pending.pop(oldest))
+            merge_into(self.pending[second], self.pending.pop(oldest))
 
     def _tick(self) -> Any:
         if self._busy:
@@ -704,8 +437,8 @@ class Cluster(Service):
             counts = self.pending[minute]
             yield self.store.add_counts(self.node, minute, counts)
             del self.pending[minute]
-            _merge_into(self.pushed, counts)
-            _merge_into(self._history.setdefault(minute, {}), counts)
+            merge_into(self.pushed, counts)
+            merge_into(self._history.setdefault(minute, {}), counts)
         for old in sorted(self._history)[:-MAX_PENDING_MINUTES]:
             del self._history[old]
         if self.events_pending:
@@ -770,10 +503,10 @@ class Cluster(Service):
             del cache[minute]
         for buckets in minutes.values():
             for minute, counts in buckets.items():
-                _merge_into(cache.setdefault(minute, {}), counts)
+                merge_into(cache.setdefault(minute, {}), counts)
         summed: Dict[str, int] = {}
         for counts in totals.values():
-            _merge_into(summed, counts)
+            merge_into(summed, counts)
         if self.shared:
             self.view = build_view(summed, cache, window, self.reactor)
         self.nodes = {node: per_app(counts) for node, counts in totals.items()}
