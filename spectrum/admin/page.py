@@ -14,8 +14,9 @@ from twisted.web.server import Request
 from twisted.web.static import File
 
 from spectrum.admin.activity import RecentEvents
-from spectrum.admin.api import NO_ROUTE, AdminAPI, error_body
+from spectrum.admin.api import AdminAPI
 from spectrum.admin.auth import Authenticator, generate, resolve
+from spectrum.admin.calls import NO_ROUTE, error_body
 from spectrum.admin.state import default_state_file, service_state, token_file_for
 from spectrum.model import AdminSettings
 

@@ -75,7 +75,7 @@ class MetricsGate(Resource):
 
     def render(self, request: Request) -> Any:
         if not self.public:
-            from spectrum.admin.api import ApiError, error_body, respond
+            from spectrum.admin.calls import ApiError, error_body, respond
 
             try:
                 self.api.authenticate(request)
@@ -116,7 +116,7 @@ class AdminRequest(Request):
     _received = 0
 
     def gotLength(self, length: Optional[int]) -> None:
-        from spectrum.admin.api import MAX_BODY
+        from spectrum.admin.calls import MAX_BODY
 
         if length is not None and length > MAX_BODY:
             self.too_large = True
@@ -124,7 +124,7 @@ class AdminRequest(Request):
         self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
-        from spectrum.admin.api import MAX_BODY
+        from spectrum.admin.calls import MAX_BODY
 
         self._received += len(data)
         if self.too_large or self._received > MAX_BODY + 1:
