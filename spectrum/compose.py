@@ -45,14 +45,16 @@ def build(
         handle_sighup=handle_sighup,
         admin_state=admin_state,
     )
-    if config.admin is not None:
-        from spectrum.admin.site import AdminService, admin_root
-
-        root = admin_root(service.analytics, service.rules.firewall, service=service)
-        service.admin = AdminService(config.admin, root, service.reactor)
-        service.admin.setServiceParent(service)
+    shared = None
     if store is not None:
         from spectrum.cluster.node import Cluster
 
-        Cluster(store, reactor=service.reactor).attach(service)
+        shared = Cluster(store, reactor=service.reactor)
+        shared.attach(service)
+    if config.admin is not None:
+        from spectrum.admin.site import AdminService, admin_root
+
+        root = admin_root(service.analytics, service.rules.firewall, service=service, shared=shared)
+        service.admin = AdminService(config.admin, root, service.reactor)
+        service.admin.setServiceParent(service)
     return service

@@ -91,9 +91,13 @@ class AdminAPI(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: Any, state: AdminState, auth: Authenticator, recent: RecentEvents) -> None:
+    def __init__(
+        self, service: Any, state: AdminState, auth: Authenticator, recent: RecentEvents, shared: Any = None
+    ) -> None:
         super().__init__()
         self.service = service
+        #: this node's side of the store (L{spectrum.cluster.node.Cluster}), if it has one
+        self.shared = shared
         self.state = state
         self.auth = auth
         self.recent = recent
@@ -229,7 +233,7 @@ class AdminAPI(Resource):
         from spectrum.egress import listing, node_networks
 
         networks = set(node_networks(self.service.config))
-        cluster = getattr(self.service, "cluster", None)
+        cluster = self.shared
         for published in (getattr(cluster, "egress_view", None) or {}).values():
             networks.update(published)
         return listing(networks)
@@ -558,22 +562,18 @@ class AdminAPI(Resource):
 
     def _tell_cluster(self, kind: str) -> None:
         # Other nodes sharing the store apply the change too (spectrum.cluster).
-        cluster = getattr(self.service, "cluster", None)
-        if cluster is not None:
-            cluster.local_change(kind)
+        if self.shared is not None:
+            self.shared.local_change(kind)
 
     # analytics, health, events ---------------------------------------------------
 
     @property
     def analytics(self) -> Any:
         # With a shared store: the whole cluster's figures (spectrum.cluster).
-        view = getattr(getattr(self.service, "cluster", None), "view", None)
+        view = getattr(self.shared, "view", None)
         if view is not None:
             return view
-        analytics = getattr(self.service, "analytics", None)
-        if analytics is None:
-            raise ApiError(404, NO_ROUTE, "this spectrum keeps no analytics")
-        return analytics
+        return self.service.analytics
 
     def _app_ids(self) -> Dict[str, str]:
         ids = {runtime.app.name: runtime.app.id for runtime in self.service.all_runtimes()}
@@ -628,10 +628,9 @@ class AdminAPI(Resource):
         This node, the store, and each node's own figures and view of origin
         health (the analytics endpoints report the cluster's sums).
         """
-        cluster = getattr(self.service, "cluster", None)
-        if cluster is None:
+        if self.shared is None:
             raise ApiError(404, NO_ROUTE, "this spectrum has no store")
-        return cluster.status()
+        return self.shared.status()
 
     def kernel(self, call: Call) -> Any:
         """

@@ -75,6 +75,7 @@ class AnalyticsCollector:
         shield: Optional[Any] = None,
         event_log: Optional[Any] = None,
         service: Optional[Any] = None,
+        shared: Optional[Any] = None,
     ) -> None:
         self.analytics = analytics
         self.firewall = firewall
@@ -82,6 +83,7 @@ class AnalyticsCollector:
         self.shield = shield
         self.event_log = event_log
         self.service = service
+        self.shared = shared
 
     def describe(self) -> list:
         # Described lazily: registering must not scrape.
@@ -108,7 +110,7 @@ class AnalyticsCollector:
         With C{workers: N}: each worker's figures as flat counters, by
         worker index (this one's live, the others' as last published).
         """
-        cluster = getattr(self.service, "cluster", None)
+        cluster = self.shared
         if cluster is None:
             return {}
         from spectrum.cluster.figures import flatten
@@ -162,7 +164,7 @@ class AnalyticsCollector:
             for result in ("ok", "refused"):
                 counted.add_metric([result], reloads.get(result, 0))
             yield counted
-        cluster = getattr(service, "cluster", None)
+        cluster = self.shared
         if cluster is not None:
             store = GaugeMetricFamily("spectrum_store_up", "1 while the store is reachable.")
             store.add_metric([], 1 if cluster.store.available else 0)
@@ -318,11 +320,12 @@ def metrics_resource(
     shield: Optional[Any] = None,
     event_log: Optional[Any] = None,
     service: Optional[Any] = None,
+    shared: Optional[Any] = None,
 ) -> MetricsResource:
     """
     A C{/metrics} resource with its own registry (not the process-global
     one, so two services in one process never collide).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AnalyticsCollector(analytics, firewall, refusals, shield, event_log, service))
+    registry.register(AnalyticsCollector(analytics, firewall, refusals, shield, event_log, service, shared))
     return MetricsResource(registry)

@@ -102,7 +102,7 @@ class Root(Resource):
 
     log = Logger()
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, shared: Any = None) -> None:
         super().__init__()
         self.service = service
         state = service_state(service)
@@ -110,7 +110,7 @@ class Root(Resource):
         self.recent = RecentEvents(service.reactor)
         service.recorders.add(self.recent)
         self.auth = Authenticator(())
-        self.api = AdminAPI(service, state, self.auth, self.recent)
+        self.api = AdminAPI(service, state, self.auth, self.recent, shared)
         static = StaticFile(STATIC)
         static.childNotFound = NotFound()  # type: ignore[assignment]
         self.static = static

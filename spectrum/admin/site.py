@@ -33,17 +33,20 @@ class AdminListenError(Exception):
     """
 
 
-def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Optional[Any] = None) -> Resource:
+def admin_root(
+    analytics: Analytics, firewall: Optional[Any] = None, service: Optional[Any] = None, shared: Any = None
+) -> Resource:
     """
     The admin resource tree: C{/metrics}; with C{service}, the API, its
-    description and the page too.
+    description and the page too; with C{shared} (this node's side of the
+    store), the cluster's figures and documents.
     """
     if service is None:
         root = Resource()
     else:
         from spectrum.admin.page import Root
 
-        root = Root(service)
+        root = Root(service, shared)
     metrics = metrics_resource(
         analytics,
         firewall,
@@ -51,6 +54,7 @@ def admin_root(analytics: Analytics, firewall: Optional[Any] = None, service: Op
         shield=getattr(service, "shield", None),
         event_log=getattr(service, "event_log", None),
         service=service,
+        shared=shared,
     )
     gate = MetricsGate(metrics, getattr(root, "api", None))
     root.putChild(b"metrics", gate)

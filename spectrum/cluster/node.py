@@ -119,10 +119,10 @@ class Cluster(Service):
     def attach(self, service: Any) -> None:
         """
         Serve C{service} (a L{spectrum.service.SpectrumService}): become its
-        child, its C{cluster}, and a recorder of its events.
+        child and a recorder of its events (the composition root hands this
+        node to the admin).
         """
         self.service = service
-        service.cluster = self
         service.recorders.add(self._record)
         # A gate after the local limits: an address over the cluster's
         # per_ip_rate is refused.
