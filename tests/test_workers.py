@@ -244,3 +244,16 @@ def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path, origin: Ec
     finally:
         taken.close()
         node.stop()
+
+
+def test_workers_option_auto_is_one_per_usable_core() -> None:
+    """C{--workers auto} is a count (one per core); a word other than auto is refused."""
+    from twisted.python import usage
+
+    from spectrum.tap import Options
+
+    options = Options()
+    options.parseOptions(["--workers", "auto"])
+    assert options["workers"] == len(os.sched_getaffinity(0))
+    with pytest.raises(usage.UsageError, match="workers"):
+        Options().parseOptions(["--workers", "many"])

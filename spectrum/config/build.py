@@ -61,7 +61,7 @@ class _Builder(_AppsPart):
             source=self.source,
             store=self.store(("store",), self.data.get("store", "memory")),
             node=self.data.get("node"),
-            workers=self.data.get("workers", 1),
+            workers=_workers(self.data.get("workers", 1)),
             kernel_filter=_kernel_filter(self.data.get("kernel_filter", "auto")),
             access_rules=self.access_rules(geoip),
             geoip=geoip,
@@ -167,6 +167,17 @@ class _Builder(_AppsPart):
                     " pip install 'spectrum[redis]'",
                 ) from None
         return url
+
+
+def _workers(value: Any) -> int:
+    """
+    C{workers} as a count: C{auto} is one per core this process may run on.
+    """
+    if value == "auto":
+        from spectrum.workers import cores
+
+        return cores()
+    return int(value)
 
 
 def _kernel_filter(value: Any) -> str:
