@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -56,6 +57,7 @@ PACKAGES = {
     "wrk": "wrk",
     "openssl": "openssl",
     "gcc": "gcc",
+    "pypy3": "pypy3 pypy3-venv (then tox -e pypy, or SPECTRUM_BENCH_PYPY=<a PyPy with spectrum installed>)",
 }
 
 
@@ -341,16 +343,17 @@ class Peer:
     def missing(self) -> List[str]:
         return [p for p in self.programs if not which(p)]
 
-    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0, cores: int = 1) -> Running:
         """
         Start forwarding C{kind} ("tcp", "tls": terminate TLS and speak
-        plaintext to the origin, "udp": TCP and UDP on one port) to C{origin}.
+        plaintext to the origin, "udp": TCP and UDP on one port) to C{origin},
+        using C{cores} cores (processes or threads, as the proxy does it).
         """
         if kind not in self.kinds:
             raise NotApplicable(f"no {kind}")
         port = free_port()
         tmp = tempfile.mkdtemp(prefix=f"{self.name}-", dir=work.path)
-        procs = self.launch(kind, port, origin.port_for(index), tmp, work)
+        procs = self.launch(kind, port, origin.port_for(index), tmp, work, cores)
         try:
             wait_listening(port, procs, self.name)
             if kind == "udp":
@@ -360,7 +363,9 @@ class Peer:
             raise
         return Running(procs, port)
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         raise NotImplementedError
 
 
@@ -368,7 +373,7 @@ class Direct(Peer):
     name = "direct"
     kinds = ("tcp", "tls", "udp")
 
-    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0, cores: int = 1) -> Running:
         return Running([], origin.port_for(index, tls=kind == "tls"))
 
 
@@ -376,13 +381,30 @@ class Spectrum(Peer):
     name = "spectrum"
     kinds = ("tcp", "tls", "udp")
 
-    def __init__(self, name: str = "spectrum", env: Optional[Dict[str, str]] = None, root: str = "") -> None:
+    def __init__(
+        self,
+        name: str = "spectrum",
+        env: Optional[Dict[str, str]] = None,
+        root: str = "",
+        python: Optional[Callable[[], Optional[str]]] = None,
+        warmup: bool = False,
+    ) -> None:
         self.name = name
         self.env = env or {}
         #: the source tree to run (another checkout, for a before/after)
         self.root = root or ROOT
+        #: finds the interpreter to run it with (None: the one running this)
+        self.python = python
+        #: a JIT: give it one unrecorded run of each load before measuring
+        self.warmup = warmup
 
-    def config(self, kind: str, port: int, target: int, work: Workdir) -> str:
+    def interpreter(self) -> Optional[str]:
+        return self.python() if self.python else sys.executable
+
+    def missing(self) -> List[str]:
+        return [] if self.interpreter() else ["pypy3"]
+
+    def config(self, kind: str, port: int, target: int, work: Workdir, cores: int = 1) -> str:
         app = f"""
   - name: bench
     protocol: tcp
@@ -394,15 +416,19 @@ class Spectrum(Peer):
         if kind == "tls":
             text += f"certificates:\n  - {{certificate: {work.crt}, private_key: {work.key}}}\n"
             app += "    tls: flexible\n"
+        if cores > 1:
+            text += f"workers: {cores}\n"
         text += "apps:\n" + app
         if kind == "udp":
             text += app.replace("name: bench", "name: bench-udp").replace("protocol: tcp", "protocol: udp")
         return text
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         path = os.path.join(tmp, "spectrum.yaml")
         with open(path, "w") as f:
-            f.write(self.config(kind, port, target, work))
+            f.write(self.config(kind, port, target, work, cores))
         # Ask this build's own loader: TLS and UDP arrive in other branches,
         # and once they land the same command measures them.
         sys.path.insert(0, self.root)
@@ -420,7 +446,7 @@ class Spectrum(Peer):
         # --drain-timeout is given because the foundation's default ("10",
         # a string) is not converted and postOptions fails comparing it.
         argv = [
-            sys.executable,
+            self.interpreter() or sys.executable,
             "-m",
             "twisted",
             "--log-level=warn",
@@ -433,9 +459,9 @@ class Spectrum(Peer):
         self._log = os.path.join(tmp, "spectrum.log")
         return [spawn(argv, tmp, "spectrum", cwd=self.root, env=env)]
 
-    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0, cores: int = 1) -> Running:
         try:
-            return super().start(kind, origin, work, index)
+            return super().start(kind, origin, work, index, cores)
         except RuntimeError:
             if kind == "tcp":
                 raise
@@ -451,13 +477,15 @@ class HAProxy(Peer):
     programs = ("haproxy",)
     kinds = ("tcp", "tls")
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         ssl = f" ssl crt {work.pem}" if kind == "tls" else ""
         conf = os.path.join(tmp, "haproxy.cfg")
         with open(conf, "w") as f:
             f.write(f"""
 global
-    nbthread 1
+    nbthread {cores}
     maxconn {nofile_limit() // 2 - 100}
 defaults
     mode tcp
@@ -484,7 +512,9 @@ class NginxStream(Peer):
             out.append("ngx_stream_module")
         return out
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         servers = f"server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass 127.0.0.1:{target}; }}"
         if kind == "tls":
             servers = f"""server {{
@@ -502,7 +532,7 @@ class NginxStream(Peer):
             f.write(f"""
 load_module {NGINX_MODULES}/ngx_stream_module.so;
 user root;
-worker_processes 1;
+worker_processes {cores};
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
@@ -522,7 +552,9 @@ class Socat(Peer):
     kinds = ("tcp", "tls", "udp")
     note = "socat forks a process per connection"
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         listen = f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096"
         if kind == "tls":
             listen = f"OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096,cert={work.pem},verify=0"
@@ -550,7 +582,9 @@ class Stunnel(Peer):
     programs = ("stunnel4",)
     kinds = ("tls",)
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         conf = os.path.join(tmp, "stunnel.conf")
         with open(conf, "w") as f:
             f.write(f"""
@@ -573,7 +607,11 @@ class PortForward(Peer):
     name = "portforward"
     kinds = ("tcp",)
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
+        if cores > 1:
+            raise NotApplicable("one process")
         # Per-connection "Starting factory" logs off, as for every peer.
         argv = [
             sys.executable,
@@ -779,6 +817,7 @@ class Scenario:
         metrics: List[Tuple[str, str, str]],
         fresh: bool = False,
         needs: Tuple[str, ...] = (),
+        cores: int = 1,
     ) -> None:
         self.key = key
         self.title = title
@@ -790,7 +829,12 @@ class Scenario:
         #: a new proxy process for each run (memory figures)
         self.fresh = fresh
         self.needs = needs
+        #: cores each proxy may use (spectrum workers, HAProxy threads, nginx workers)
+        self.cores = cores
 
+
+#: the all-cores rows: every proxy may use each core of the machine
+CORES = os.cpu_count() or 1
 
 SCENARIOS = [
     Scenario(
@@ -861,6 +905,36 @@ SCENARIOS = [
         needs=("iperf3",),
     ),
     Scenario(
+        "rps_all",
+        f"requests at 50 connections, all {CORES} cores",
+        "tcp",
+        start_nginx_http,
+        wrk_rps,
+        [("rps", f"HTTP req/s, 50 keep-alive conns, {CORES} cores", "{:,.0f}")],
+        needs=("wrk", "nginx"),
+        cores=CORES,
+    ),
+    Scenario(
+        "cps_all",
+        f"new connections, all {CORES} cores",
+        "tcp",
+        start_nginx_http,
+        wrk_cps,
+        [("cps", f"new connections/s, {CORES} cores", "{:,.0f}")],
+        needs=("wrk", "nginx"),
+        cores=CORES,
+    ),
+    Scenario(
+        "tls_hs_all",
+        f"TLS handshakes, all {CORES} cores",
+        "tls",
+        start_nginx_http,
+        s_time,
+        [("hs", f"TLS handshakes/s, {CORES} cores", "{:,.0f}")],
+        needs=("openssl", "nginx"),
+        cores=CORES,
+    ),
+    Scenario(
         "idle_mem",
         "idle memory",
         "tcp",
@@ -872,9 +946,26 @@ SCENARIOS = [
     ),
 ]
 
+
+@functools.cache
+def pypy() -> Optional[str]:
+    """
+    A PyPy that can run spectrum: C{$SPECTRUM_BENCH_PYPY}, else the tox
+    env's (C{tox -e pypy}); None if neither can import it.
+    """
+    for python in (os.environ.get("SPECTRUM_BENCH_PYPY"), os.path.join(ROOT, ".tox", "pypy", "bin", "python")):
+        if python and os.access(python, os.X_OK):
+            probe = "import twisted, spectrum.tap, platform; assert platform.python_implementation() == 'PyPy'"
+            if subprocess.run([python, "-c", probe], cwd=ROOT, capture_output=True).returncode == 0:
+                return python
+    return None
+
+
 PEERS: List[Peer] = [
     Direct(),
     Spectrum(),
+    # The same tree on PyPy: its JIT compiles the hot paths after a warm-up.
+    Spectrum("spectrum-pypy", python=pypy, warmup=True),
     # The zero-copy path (spectrum/proxy/splice.py), opt-in for now.
     Spectrum("spectrum-splice", {"SPECTRUM_ZERO_COPY": "1"}),
     HAProxy(),
@@ -1073,7 +1164,10 @@ def run_scenario(
                 continue
             if not scenario.fresh:
                 try:
-                    running[peer.name] = peer.start(scenario.kind, origin, work, peers.index(peer))
+                    running[peer.name] = peer.start(scenario.kind, origin, work, peers.index(peer), scenario.cores)
+                    if getattr(peer, "warmup", False):
+                        scenario.measure(running[peer.name], origin, work, opts)
+                        print(f"  {peer.name}: warmed up (one unrecorded run)", file=sys.stderr, flush=True)
                 except NotApplicable as e:
                     notes[cell] = f"n/a ({e.short})"
                     if e.detail:
@@ -1095,7 +1189,7 @@ def run_scenario(
                     if scenario.fresh:
                         here = scenario.origin(work)
                         try:
-                            proxy = peer.start(scenario.kind, here, work, peers.index(peer))
+                            proxy = peer.start(scenario.kind, here, work, peers.index(peer), scenario.cores)
                             try:
                                 result = scenario.measure(proxy, here, work, opts)
                             finally:
@@ -1171,7 +1265,9 @@ LOWER_IS_BETTER = {"p50", "p99", "loss", "kib"}
 
 
 def render(scenarios: Sequence[Scenario], peers: Sequence[Peer], figures: Dict, notes: Dict, runs: int) -> str:
-    header = ["figure"] + [p.name for p in peers] + ["spectrum vs"]
+    # A ratio column for spectrum and for each other runtime of it.
+    ours_names = [n for n in ("spectrum", "spectrum-pypy") if n in {p.name for p in peers}] or ["spectrum"]
+    header = ["figure"] + [p.name for p in peers] + [f"{n} vs" for n in ours_names]
     rows = [header]
     for scenario in scenarios:
         for key, label, pattern in scenario.metrics:
@@ -1194,13 +1290,14 @@ def render(scenarios: Sequence[Scenario], peers: Sequence[Peer], figures: Dict, 
                     text = "-"
                 row.append(text)
             base = RATIO_BASE.get(key, "haproxy")
-            ours = figures.get((scenario.key, "spectrum"), {}).get(key)
-            theirs = figures.get((scenario.key, base), {}).get(key)
-            if ours and theirs and statistics.median(theirs) > 0:
-                ratio = statistics.median(ours) / statistics.median(theirs)
-                row.append(f"{ratio:.2f}x {base}")
-            else:
-                row.append("")
+            for name in ours_names:
+                ours = figures.get((scenario.key, name), {}).get(key)
+                theirs = figures.get((scenario.key, base), {}).get(key)
+                if ours and theirs and statistics.median(theirs) > 0:
+                    ratio = statistics.median(ours) / statistics.median(theirs)
+                    row.append(f"{ratio:.2f}x {base}")
+                else:
+                    row.append("")
             rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     out = []

@@ -205,7 +205,7 @@ def decode_body(request: Request) -> Tuple[bool, Any]:
         raise ApiError(413, TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
     if not raw.strip():
         return False, None
-    content_type = (request.getHeader("content-type") or "").split(";", 1)[0].strip().lower()
+    content_type = (_header(request, "content-type") or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise ApiError(415, BAD_CONTENT_TYPE, "a body must be sent with Content-Type: application/json")
     try:
@@ -334,9 +334,7 @@ class AdminAPI(Resource):
         prefix = "/client/v4"
         method = request.method.decode("ascii", "replace").upper()
         try:
-            headers = {
-                name: (request.getHeader(name) or None) for name in ("authorization", "x-auth-key", "x-auth-email")
-            }
+            headers = {name: _header(request, name) for name in ("authorization", "x-auth-key", "x-auth-email")}
             source = _source(request)
             wait = self.backoff.retry_after(source)
             if wait > 0:
@@ -858,6 +856,16 @@ class AdminAPI(Resource):
         if cluster is None:
             raise ApiError(404, NO_ROUTE, "this spectrum has no store")
         return cluster.status()
+
+
+def _header(request: Request, name: str) -> Optional[str]:
+    """
+    A request header as text, or None if absent or empty. Bytes that are not
+    UTF-8 are replaced (such a credential is then simply wrong): Twisted's
+    own text accessor raises on them.
+    """
+    raw = request.getHeader(name.encode("ascii"))
+    return raw.decode("utf-8", "replace") if raw else None
 
 
 def _source(request: Request) -> str:
