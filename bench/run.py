@@ -339,6 +339,8 @@ class Peer:
     programs: Tuple[str, ...] = ()
     kinds = ("tcp",)
     note = ""
+    #: seconds it may take to listen
+    start_timeout = 15.0
 
     def missing(self) -> List[str]:
         return [p for p in self.programs if not which(p)]
@@ -355,9 +357,9 @@ class Peer:
         tmp = tempfile.mkdtemp(prefix=f"{self.name}-", dir=work.path)
         procs = self.launch(kind, port, origin.port_for(index), tmp, work, cores)
         try:
-            wait_listening(port, procs, self.name)
+            wait_listening(port, procs, self.name, timeout=self.start_timeout)
             if kind == "udp":
-                wait_listening(port, procs, self.name, udp=True)
+                wait_listening(port, procs, self.name, udp=True, timeout=self.start_timeout)
         except Exception:
             stop(procs)
             raise
@@ -380,6 +382,8 @@ class Direct(Peer):
 class Spectrum(Peer):
     name = "spectrum"
     kinds = ("tcp", "tls", "udp")
+    # PyPy imports slowly, and workers start after their supervisor.
+    start_timeout = 60.0
 
     def __init__(
         self,
