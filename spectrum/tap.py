@@ -19,9 +19,9 @@ from spectrum.model import Config
 def _workers_option(value: str) -> int:
     """C{--workers}: a count, or C{auto} for one per core."""
     if value == "auto":
-        from spectrum.workers import cores
+        from spectrum.config.build import usable_cores
 
-        return cores()
+        return usable_cores()
     try:
         return int(value)
     except ValueError:

@@ -38,17 +38,6 @@ READY_FD = 3
 TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
 
 
-def cores() -> int:
-    """
-    The cores this process may run on (its CPU affinity, which a container's
-    cpuset narrows): what C{workers: auto} starts.
-    """
-    try:
-        return max(1, min(256, len(os.sched_getaffinity(0))))
-    except (AttributeError, OSError):
-        return max(1, min(256, os.cpu_count() or 1))
-
-
 class _WorkerProtocol(ProcessProtocol):
     """
     One worker process. Its output goes straight to the supervisor's own

@@ -74,6 +74,11 @@ def environment() -> Dict[str, str]:
     return env
 
 
+#: How long a started twistd may take to listen: a bound, not a wait. PyPy
+#: imports (and compiles) slowly, and the suite may share a busy machine.
+START_TIMEOUT = 60.0
+
+
 def run(command: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
     """
     Run C{command} from the worktree root to its end; stdout and stderr
@@ -233,7 +238,7 @@ class Twistd:
 
         return wait_until(line, timeout, 0.02, f"{text!r} in the log")
 
-    def wait_for_ports(self, *ports: int, timeout: float = 15.0) -> None:
+    def wait_for_ports(self, *ports: int, timeout: float = START_TIMEOUT) -> None:
         for port in ports:
             wait_for_port(port, timeout=timeout, process=self)
 
@@ -466,7 +471,7 @@ class Program:
             self._log.close()
 
 
-def start_program(command: Sequence[str], log_path: Any, port: int, timeout: float = 15.0) -> Program:
+def start_program(command: Sequence[str], log_path: Any, port: int, timeout: float = START_TIMEOUT) -> Program:
     """
     Start C{command} and wait until it accepts on 127.0.0.1:C{port}.
     """

@@ -7,6 +7,7 @@ log, analytics).
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from spectrum.config.apps import _AppsPart
@@ -173,11 +174,18 @@ def _workers(value: Any) -> int:
     """
     C{workers} as a count: C{auto} is one per core this process may run on.
     """
-    if value == "auto":
-        from spectrum.workers import cores
+    return usable_cores() if value == "auto" else int(value)
 
-        return cores()
-    return int(value)
+
+def usable_cores() -> int:
+    """
+    The cores this process may run on (its CPU affinity, which a container's
+    cpuset narrows; PyPy 3.9 has no C{sched_getaffinity}, so there the
+    machine's count): what C{workers: auto} starts.
+    """
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    count = len(getaffinity(0)) if getaffinity else (os.cpu_count() or 1)
+    return max(1, min(256, count))
 
 
 def _kernel_filter(value: Any) -> str:
