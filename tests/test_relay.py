@@ -324,6 +324,35 @@ async def test_idle_timeout_closes_quiet_connection() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_idle_connections_share_one_timer() -> None:
+    """
+    The idle timeout of relayed connections runs on one timer per length,
+    not a timer per connection: opening twenty adds at most one delayed call.
+    """
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("idle", [origin_at(port.getHost().port)], timeouts=Timeouts(connect=2, idle=30)))
+    clients = []
+    try:
+        first = await connect_client(proxy.port())
+        first.transport.write(b".")
+        while origin.accepted < 1:
+            await sleep(0.01)
+        before = len(reactor.getDelayedCalls())
+        for _ in range(20):
+            clients.append(await connect_client(proxy.port()))
+        while origin.accepted < 21:
+            await sleep(0.01)
+        assert len(reactor.getDelayedCalls()) <= before + 1
+    finally:
+        for client in [first] + clients:
+            client.transport.loseConnection()
+            await client.done
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_origin_by_hostname_and_ipv6() -> None:
     origin4 = OriginFactory(echo=False, greeting=b"v4")
     port4 = listen_origin(origin4)
