@@ -207,6 +207,32 @@ async def test_connect_timeout_then_next_origin() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_client_is_not_read_before_its_origin_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An accepted client is registered for reading only once its origin
+    accepts (not at accept, to be dropped while the origin is dialled: an
+    epoll_ctl each way per connection).
+    """
+    added = []
+    add_reader = reactor.addReader
+    monkeypatch.setattr(reactor, "addReader", lambda reader: (added.append(reader), add_reader(reader))[1])
+    with black_hole() as hole:
+        proxy = Proxy(make_app("held", [origin_at(hole[1], "hole")], timeouts=Timeouts(connect=5)))
+        try:
+            client = await connect_client(proxy.port())
+            while not edge_protocols(proxy):
+                await sleep(0.01)
+            edge = edge_protocols(proxy)[0]
+            await sleep(0.05)
+            assert edge.transport not in added
+            assert edge.transport not in reactor.getReaders()
+            client.transport.loseConnection()
+            await client.done
+        finally:
+            await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_weighted_round_robin_3000_connections() -> None:
     factories = [OriginFactory() for _ in range(3)]
     ports = [listen_origin(f) for f in factories]

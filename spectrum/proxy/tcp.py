@@ -196,6 +196,9 @@ class EdgeProtocol(Protocol):
     record: ConnectionRecord
     #: whether the zero-copy path may take over once the origin is joined
     zero_copy = True
+    #: it starts reading the client once an origin accepts (so the edge
+    #: listener does not register the read interest first)
+    reads_when_dialled = True
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
