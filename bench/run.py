@@ -1136,8 +1136,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.save:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         command = "python bench/run.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
-        if os.environ.get("SPECTRUM_BENCH_BASELINE"):
-            command = f"SPECTRUM_BENCH_BASELINE={shlex.quote(os.environ['SPECTRUM_BENCH_BASELINE'])} {command}"
+        for name in ("SPECTRUM_BENCH_BASELINE", "SPECTRUM_BENCH_PYPY"):
+            if os.environ.get(name):
+                command = f"{name}={shlex.quote(os.environ[name])} {command}"
         facts.append(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         save_results(args.save, results_markdown(command, table, facts, lines, runs, opts))
         print(f"saved to {args.save}", file=sys.stderr)

@@ -640,7 +640,10 @@ async def test_fifty_connections_ping_pong_concurrently() -> None:
         timeout = reactor.callLater(20, finished.cancel)
         assert await finished == [rounds] * 50
         timeout.cancel()
-        await sleep(0.2)
+        # Each close is recorded once both legs are down: wait for them.
+        deadline = time.monotonic() + 10
+        while proxy.kinds().count("disconnect") < 50 and time.monotonic() < deadline:
+            await sleep(0.02)
         closes = [event for kind, event in proxy.events if kind == "disconnect"]
         assert len(closes) == 50
         assert {event["ClientBytes"] for event in closes} == {rounds * len(message)}

@@ -7,6 +7,7 @@ static files cannot be escaped with C{..} however it is spelled.
 from __future__ import annotations
 
 import os
+import platform
 import socket
 from typing import Any, Iterator, Tuple
 
@@ -156,6 +157,13 @@ def _rss(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
+#: How far the proxy's RSS may grow while 64 MiB stream through and are
+#: dropped. PyPy's GC frees garbage only at its next major collection, which
+#: comes once the heap has grown by 82%: there the chunks read and dropped
+#: float until then (still well under the body's size).
+GARBAGE_BOUND = (32 if platform.python_implementation() == "PyPy" else 8) * 1024 * 1024
+
+
 @pytest.mark.parametrize("token", [None, EDIT])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_oversized_admin_bodies_are_neither_kept_nor_spooled(
@@ -195,5 +203,5 @@ def test_oversized_admin_bodies_are_neither_kept_nor_spooled(
     assert status.split()[1] == (b"413" if token else b"401"), status
     assert peak_fds <= fds + 1, "the body was spooled to a file"
     grown = _rss(proxy.pid) - before
-    assert grown < 8 * 1024 * 1024, f"RSS grew {grown / 1024 / 1024:.1f} MiB"
+    assert grown < GARBAGE_BOUND, f"RSS grew {grown / 1024 / 1024:.1f} MiB"
     assert proxy.poll() is None
