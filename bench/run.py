@@ -1125,7 +1125,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     notes[(scenario.key, peer.name)] = f"needs {', '.join(lacking)}"
                 continue
             print(f"== {scenario.title}", file=sys.stderr, flush=True)
-            run_scenario(scenario, peers, runs, opts, work, figures, notes)
+            try:
+                run_scenario(scenario, peers, runs, opts, work, figures, notes)
+            except RuntimeError as e:
+                # The origin would not start: this scenario's cells say so,
+                # the others are still measured.
+                print(f"  {scenario.key}: {e}", file=sys.stderr, flush=True)
+                for peer in peers:
+                    notes.setdefault((scenario.key, peer.name), "origin failed")
     except KeyboardInterrupt:
         print("interrupted; partial table follows", file=sys.stderr)
     finally:
@@ -1145,11 +1152,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def start_origin(scenario: Scenario, work: Workdir, tries: int = 3) -> Origin:
+    """
+    C{scenario}'s origin, on fresh ports each try: a port free a moment ago
+    may be taken by other work on the machine before the origin binds it.
+    """
+    for attempt in range(tries):
+        try:
+            return scenario.origin(work)
+        except RuntimeError as e:
+            if attempt == tries - 1:
+                raise
+            print(f"  origin: {e}; again on other ports", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
 def run_scenario(
     scenario: Scenario, peers: Sequence[Peer], runs: int, opts: Options, work: Workdir, figures: Dict, notes: Dict
 ) -> None:
     # Fresh scenarios (memory) get a new origin and proxy for every run.
-    origin = None if scenario.fresh else scenario.origin(work)
+    origin = None if scenario.fresh else start_origin(scenario, work)
     running: Dict[str, Running] = {}
     live: List[Peer] = []
     try:
@@ -1192,7 +1214,7 @@ def run_scenario(
                 proxy = running.get(peer.name)
                 try:
                     if scenario.fresh:
-                        here = scenario.origin(work)
+                        here = start_origin(scenario, work)
                         try:
                             proxy = peer.start(scenario.kind, here, work, peers.index(peer), scenario.cores)
                             try:
