@@ -909,36 +909,6 @@ SCENARIOS = [
         needs=("iperf3",),
     ),
     Scenario(
-        "rps_all",
-        f"requests at 50 connections, all {CORES} cores",
-        "tcp",
-        start_nginx_http,
-        wrk_rps,
-        [("rps", f"HTTP req/s, 50 keep-alive conns, {CORES} cores", "{:,.0f}")],
-        needs=("wrk", "nginx"),
-        cores=CORES,
-    ),
-    Scenario(
-        "cps_all",
-        f"new connections, all {CORES} cores",
-        "tcp",
-        start_nginx_http,
-        wrk_cps,
-        [("cps", f"new connections/s, {CORES} cores", "{:,.0f}")],
-        needs=("wrk", "nginx"),
-        cores=CORES,
-    ),
-    Scenario(
-        "tls_hs_all",
-        f"TLS handshakes, all {CORES} cores",
-        "tls",
-        start_nginx_http,
-        s_time,
-        [("hs", f"TLS handshakes/s, {CORES} cores", "{:,.0f}")],
-        needs=("openssl", "nginx"),
-        cores=CORES,
-    ),
-    Scenario(
         "idle_mem",
         "idle memory",
         "tcp",
@@ -964,6 +934,27 @@ def pypy() -> Optional[str]:
                 return python
     return None
 
+
+def on_all_cores(base: Scenario) -> Scenario:
+    """
+    C{base} with every proxy using every core: its first figure only, the
+    row label without its parenthesis, the cores named.
+    """
+    key, label, pattern = base.metrics[0]
+    return Scenario(
+        f"{base.key}_all",
+        f"{base.title}, all {CORES} cores",
+        base.kind,
+        base.origin,
+        base.measure,
+        [(key, f"{label.split(' (')[0]}, {CORES} cores", pattern)],
+        needs=base.needs,
+        cores=CORES,
+    )
+
+
+# The all-cores rows, before the memory row.
+SCENARIOS[-1:-1] = [on_all_cores(s) for s in SCENARIOS if s.key in ("rps", "cps", "tls_hs")]
 
 PEERS: List[Peer] = [
     Direct(),
