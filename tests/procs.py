@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import socket
 import socketserver
@@ -73,6 +74,11 @@ def environment() -> Dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
+
+#: PyPy's GC frees garbage only at its next major collection, which comes
+#: once the heap has grown by 82%: bounds on a process's RSS there allow for
+#: what floats until then.
+ON_PYPY = platform.python_implementation() == "PyPy"
 
 #: How long a started twistd may take to listen: a bound, not a wait. PyPy
 #: imports (and compiles) slowly, and the suite may share a busy machine.

@@ -7,7 +7,6 @@ static files cannot be escaped with C{..} however it is spelled.
 from __future__ import annotations
 
 import os
-import platform
 import socket
 from typing import Any, Iterator, Tuple
 
@@ -19,7 +18,7 @@ from spectrum.admin.auth import Backoff
 
 from adminkit import EDIT, READ, document, echo_app
 from conftest import free_port
-from procs import NamedOrigin, Twistd, start_twistd, write_config
+from procs import ON_PYPY, NamedOrigin, Twistd, start_twistd, write_config
 
 WRONG = "wrong-token-0123456789abcdef"
 
@@ -158,10 +157,9 @@ def _rss(pid: int) -> int:
 
 
 #: How far the proxy's RSS may grow while 64 MiB stream through and are
-#: dropped. PyPy's GC frees garbage only at its next major collection, which
-#: comes once the heap has grown by 82%: there the chunks read and dropped
-#: float until then (still well under the body's size).
-GARBAGE_BOUND = (32 if platform.python_implementation() == "PyPy" else 8) * 1024 * 1024
+#: dropped (on PyPy the chunks float until its next collection: still well
+#: under the body's size).
+GARBAGE_BOUND = (32 if ON_PYPY else 8) * 1024 * 1024
 
 
 @pytest.mark.parametrize("token", [None, EDIT])
