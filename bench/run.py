@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -56,6 +57,7 @@ PACKAGES = {
     "wrk": "wrk",
     "openssl": "openssl",
     "gcc": "gcc",
+    "pypy3": "pypy3 pypy3-venv (then tox -e pypy, or SPECTRUM_BENCH_PYPY=<a PyPy with spectrum installed>)",
 }
 
 
@@ -337,30 +339,35 @@ class Peer:
     programs: Tuple[str, ...] = ()
     kinds = ("tcp",)
     note = ""
+    #: seconds it may take to listen
+    start_timeout = 15.0
 
     def missing(self) -> List[str]:
         return [p for p in self.programs if not which(p)]
 
-    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0, cores: int = 1) -> Running:
         """
         Start forwarding C{kind} ("tcp", "tls": terminate TLS and speak
-        plaintext to the origin, "udp": TCP and UDP on one port) to C{origin}.
+        plaintext to the origin, "udp": TCP and UDP on one port) to C{origin},
+        using C{cores} cores (processes or threads, as the proxy does it).
         """
         if kind not in self.kinds:
             raise NotApplicable(f"no {kind}")
         port = free_port()
         tmp = tempfile.mkdtemp(prefix=f"{self.name}-", dir=work.path)
-        procs = self.launch(kind, port, origin.port_for(index), tmp, work)
+        procs = self.launch(kind, port, origin.port_for(index), tmp, work, cores)
         try:
-            wait_listening(port, procs, self.name)
+            wait_listening(port, procs, self.name, timeout=self.start_timeout)
             if kind == "udp":
-                wait_listening(port, procs, self.name, udp=True)
+                wait_listening(port, procs, self.name, udp=True, timeout=self.start_timeout)
         except Exception:
             stop(procs)
             raise
         return Running(procs, port)
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         raise NotImplementedError
 
 
@@ -368,21 +375,40 @@ class Direct(Peer):
     name = "direct"
     kinds = ("tcp", "tls", "udp")
 
-    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0, cores: int = 1) -> Running:
         return Running([], origin.port_for(index, tls=kind == "tls"))
 
 
 class Spectrum(Peer):
     name = "spectrum"
     kinds = ("tcp", "tls", "udp")
+    # PyPy imports slowly, and workers start after their supervisor.
+    start_timeout = 60.0
 
-    def __init__(self, name: str = "spectrum", env: Optional[Dict[str, str]] = None, root: str = "") -> None:
+    def __init__(
+        self,
+        name: str = "spectrum",
+        env: Optional[Dict[str, str]] = None,
+        root: str = "",
+        python: Optional[Callable[[], Optional[str]]] = None,
+        warmup: bool = False,
+    ) -> None:
         self.name = name
         self.env = env or {}
         #: the source tree to run (another checkout, for a before/after)
         self.root = root or ROOT
+        #: finds the interpreter to run it with (None: the one running this)
+        self.python = python
+        #: a JIT: give it one unrecorded run of each load before measuring
+        self.warmup = warmup
 
-    def config(self, kind: str, port: int, target: int, work: Workdir) -> str:
+    def interpreter(self) -> Optional[str]:
+        return self.python() if self.python else sys.executable
+
+    def missing(self) -> List[str]:
+        return [] if self.interpreter() else ["pypy3"]
+
+    def config(self, kind: str, port: int, target: int, work: Workdir, cores: int = 1) -> str:
         app = f"""
   - name: bench
     protocol: tcp
@@ -394,15 +420,19 @@ class Spectrum(Peer):
         if kind == "tls":
             text += f"certificates:\n  - {{certificate: {work.crt}, private_key: {work.key}}}\n"
             app += "    tls: flexible\n"
+        if cores > 1:
+            text += f"workers: {cores}\n"
         text += "apps:\n" + app
         if kind == "udp":
             text += app.replace("name: bench", "name: bench-udp").replace("protocol: tcp", "protocol: udp")
         return text
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         path = os.path.join(tmp, "spectrum.yaml")
         with open(path, "w") as f:
-            f.write(self.config(kind, port, target, work))
+            f.write(self.config(kind, port, target, work, cores))
         # Ask this build's own loader: TLS and UDP arrive in other branches,
         # and once they land the same command measures them.
         sys.path.insert(0, self.root)
@@ -420,7 +450,7 @@ class Spectrum(Peer):
         # --drain-timeout is given because the foundation's default ("10",
         # a string) is not converted and postOptions fails comparing it.
         argv = [
-            sys.executable,
+            self.interpreter() or sys.executable,
             "-m",
             "twisted",
             "--log-level=warn",
@@ -433,9 +463,9 @@ class Spectrum(Peer):
         self._log = os.path.join(tmp, "spectrum.log")
         return [spawn(argv, tmp, "spectrum", cwd=self.root, env=env)]
 
-    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0) -> Running:
+    def start(self, kind: str, origin: Origin, work: Workdir, index: int = 0, cores: int = 1) -> Running:
         try:
-            return super().start(kind, origin, work, index)
+            return super().start(kind, origin, work, index, cores)
         except RuntimeError:
             if kind == "tcp":
                 raise
@@ -451,13 +481,15 @@ class HAProxy(Peer):
     programs = ("haproxy",)
     kinds = ("tcp", "tls")
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         ssl = f" ssl crt {work.pem}" if kind == "tls" else ""
         conf = os.path.join(tmp, "haproxy.cfg")
         with open(conf, "w") as f:
             f.write(f"""
 global
-    nbthread 1
+    nbthread {cores}
     maxconn {nofile_limit() // 2 - 100}
 defaults
     mode tcp
@@ -484,7 +516,9 @@ class NginxStream(Peer):
             out.append("ngx_stream_module")
         return out
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         servers = f"server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass 127.0.0.1:{target}; }}"
         if kind == "tls":
             servers = f"""server {{
@@ -502,7 +536,7 @@ class NginxStream(Peer):
             f.write(f"""
 load_module {NGINX_MODULES}/ngx_stream_module.so;
 user root;
-worker_processes 1;
+worker_processes {cores};
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
@@ -522,7 +556,9 @@ class Socat(Peer):
     kinds = ("tcp", "tls", "udp")
     note = "socat forks a process per connection"
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         listen = f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096"
         if kind == "tls":
             listen = f"OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096,cert={work.pem},verify=0"
@@ -550,7 +586,9 @@ class Stunnel(Peer):
     programs = ("stunnel4",)
     kinds = ("tls",)
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
         conf = os.path.join(tmp, "stunnel.conf")
         with open(conf, "w") as f:
             f.write(f"""
@@ -573,7 +611,11 @@ class PortForward(Peer):
     name = "portforward"
     kinds = ("tcp",)
 
-    def launch(self, kind: str, port: int, target: int, tmp: str, work: Workdir) -> List[subprocess.Popen]:
+    def launch(
+        self, kind: str, port: int, target: int, tmp: str, work: Workdir, cores: int = 1
+    ) -> List[subprocess.Popen]:
+        if cores > 1:
+            raise NotApplicable("one process")
         # Per-connection "Starting factory" logs off, as for every peer.
         argv = [
             sys.executable,
@@ -779,6 +821,7 @@ class Scenario:
         metrics: List[Tuple[str, str, str]],
         fresh: bool = False,
         needs: Tuple[str, ...] = (),
+        cores: int = 1,
     ) -> None:
         self.key = key
         self.title = title
@@ -790,7 +833,12 @@ class Scenario:
         #: a new proxy process for each run (memory figures)
         self.fresh = fresh
         self.needs = needs
+        #: cores each proxy may use (spectrum workers, HAProxy threads, nginx workers)
+        self.cores = cores
 
+
+#: the all-cores rows: every proxy may use each core of the machine
+CORES = os.cpu_count() or 1
 
 SCENARIOS = [
     Scenario(
@@ -872,9 +920,47 @@ SCENARIOS = [
     ),
 ]
 
+
+@functools.cache
+def pypy() -> Optional[str]:
+    """
+    A PyPy that can run spectrum: C{$SPECTRUM_BENCH_PYPY}, else the tox
+    env's (C{tox -e pypy}); None if neither can import it.
+    """
+    for python in (os.environ.get("SPECTRUM_BENCH_PYPY"), os.path.join(ROOT, ".tox", "pypy", "bin", "python")):
+        if python and os.access(python, os.X_OK):
+            probe = "import twisted, spectrum.tap, platform; assert platform.python_implementation() == 'PyPy'"
+            if subprocess.run([python, "-c", probe], cwd=ROOT, capture_output=True).returncode == 0:
+                return python
+    return None
+
+
+def on_all_cores(base: Scenario) -> Scenario:
+    """
+    C{base} with every proxy using every core: its first figure only, the
+    row label without its parenthesis, the cores named.
+    """
+    key, label, pattern = base.metrics[0]
+    return Scenario(
+        f"{base.key}_all",
+        f"{base.title}, all {CORES} cores",
+        base.kind,
+        base.origin,
+        base.measure,
+        [(key, f"{label.split(' (')[0]}, {CORES} cores", pattern)],
+        needs=base.needs,
+        cores=CORES,
+    )
+
+
+# The all-cores rows, before the memory row.
+SCENARIOS[-1:-1] = [on_all_cores(s) for s in SCENARIOS if s.key in ("rps", "cps", "tls_hs")]
+
 PEERS: List[Peer] = [
     Direct(),
     Spectrum(),
+    # The same tree on PyPy: its JIT compiles the hot paths after a warm-up.
+    Spectrum("spectrum-pypy", python=pypy, warmup=True),
     # The zero-copy path (spectrum/proxy/splice.py), opt-in for now.
     Spectrum("spectrum-splice", {"SPECTRUM_ZERO_COPY": "1"}),
     HAProxy(),
@@ -1030,7 +1116,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     notes[(scenario.key, peer.name)] = f"needs {', '.join(lacking)}"
                 continue
             print(f"== {scenario.title}", file=sys.stderr, flush=True)
-            run_scenario(scenario, peers, runs, opts, work, figures, notes)
+            try:
+                run_scenario(scenario, peers, runs, opts, work, figures, notes)
+            except RuntimeError as e:
+                # The origin would not start: this scenario's cells say so,
+                # the others are still measured.
+                print(f"  {scenario.key}: {e}", file=sys.stderr, flush=True)
+                for peer in peers:
+                    notes.setdefault((scenario.key, peer.name), "origin failed")
     except KeyboardInterrupt:
         print("interrupted; partial table follows", file=sys.stderr)
     finally:
@@ -1041,19 +1134,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.save:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         command = "python bench/run.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
-        if os.environ.get("SPECTRUM_BENCH_BASELINE"):
-            command = f"SPECTRUM_BENCH_BASELINE={shlex.quote(os.environ['SPECTRUM_BENCH_BASELINE'])} {command}"
+        for name in ("SPECTRUM_BENCH_BASELINE", "SPECTRUM_BENCH_PYPY"):
+            if os.environ.get(name):
+                command = f"{name}={shlex.quote(os.environ[name])} {command}"
         facts.append(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         save_results(args.save, results_markdown(command, table, facts, lines, runs, opts))
         print(f"saved to {args.save}", file=sys.stderr)
     return 0
 
 
+def start_origin(scenario: Scenario, work: Workdir, tries: int = 3) -> Origin:
+    """
+    C{scenario}'s origin, on fresh ports each try: a port free a moment ago
+    may be taken by other work on the machine before the origin binds it.
+    """
+    for attempt in range(tries):
+        try:
+            return scenario.origin(work)
+        except RuntimeError as e:
+            if attempt == tries - 1:
+                raise
+            print(f"  origin: {e}; again on other ports", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
 def run_scenario(
     scenario: Scenario, peers: Sequence[Peer], runs: int, opts: Options, work: Workdir, figures: Dict, notes: Dict
 ) -> None:
     # Fresh scenarios (memory) get a new origin and proxy for every run.
-    origin = None if scenario.fresh else scenario.origin(work)
+    origin = None if scenario.fresh else start_origin(scenario, work)
     running: Dict[str, Running] = {}
     live: List[Peer] = []
     try:
@@ -1073,7 +1182,10 @@ def run_scenario(
                 continue
             if not scenario.fresh:
                 try:
-                    running[peer.name] = peer.start(scenario.kind, origin, work, peers.index(peer))
+                    running[peer.name] = peer.start(scenario.kind, origin, work, peers.index(peer), scenario.cores)
+                    if getattr(peer, "warmup", False):
+                        scenario.measure(running[peer.name], origin, work, opts)
+                        print(f"  {peer.name}: warmed up (one unrecorded run)", file=sys.stderr, flush=True)
                 except NotApplicable as e:
                     notes[cell] = f"n/a ({e.short})"
                     if e.detail:
@@ -1093,9 +1205,9 @@ def run_scenario(
                 proxy = running.get(peer.name)
                 try:
                     if scenario.fresh:
-                        here = scenario.origin(work)
+                        here = start_origin(scenario, work)
                         try:
-                            proxy = peer.start(scenario.kind, here, work, peers.index(peer))
+                            proxy = peer.start(scenario.kind, here, work, peers.index(peer), scenario.cores)
                             try:
                                 result = scenario.measure(proxy, here, work, opts)
                             finally:
@@ -1171,7 +1283,9 @@ LOWER_IS_BETTER = {"p50", "p99", "loss", "kib"}
 
 
 def render(scenarios: Sequence[Scenario], peers: Sequence[Peer], figures: Dict, notes: Dict, runs: int) -> str:
-    header = ["figure"] + [p.name for p in peers] + ["spectrum vs"]
+    # A ratio column for spectrum and for each other runtime of it.
+    ours_names = [n for n in ("spectrum", "spectrum-pypy") if n in {p.name for p in peers}] or ["spectrum"]
+    header = ["figure"] + [p.name for p in peers] + [f"{n} vs" for n in ours_names]
     rows = [header]
     for scenario in scenarios:
         for key, label, pattern in scenario.metrics:
@@ -1194,13 +1308,14 @@ def render(scenarios: Sequence[Scenario], peers: Sequence[Peer], figures: Dict, 
                     text = "-"
                 row.append(text)
             base = RATIO_BASE.get(key, "haproxy")
-            ours = figures.get((scenario.key, "spectrum"), {}).get(key)
-            theirs = figures.get((scenario.key, base), {}).get(key)
-            if ours and theirs and statistics.median(theirs) > 0:
-                ratio = statistics.median(ours) / statistics.median(theirs)
-                row.append(f"{ratio:.2f}x {base}")
-            else:
-                row.append("")
+            for name in ours_names:
+                ours = figures.get((scenario.key, name), {}).get(key)
+                theirs = figures.get((scenario.key, base), {}).get(key)
+                if ours and theirs and statistics.median(theirs) > 0:
+                    ratio = statistics.median(ours) / statistics.median(theirs)
+                    row.append(f"{ratio:.2f}x {base}")
+                else:
+                    row.append("")
             rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     out = []

@@ -7,6 +7,7 @@ walk of a few microseconds, never a network call.
 
 from __future__ import annotations
 
+import platform
 from typing import Any, Optional, Tuple
 
 import maxminddb
@@ -23,6 +24,11 @@ class GeoIPError(Exception):
     """
 
 
+#: The C reader, except on PyPy: there it aborts the process when iterated
+#: (cpyext), and the pure-Python reader is what the JIT runs fast anyway.
+_MODE = maxminddb.MODE_MMAP if platform.python_implementation() == "PyPy" else maxminddb.MODE_AUTO
+
+
 def open_database(path: str) -> Any:
     """
     A reader for the MaxMind DB file at C{path}.
@@ -31,7 +37,7 @@ def open_database(path: str) -> Any:
     """
     try:
         check_regular(path)
-        return maxminddb.open_database(path, maxminddb.MODE_AUTO)
+        return maxminddb.open_database(path, _MODE)
     except FileNotFoundError:
         raise GeoIPError(f"cannot open {path!r}: no such file") from None
     except OSError as e:

@@ -86,10 +86,25 @@ class _EdgePort(tcp.Port):
                     protocol = factory.first_protocol(connection)
                     session = self.sessionno
                     self.sessionno = session + 1
-                    transport = self.transport(skt, protocol, addr, self, session, self.reactor)
+                    if getattr(protocol, "reads_when_dialled", False):
+                        # Built without the read interest tcp.Server
+                        # registers: a relay reads nothing until its origin
+                        # accepts, and would drop it at once (an epoll_ctl
+                        # each way).
+                        cls: Any = self.transport
+                        transport = cls.__new__(cls)
+                        transport.startReading = _not_yet
+                        cls.__init__(transport, skt, protocol, addr, self, session, self.reactor)
+                        del transport.startReading
+                    else:
+                        transport = self.transport(skt, protocol, addr, self, session, self.reactor)
                     protocol.makeConnection(transport)
         except BaseException:
             log.deferr()
+
+
+def _not_yet() -> None:
+    """C{startReading} while an edge transport is built: not yet."""
 
 
 #: Clients accepted per reactor turn and port: a flood waiting in the accept

@@ -16,6 +16,21 @@ from spectrum.config import ConfigError, default_config_path
 from spectrum.model import Config
 
 
+def _workers_option(value: str) -> int:
+    """C{--workers}: a count, or C{auto} for one per core."""
+    if value == "auto":
+        from spectrum.config.build import usable_cores
+
+        return usable_cores()
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--workers must be a number from 1 to 256 or auto, got {value!r}") from None
+
+
+_workers_option.coerceDoc = "A number from 1 to 256, or auto."  # type: ignore[attr-defined]
+
+
 class Options(usage.Options):
     """
     Options of C{twistd spectrum}.
@@ -29,7 +44,13 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Configuration file (YAML or JSON)."],
         ["drain-timeout", None, 10.0, "Seconds open connections get to finish at stop.", float],
-        ["workers", None, None, "Processes sharing the edge ports (overrides workers: in the config).", int],
+        [
+            "workers",
+            None,
+            None,
+            "Processes sharing the edge ports, or auto for one per core (overrides workers: in the config).",
+            _workers_option,
+        ],
         ["worker", None, None, "(internal) Run as worker N of a supervisor.", int],
         ["store-socket", None, None, "(internal) The supervisor's store socket, for a worker."],
         ["ready-fd", None, None, "(internal) Where a worker tells its supervisor that it started.", int],
@@ -98,7 +119,7 @@ class Options(usage.Options):
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must be 0 or more seconds")
         if self["workers"] is not None and not 1 <= self["workers"] <= 256:
-            raise usage.UsageError("--workers must be a number from 1 to 256")
+            raise usage.UsageError("--workers must be a number from 1 to 256 or auto")
         if self["certificate-check"] < 0:
             raise usage.UsageError("--certificate-check must be 0 or more seconds")
 

@@ -21,6 +21,8 @@ import yaml
 
 from spectrum.workers import TWISTD
 
+from procs import START_TIMEOUT
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -132,7 +134,7 @@ class Node:
         return self.process.returncode
 
 
-def wait_port(port: int, timeout: float = 15.0) -> None:
+def wait_port(port: int, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

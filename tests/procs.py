@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import socket
 import socketserver
@@ -72,6 +73,16 @@ def environment() -> Dict[str, str]:
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+#: PyPy's GC frees garbage only at its next major collection, which comes
+#: once the heap has grown by 82%: bounds on a process's RSS there allow for
+#: what floats until then.
+ON_PYPY = platform.python_implementation() == "PyPy"
+
+#: How long a started twistd may take to listen: a bound, not a wait. PyPy
+#: imports (and compiles) slowly, and the suite may share a busy machine.
+START_TIMEOUT = 60.0
 
 
 def run(command: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
@@ -236,7 +247,7 @@ class Twistd:
 
         return wait_until(line, timeout, 0.02, f"{text!r} in the log")
 
-    def wait_for_ports(self, *ports: int, timeout: float = 15.0) -> None:
+    def wait_for_ports(self, *ports: int, timeout: float = START_TIMEOUT) -> None:
         for port in ports:
             wait_for_port(port, timeout=timeout, process=self)
 
@@ -473,7 +484,7 @@ class Program:
             self._log.close()
 
 
-def start_program(command: Sequence[str], log_path: Any, port: int, timeout: float = 15.0) -> Program:
+def start_program(command: Sequence[str], log_path: Any, port: int, timeout: float = START_TIMEOUT) -> Program:
     """
     Start C{command} and wait until it accepts on 127.0.0.1:C{port}.
     """

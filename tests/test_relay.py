@@ -45,7 +45,7 @@ def relay_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     the bytes through Python) and on the zero-copy path (os.splice).
     """
     if request.param == "splice" and not splice.available():
-        pytest.skip("os.splice is not available on this platform")
+        pytest.skip("no os.splice here (Linux with Python 3.10 or later; PyPy is 3.9)")
     monkeypatch.setattr(splice, "ENABLED", request.param == "splice")
     return request.param
 
@@ -207,6 +207,32 @@ async def test_connect_timeout_then_next_origin() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_client_is_not_read_before_its_origin_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An accepted client is registered for reading only once its origin
+    accepts (not at accept, to be dropped while the origin is dialled: an
+    epoll_ctl each way per connection).
+    """
+    added = []
+    add_reader = reactor.addReader
+    monkeypatch.setattr(reactor, "addReader", lambda reader: (added.append(reader), add_reader(reader))[1])
+    with black_hole() as hole:
+        proxy = Proxy(make_app("held", [origin_at(hole[1], "hole")], timeouts=Timeouts(connect=5)))
+        try:
+            client = await connect_client(proxy.port())
+            while not edge_protocols(proxy):
+                await sleep(0.01)
+            edge = edge_protocols(proxy)[0]
+            await sleep(0.05)
+            assert edge.transport not in added
+            assert edge.transport not in reactor.getReaders()
+            client.transport.loseConnection()
+            await client.done
+        finally:
+            await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_weighted_round_robin_3000_connections() -> None:
     factories = [OriginFactory() for _ in range(3)]
     ports = [listen_origin(f) for f in factories]
@@ -319,6 +345,35 @@ async def test_idle_timeout_closes_quiet_connection() -> None:
         await sleep(0.05)
         assert proxy.events[-1][1]["Status"] == S.IDLE_TIMEOUT
     finally:
+        await proxy.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_connections_share_one_timer() -> None:
+    """
+    The idle timeout of relayed connections runs on one timer per length,
+    not a timer per connection: opening twenty adds at most one delayed call.
+    """
+    origin = OriginFactory()
+    port = listen_origin(origin)
+    proxy = Proxy(make_app("idle", [origin_at(port.getHost().port)], timeouts=Timeouts(connect=2, idle=30)))
+    clients = []
+    try:
+        first = await connect_client(proxy.port())
+        first.transport.write(b".")
+        while origin.accepted < 1:
+            await sleep(0.01)
+        before = len(reactor.getDelayedCalls())
+        for _ in range(20):
+            clients.append(await connect_client(proxy.port()))
+        while origin.accepted < 21:
+            await sleep(0.01)
+        assert len(reactor.getDelayedCalls()) <= before + 1
+    finally:
+        for client in [first] + clients:
+            client.transport.loseConnection()
+            await client.done
         await proxy.stop()
         await port.stopListening()
 
@@ -585,7 +640,10 @@ async def test_fifty_connections_ping_pong_concurrently() -> None:
         timeout = reactor.callLater(20, finished.cancel)
         assert await finished == [rounds] * 50
         timeout.cancel()
-        await sleep(0.2)
+        # Each close is recorded once both legs are down: wait for them.
+        deadline = time.monotonic() + 10
+        while proxy.kinds().count("disconnect") < 50 and time.monotonic() < deadline:
+            await sleep(0.02)
         closes = [event for kind, event in proxy.events if kind == "disconnect"]
         assert len(closes) == 50
         assert {event["ClientBytes"] for event in closes} == {rounds * len(message)}

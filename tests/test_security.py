@@ -18,7 +18,7 @@ from spectrum.admin.auth import Backoff
 
 from adminkit import EDIT, READ, document, echo_app
 from conftest import free_port
-from procs import NamedOrigin, Twistd, start_twistd, write_config
+from procs import ON_PYPY, NamedOrigin, Twistd, start_twistd, write_config
 
 WRONG = "wrong-token-0123456789abcdef"
 
@@ -156,6 +156,12 @@ def _rss(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
+#: How far the proxy's RSS may grow while 64 MiB stream through and are
+#: dropped (on PyPy the chunks float until its next collection: still well
+#: under the body's size).
+GARBAGE_BOUND = (32 if ON_PYPY else 8) * 1024 * 1024
+
+
 @pytest.mark.parametrize("token", [None, EDIT])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_oversized_admin_bodies_are_neither_kept_nor_spooled(
@@ -195,5 +201,5 @@ def test_oversized_admin_bodies_are_neither_kept_nor_spooled(
     assert status.split()[1] == (b"413" if token else b"401"), status
     assert peak_fds <= fds + 1, "the body was spooled to a file"
     grown = _rss(proxy.pid) - before
-    assert grown < 8 * 1024 * 1024, f"RSS grew {grown / 1024 / 1024:.1f} MiB"
+    assert grown < GARBAGE_BOUND, f"RSS grew {grown / 1024 / 1024:.1f} MiB"
     assert proxy.poll() is None

@@ -336,3 +336,16 @@ def _wait(predicate: Any, what: str, timeout: float = 10.0) -> Any:
             return value
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.1)
+
+
+def test_workers_option_auto_is_one_per_usable_core() -> None:
+    """C{--workers auto} is a count (one per core); a word other than auto is refused."""
+    from twisted.python import usage
+
+    from spectrum.tap import Options
+
+    options = Options()
+    options.parseOptions(["--workers", "auto"])
+    assert options["workers"] == len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with pytest.raises(usage.UsageError, match="workers"):
+        Options().parseOptions(["--workers", "many"])

@@ -65,6 +65,7 @@ from spectrum.admin.calls import (
     encode,
     envelope,
     error_body,
+    header,
     paginate,
     respond,
 )
@@ -159,7 +160,7 @@ class AdminAPI(Resource):
 
         @raise ApiError: 429 while the source must wait, 401 or 403.
         """
-        headers = {name: (request.getHeader(name) or None) for name in ("authorization", "x-auth-key", "x-auth-email")}
+        headers = {name: header(request, name) for name in ("authorization", "x-auth-key", "x-auth-email")}
         source = _source(request)
         wait = self.backoff.retry_after(source)
         if wait > 0:

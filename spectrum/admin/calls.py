@@ -200,7 +200,7 @@ def decode_body(request: Request) -> Tuple[bool, Any]:
         raise ApiError(413, TOO_LARGE, f"the body is larger than {MAX_BODY} bytes")
     if not raw.strip():
         return False, None
-    content_type = (request.getHeader("content-type") or "").split(";", 1)[0].strip().lower()
+    content_type = (header(request, "content-type") or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise ApiError(415, BAD_CONTENT_TYPE, "a body must be sent with Content-Type: application/json")
     try:
@@ -250,3 +250,13 @@ def paginate(items: List[Any], call: Call, default_per_page: int = 20) -> Tuple[
         "total_pages": max(1, math.ceil(total / per_page)),
     }
     return chosen, info
+
+
+def header(request: Request, name: str) -> Optional[str]:
+    """
+    A request header as text, or None if absent or empty. Bytes that are not
+    UTF-8 are replaced (such a credential is then simply wrong): Twisted's
+    own text accessor raises on them.
+    """
+    raw = request.getHeader(name.encode("ascii"))
+    return raw.decode("utf-8", "replace") if raw else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from spectrum.config.apps import _AppsPart
@@ -64,7 +65,7 @@ class _Builder(_AppsPart):
             source=self.source,
             store=self.store(("store",), self.data.get("store", "memory")),
             node=self.data.get("node"),
-            workers=self.data.get("workers", 1),
+            workers=_workers(self.data.get("workers", 1)),
             kernel_filter=_kernel_filter(self.data.get("kernel_filter", "auto")),
             access_rules=self.access_rules(geoip),
             geoip=geoip,
@@ -214,6 +215,24 @@ class _Builder(_AppsPart):
                     " pip install 'spectrum-edge[redis]'",
                 ) from None
         return url
+
+
+def _workers(value: Any) -> int:
+    """
+    C{workers} as a count: C{auto} is one per core this process may run on.
+    """
+    return usable_cores() if value == "auto" else int(value)
+
+
+def usable_cores() -> int:
+    """
+    The cores this process may run on (its CPU affinity, which a container's
+    cpuset narrows; PyPy 3.9 has no C{sched_getaffinity}, so there the
+    machine's count): what C{workers: auto} starts.
+    """
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    count = len(getaffinity(0)) if getaffinity else (os.cpu_count() or 1)
+    return max(1, min(256, count))
 
 
 def _kernel_filter(value: Any) -> str:

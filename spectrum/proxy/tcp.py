@@ -131,6 +131,55 @@ class _OriginFactory(ClientFactory):
         self.edge.origin_failed(self.origin, reason)
 
 
+class _IdleSweep:
+    """
+    The idle checks of every relayed connection with one idle length, under
+    one timer that fires every half length: a connection joins as it starts
+    relaying and leaves as it ends. A timer per connection would cost a
+    delayed call (and its memory) held by every idle client, and a heap push
+    and a cancel for every short one.
+    """
+
+    __slots__ = ("reactor", "interval", "members", "call")
+    log = Logger()
+
+    def __init__(self, reactor: Any, interval: float) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self.members: Dict[EdgeProtocol, None] = {}
+        self.call: Any = None
+
+    def add(self, edge: EdgeProtocol) -> None:
+        self.members[edge] = None
+        if self.call is None:
+            self.call = self.reactor.callLater(self.interval, self._sweep)
+
+    def discard(self, edge: EdgeProtocol) -> None:
+        # The timer stays armed: the sweep that finds no member stops it.
+        self.members.pop(edge, None)
+
+    def _sweep(self) -> None:
+        self.call = None
+        for edge in list(self.members):
+            try:
+                edge._idle_check()
+            except Exception:
+                self.log.failure("idle check failed")
+        if self.members:
+            self.call = self.reactor.callLater(self.interval, self._sweep)
+
+
+_sweeps: Dict[Tuple[Any, float], _IdleSweep] = {}
+
+
+def _idle_sweep(reactor: Any, idle: float) -> _IdleSweep:
+    key = (reactor, idle)
+    sweep = _sweeps.get(key)
+    if sweep is None:
+        sweep = _sweeps[key] = _IdleSweep(reactor, idle / 2.0)
+    return sweep
+
+
 @implementer(IHalfCloseableProtocol)
 class EdgeProtocol(Protocol):
     """
@@ -146,6 +195,9 @@ class EdgeProtocol(Protocol):
     record: ConnectionRecord
     #: whether the zero-copy path may take over once the origin is joined
     zero_copy = True
+    #: it starts reading the client once an origin accepts (so the edge
+    #: listener does not register the read interest first)
+    reads_when_dialled = True
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -168,7 +220,7 @@ class EdgeProtocol(Protocol):
         self._write_closed = False
         self._status: Optional[int] = None
         self._reason = ""
-        self._idle_call: Any = None
+        self._idle_sweep: Optional[_IdleSweep] = None
         self._idle_mark = -1
         self._idle_quiet = 0
         self._finished = False
@@ -404,7 +456,8 @@ class EdgeProtocol(Protocol):
         self.runtime.recorders(CONNECT, self.record)
         idle = self.runtime.app.timeouts.idle
         if idle:
-            self._idle_call = self.reactor.callLater(idle / 2.0, self._idle_check, idle / 2.0)
+            self._idle_sweep = _idle_sweep(self.reactor, idle)
+            self._idle_sweep.add(self)
         client.resumeProducing()
 
     def origin_preamble(self) -> bytes:
@@ -457,9 +510,9 @@ class EdgeProtocol(Protocol):
 
     # timers and the end ----------------------------------------------------
 
-    def _idle_check(self, interval: float) -> None:
+    def _idle_check(self) -> None:
         # No per-chunk timer resets: compare the byte counters every half
-        # period and close after two quiet halves in a row.
+        # period (the sweep's) and close after two quiet halves in a row.
         leg = self.origin_leg
         total = self.received + (leg.received if leg is not None else 0)
         if total != self._idle_mark:
@@ -468,10 +521,13 @@ class EdgeProtocol(Protocol):
         else:
             self._idle_quiet += 1
             if self._idle_quiet >= 2:
-                self._idle_call = None
+                self._stop_idle()
                 self.abort(S.IDLE_TIMEOUT, "idle timeout", graceful=True)
-                return
-        self._idle_call = self.reactor.callLater(interval, self._idle_check, interval)
+
+    def _stop_idle(self) -> None:
+        sweep, self._idle_sweep = self._idle_sweep, None
+        if sweep is not None:
+            sweep.discard(self)
 
     def abort(self, status: int, reason: str, graceful: bool = False) -> None:
         """
@@ -509,9 +565,7 @@ class EdgeProtocol(Protocol):
         if self._finished:
             return
         self._finished = True
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._stop_idle()
         leg = self.origin_leg
         self.connection.finish(
             kind,
