@@ -69,9 +69,9 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 if __package__:
-    from . import run as common
+    from . import benchkit as common
 else:  # python bench/flood.py: bench/ is sys.path[0]
-    import run as common
+    import benchkit as common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -512,7 +512,7 @@ def wrk(port: int, seconds: int, connections: int) -> Dict[str, float]:
     (C{errors}), however few.
     """
     argv = ["wrk", "-t2", f"-c{connections}", "-d", f"{seconds}s", f"http://127.0.0.1:{port}/"]
-    out = common._run(argv, seconds + 30)
+    out = common.output_of(argv, seconds + 30)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not m:
         raise RuntimeError(f"wrk printed no rate: {out[-300:]}")
@@ -531,7 +531,7 @@ def udp_client(binary: str, port: int, seconds: int) -> Dict[str, float]:
     bench/udpload.c's client: datagrams answered a second (C{rps}) with
     UDP_WINDOW in flight, and those given up (C{errors}).
     """
-    out = common._run([binary, "client", "127.0.0.1", str(port), str(seconds), str(UDP_WINDOW)], seconds + 30)
+    out = common.output_of([binary, "client", "127.0.0.1", str(port), str(seconds), str(UDP_WINDOW)], seconds + 30)
     try:
         counts = json.loads(out.strip().splitlines()[-1])
     except (IndexError, ValueError):
