@@ -301,7 +301,7 @@ def api_body(data: bytes) -> None:
     method, path = _ROUTES[data[0] % len(_ROUTES)]
     apps = _api.service.config.apps
     path = path.replace(b"{app}", (apps[0].id if apps else "none").encode())
-    rules = _api.api.firewall.rules
+    rules = _api.service.rules.firewall.rules
     path = path.replace(b"{rule}", (rules[0].id if rules else "none").encode())
     _api.call(method, path, data[1:MAX_INPUT])
 
