@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from spectrum.config.base import _Bound
 from spectrum.config.messages import _format_path, _show
-from spectrum.config.names import _addresses_overlap, _hostnames_overlap
+from spectrum.config.names import _addresses_overlap, _hostnames_overlap, _share_a_port
 from spectrum.config.origins import _OriginsPart
 from spectrum.config.sniff import _SniffPart
 from spectrum.config.tls import _TlsPart
@@ -338,10 +338,7 @@ class _AppsPart(_OriginsPart, _TlsPart, _SniffPart):
             for other in apps[:index]:
                 if other.protocol != app.protocol or other.accept_proxy_protocol == app.accept_proxy_protocol:
                     continue
-                if not any(_addresses_overlap(ip, o) for ip in app.ips for o in other.ips):
-                    continue
-                ports = set(other.edge_ports())
-                if any(port in ports for port in app.edge_ports()):
+                if _share_a_port(app, other):
                     raise self.fail(
                         ("apps", index, "accept_proxy_protocol"),
                         f"differs from that of app {_show(other.name)}, which shares an edge port with it",

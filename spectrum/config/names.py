@@ -6,6 +6,7 @@ addresses overlap.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -54,3 +55,13 @@ def _addresses_overlap(a: str, b: str) -> bool:
         return False
     wildcard = "::" if v6a else "0.0.0.0"
     return wildcard in (a, b)
+
+
+def _share_a_port(app: Any, other: Any) -> bool:
+    """
+    Whether two apps listen on a common address and edge port.
+    """
+    if not any(_addresses_overlap(ip, o) for ip in app.ips for o in other.ips):
+        return False
+    ports = set(other.edge_ports())
+    return any(port in ports for port in app.edge_ports())

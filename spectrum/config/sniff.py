@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from spectrum.config.base import _Bound, _Part
 from spectrum.config.messages import _show
-from spectrum.config.names import _addresses_overlap
+from spectrum.config.names import _share_a_port
 from spectrum.model import App
 
 if TYPE_CHECKING:
@@ -86,10 +86,7 @@ class _SniffPart(_Part):
             for other in apps[:index]:
                 if other.sniff != "minecraft" or other.minecraft_unknown_message == app.minecraft_unknown_message:
                     continue
-                if not any(_addresses_overlap(ip, o) for ip in app.ips for o in other.ips):
-                    continue
-                ports = set(other.edge_ports())
-                if any(port in ports for port in app.edge_ports()):
+                if _share_a_port(app, other):
                     raise self.fail(
                         ("apps", index, "minecraft_unknown_message"),
                         f"differs from that of app {_show(other.name)}, which shares an edge port with it",
