@@ -313,19 +313,11 @@ class MetricsResource(Resource):
         return generate_latest(self.registry)
 
 
-def metrics_resource(
-    analytics: Analytics,
-    firewall: Optional[Any] = None,
-    refusals: Optional[Any] = None,
-    shield: Optional[Any] = None,
-    event_log: Optional[Any] = None,
-    service: Optional[Any] = None,
-    shared: Optional[Any] = None,
-) -> MetricsResource:
+def metrics_resource(collector: AnalyticsCollector) -> MetricsResource:
     """
-    A C{/metrics} resource with its own registry (not the process-global
-    one, so two services in one process never collide).
+    A C{/metrics} resource over C{collector}, with its own registry (not
+    the process-global one, so two services in one process never collide).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AnalyticsCollector(analytics, firewall, refusals, shield, event_log, service, shared))
+    registry.register(collector)
     return MetricsResource(registry)

@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from spectrum.admin.auth import TokenError
-from spectrum.admin.metrics import metrics_resource
+from spectrum.admin.metrics import AnalyticsCollector, metrics_resource
 from spectrum.admin.state import StateError
 from spectrum.analytics import Analytics
 from spectrum.model import AdminSettings
@@ -48,13 +48,15 @@ def admin_root(
 
         root = Root(service, shared)
     metrics = metrics_resource(
-        analytics,
-        firewall,
-        refusals=getattr(service, "refusals", None),
-        shield=getattr(service, "shield", None),
-        event_log=getattr(service, "event_log", None),
-        service=service,
-        shared=shared,
+        AnalyticsCollector(
+            analytics,
+            firewall,
+            refusals=getattr(service, "refusals", None),
+            shield=getattr(service, "shield", None),
+            event_log=getattr(service, "event_log", None),
+            service=service,
+            shared=shared,
+        )
     )
     gate = MetricsGate(metrics, getattr(root, "api", None))
     root.putChild(b"metrics", gate)
