@@ -196,6 +196,9 @@ def _connect_from(source: str, host: str, port: int) -> str:
     try:
         with socket.create_connection((host, port), timeout=1.5, source_address=(source, 0)) as conn:
             return conn.makefile().readline().strip()
+    except socket.timeout:
+        # Python 3.9's socket.timeout is not yet TimeoutError
+        return "TimeoutError"
     except OSError as e:
         return type(e).__name__
 
